@@ -1,0 +1,12 @@
+//! The OS-facing core of ferroloop, free of Python types so that `cargo test` can
+//! exercise it directly.
+//!
+//! It owns the three things an event loop iteration needs from the operating system
+//! and from data structures: the clock (`clock`), the timer queue ordered by deadline
+//! (`timers`), and readiness polling with a cross-thread waker (`poller`). The PyO3
+//! crate above maps asyncio's API onto these pieces; nothing here knows what a
+//! callback is.
+
+pub mod clock;
+pub mod poller;
+pub mod timers;

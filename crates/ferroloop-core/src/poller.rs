@@ -1,0 +1,247 @@
+//! Readiness polling (epoll through mio) with asyncio's level-triggered semantics,
+//! and the waker other threads use to interrupt a sleeping loop.
+//!
+//! mio registers everything edge-triggered. asyncio's `add_reader` contract is
+//! level-triggered: a callback that leaves data unread is called again on the next
+//! iteration. `Registrar::rearm` re-registers an fd after it fired; the kernel then
+//! reports it again only if it is still ready (epoll re-checks readiness before it
+//! reports an item), which is exactly level-triggered behaviour. Rust-owned
+//! transports read until `EAGAIN` and do not need it.
+//!
+//! The pieces are split by who touches them: `Poller` (the epoll wait) is used by the
+//! loop thread with the GIL released; `Registrar` (interest changes) is used with the
+//! GIL held; `Waker` may be used from any thread.
+
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Registry, Token};
+
+/// Token of the waker; fds use their own number as token.
+const WAKER_TOKEN: Token = Token(usize::MAX);
+
+/// One fd reported ready. Errors and hang-ups count as both readable and writable,
+/// as in `selectors.EpollSelector`, so whichever callback is registered sees them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Readiness {
+    pub fd: RawFd,
+    pub readable: bool,
+    pub writable: bool,
+}
+
+pub struct Poller {
+    poll: Poll,
+    events: Events,
+}
+
+/// Creates the three parts of one loop's polling machinery.
+pub fn new() -> io::Result<(Poller, Registrar, Waker)> {
+    let poll = Poll::new()?;
+    let registry = poll.registry().try_clone()?;
+    let waker = mio::Waker::new(poll.registry(), WAKER_TOKEN)?;
+    Ok((
+        Poller { poll, events: Events::with_capacity(1024) },
+        Registrar { registry, interests: HashMap::new() },
+        Waker { inner: waker, armed: AtomicBool::new(false) },
+    ))
+}
+
+impl Poller {
+    /// Waits up to `timeout` (`None`: forever) and appends what became ready to `out`.
+    /// A signal interrupting the wait is returned as `ErrorKind::Interrupted`, so the
+    /// caller can run Python's signal handlers before polling again.
+    pub fn poll(&mut self, timeout: Option<Duration>, out: &mut Vec<Readiness>) -> io::Result<()> {
+        self.poll.poll(&mut self.events, timeout)?;
+        for event in self.events.iter() {
+            if event.token() == WAKER_TOKEN {
+                continue;
+            }
+            let error = event.is_error();
+            out.push(Readiness {
+                fd: event.token().0 as RawFd,
+                readable: event.is_readable() || event.is_read_closed() || error,
+                writable: event.is_writable() || event.is_write_closed() || error,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Interest bookkeeping: which fds the loop watches, for reading and/or writing.
+pub struct Registrar {
+    registry: Registry,
+    interests: HashMap<RawFd, Interest>,
+}
+
+fn interest_of(readable: bool, writable: bool) -> Option<Interest> {
+    match (readable, writable) {
+        (true, true) => Some(Interest::READABLE | Interest::WRITABLE),
+        (true, false) => Some(Interest::READABLE),
+        (false, true) => Some(Interest::WRITABLE),
+        (false, false) => None,
+    }
+}
+
+impl Registrar {
+    /// Sets the interest for `fd`; `(false, false)` stops watching it. Errors from the
+    /// kernel (a closed fd: `EBADF`; a regular file: `EPERM`) are returned unchanged.
+    pub fn set_interest(&mut self, fd: RawFd, readable: bool, writable: bool) -> io::Result<()> {
+        let token = Token(fd as usize);
+        let old = self.interests.get(&fd).copied();
+        match (old, interest_of(readable, writable)) {
+            (None, None) => Ok(()),
+            (None, Some(new)) => {
+                self.registry.register(&mut SourceFd(&fd), token, new)?;
+                self.interests.insert(fd, new);
+                Ok(())
+            }
+            (Some(_), Some(new)) => {
+                self.modify(fd, new)?;
+                self.interests.insert(fd, new);
+                Ok(())
+            }
+            (Some(_), None) => {
+                self.interests.remove(&fd);
+                // The fd may already be closed, which removed it from epoll; then
+                // there is nothing left to undo.
+                let _ = self.registry.deregister(&mut SourceFd(&fd));
+                Ok(())
+            }
+        }
+    }
+
+    /// `EPOLL_CTL_MOD`, falling back to `ADD` when the fd was closed and its number
+    /// reused since it was registered (closing removed the old registration).
+    fn modify(&self, fd: RawFd, interest: Interest) -> io::Result<()> {
+        let token = Token(fd as usize);
+        match self.registry.reregister(&mut SourceFd(&fd), token, interest) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                self.registry.register(&mut SourceFd(&fd), token, interest)
+            }
+            other => other,
+        }
+    }
+
+    /// Re-arms a watched fd after it fired (level-triggered emulation, see module doc).
+    pub fn rearm(&mut self, fd: RawFd) {
+        if let Some(&interest) = self.interests.get(&fd) {
+            if self.modify(fd, interest).is_err() {
+                // Closed behind our back: epoll dropped it; forget it too.
+                self.interests.remove(&fd);
+            }
+        }
+    }
+
+    pub fn is_watched(&self, fd: RawFd) -> bool {
+        self.interests.contains_key(&fd)
+    }
+
+    pub fn watched_count(&self) -> usize {
+        self.interests.len()
+    }
+}
+
+/// Wakes the loop from another thread. Writes to the eventfd only when the loop is
+/// (about to be) asleep, so a busy loop pays no syscall per cross-thread call.
+pub struct Waker {
+    inner: mio::Waker,
+    armed: AtomicBool,
+}
+
+impl Waker {
+    /// The loop calls this before it computes its poll timeout and sleeps.
+    pub fn arm(&self) {
+        self.armed.store(true, Ordering::SeqCst);
+    }
+
+    /// The loop calls this when the poll returns.
+    pub fn disarm(&self) {
+        self.armed.store(false, Ordering::SeqCst);
+    }
+
+    /// Called after queueing work from another thread.
+    pub fn wake(&self) -> io::Result<()> {
+        if self.armed.swap(false, Ordering::SeqCst) {
+            self.inner.wake()?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::os::fd::AsRawFd;
+    use std::os::unix::net::UnixStream;
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    #[test]
+    fn waker_interrupts_an_infinite_poll() {
+        let (mut poller, _reg, waker) = new().unwrap();
+        let waker = Arc::new(waker);
+        waker.arm();
+        let w = waker.clone();
+        let t = std::thread::spawn(move || w.wake().unwrap());
+        let mut out = Vec::new();
+        let start = Instant::now();
+        poller.poll(None, &mut out).unwrap();
+        t.join().unwrap();
+        assert!(out.is_empty());
+        assert!(start.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn an_unarmed_waker_does_not_write() {
+        let (mut poller, _reg, waker) = new().unwrap();
+        waker.wake().unwrap();
+        let mut out = Vec::new();
+        poller.poll(Some(Duration::ZERO), &mut out).unwrap();
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn rearm_gives_level_triggered_readiness() {
+        let (mut poller, mut reg, _waker) = new().unwrap();
+        let (mut a, mut b) = UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        reg.set_interest(a.as_raw_fd(), true, false).unwrap();
+        b.write_all(b"xy").unwrap();
+        let mut out = Vec::new();
+        poller.poll(Some(Duration::from_secs(5)), &mut out).unwrap();
+        assert_eq!(out, vec![Readiness { fd: a.as_raw_fd(), readable: true, writable: false }]);
+        // Data left unread: after re-arming, it is reported again.
+        reg.rearm(a.as_raw_fd());
+        out.clear();
+        poller.poll(Some(Duration::ZERO), &mut out).unwrap();
+        assert_eq!(out.len(), 1);
+        // Drained: re-arming reports nothing.
+        let mut buf = [0u8; 8];
+        assert_eq!(a.read(&mut buf).unwrap(), 2);
+        reg.rearm(a.as_raw_fd());
+        out.clear();
+        poller.poll(Some(Duration::ZERO), &mut out).unwrap();
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn closed_fd_errors_and_removal_is_quiet() {
+        let (_poller, mut reg, _waker) = new().unwrap();
+        let (a, _b) = UnixStream::pair().unwrap();
+        let fd = a.as_raw_fd();
+        drop(a);
+        assert!(reg.set_interest(fd, true, false).is_err());
+        assert!(!reg.is_watched(fd));
+        let (c, _d) = UnixStream::pair().unwrap();
+        reg.set_interest(c.as_raw_fd(), true, true).unwrap();
+        let fd = c.as_raw_fd();
+        drop(c);
+        reg.set_interest(fd, false, false).unwrap();
+        assert_eq!(reg.watched_count(), 0);
+    }
+}

@@ -1,0 +1,84 @@
+"""``run_in_executor`` and the default executor, and the DNS calls that run on it
+(``getaddrinfo``/``getnameinfo`` block in libc, so they go to a worker thread)."""
+
+import concurrent.futures
+import socket
+import threading
+import warnings
+from asyncio import futures, timeouts
+
+
+class ExecutorMixin:
+    _default_executor = None
+    _executor_shutdown_called = False
+
+    def run_in_executor(self, executor, func, *args):
+        """Run ``func(*args)`` in ``executor`` (None: the default thread pool) and
+        return an asyncio future for its result."""
+        self._check_closed()
+        if self.get_debug():
+            self._check_callback(func, 'run_in_executor')
+        if executor is None:
+            if self._executor_shutdown_called:
+                raise RuntimeError('Executor shutdown has been called')
+            executor = self._default_executor
+            if executor is None:
+                executor = concurrent.futures.ThreadPoolExecutor(thread_name_prefix='asyncio')
+                self._default_executor = executor
+        return futures.wrap_future(executor.submit(func, *args), loop=self)
+
+    def set_default_executor(self, executor):
+        if not isinstance(executor, concurrent.futures.ThreadPoolExecutor):
+            raise TypeError('executor must be ThreadPoolExecutor instance')
+        self._default_executor = executor
+
+    async def shutdown_default_executor(self, timeout=None):
+        """Wait for the default executor's threads, joining them from a helper
+        thread so the loop keeps running; give up after ``timeout`` seconds."""
+        self._executor_shutdown_called = True
+        executor = self._default_executor
+        if executor is None:
+            return
+        done = self.create_future()
+        thread = threading.Thread(target=self._join_executor, args=(executor, done))
+        thread.start()
+        try:
+            async with timeouts.timeout(timeout):
+                await done
+        except TimeoutError:
+            warnings.warn('The executor did not finishing joining '
+                          f'its threads within {timeout} seconds.',
+                          RuntimeWarning, stacklevel=2)
+            executor.shutdown(wait=False)
+        else:
+            thread.join()
+
+    def _join_executor(self, executor, done):
+        try:
+            executor.shutdown(wait=True)
+            if not self.is_closed():
+                self.call_soon_threadsafe(_set_result_unless_done, done, None)
+        except Exception as exc:
+            if not self.is_closed() and not done.cancelled():
+                self.call_soon_threadsafe(_set_exception_unless_done, done, exc)
+
+    def _shutdown_executor_nowait(self):
+        executor, self._default_executor = self._default_executor, None
+        if executor is not None:
+            executor.shutdown(wait=False)
+
+    async def getaddrinfo(self, host, port, *, family=0, type=0, proto=0, flags=0):
+        return await self.run_in_executor(None, socket.getaddrinfo, host, port, family, type, proto, flags)
+
+    async def getnameinfo(self, sockaddr, flags=0):
+        return await self.run_in_executor(None, socket.getnameinfo, sockaddr, flags)
+
+
+def _set_result_unless_done(fut, result):
+    if not fut.done():
+        fut.set_result(result)
+
+
+def _set_exception_unless_done(fut, exc):
+    if not fut.done():
+        fut.set_exception(exc)

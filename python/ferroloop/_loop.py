@@ -1,0 +1,213 @@
+"""``ferroloop.Loop``: the public event loop class.
+
+The ready queue, timers, polling, dispatch and fd callbacks are Rust
+(``_ferroloop.LoopCore``); this class adds what is Python by nature: the lifecycle
+around the Rust run loop (running-loop registration, async generator hooks,
+coroutine origin tracking), futures and tasks, and the concept mixins (exception
+handler, executor and DNS, signals). It subclasses ``asyncio.AbstractEventLoop`` so
+``isinstance`` checks hold, and nothing of ``BaseEventLoop``."""
+
+import asyncio
+import sys
+import time
+import warnings
+import weakref
+from asyncio import coroutines, events, futures, tasks
+
+from ._errors import ExceptionHandlerMixin
+from ._executor import ExecutorMixin
+from ._ferroloop import LoopCore
+from ._signals import SignalsMixin
+
+# asyncio's stack depth for coroutine origin tracking in debug mode.
+_DEBUG_STACK_DEPTH = 10
+
+
+def _is_debug_mode():
+    return sys.flags.dev_mode or (not sys.flags.ignore_environment
+                                  and bool(__import__('os').environ.get('PYTHONASYNCIODEBUG')))
+
+
+def _stop_when_done(fut):
+    # SystemExit and KeyboardInterrupt already propagate out of run_forever();
+    # stopping here would swallow them (asyncio's rule, bpo-?? "run_until_complete").
+    if not fut.cancelled():
+        exc = fut.exception()
+        if isinstance(exc, (SystemExit, KeyboardInterrupt)):
+            return
+    futures._get_loop(fut).stop()
+
+
+class Loop(SignalsMixin, ExecutorMixin, ExceptionHandlerMixin, LoopCore, asyncio.AbstractEventLoop):
+    """An asyncio event loop whose core runs in Rust."""
+
+    _clock_resolution = time.get_clock_info('monotonic').resolution
+
+    def __init__(self):
+        self._task_factory = None
+        self._asyncgens = weakref.WeakSet()
+        self._asyncgens_shutdown_called = False
+        self._origin_tracking = False
+        self._saved_origin_depth = None
+        self.set_debug(_is_debug_mode())
+
+    def __repr__(self):
+        return (f'<{type(self).__name__} running={self.is_running()} '
+                f'closed={self.is_closed()} debug={self.get_debug()}>')
+
+    def __del__(self, _warn=warnings.warn):
+        try:
+            closed = self.is_closed()
+        except Exception:
+            return
+        if not closed:
+            _warn(f'unclosed event loop {self!r}', ResourceWarning, source=self)
+            if not self.is_running():
+                self.close()
+
+    # ----- lifecycle ------------------------------------------------------------------
+
+    def _check_closed(self):
+        if self.is_closed():
+            raise RuntimeError('Event loop is closed')
+
+    def _check_running(self):
+        if self.is_running():
+            raise RuntimeError('This event loop is already running')
+        if events._get_running_loop() is not None:
+            raise RuntimeError('Cannot run the event loop while another loop is running')
+
+    def run_forever(self):
+        """Run until stop() is called."""
+        self._check_closed()
+        self._check_running()
+        self._set_origin_tracking(self.get_debug())
+        old_hooks = sys.get_asyncgen_hooks()
+        try:
+            sys.set_asyncgen_hooks(firstiter=self._asyncgen_firstiter_hook,
+                                   finalizer=self._asyncgen_finalizer_hook)
+            events._set_running_loop(self)
+            self._install_wakeup_fd()
+            self._run_loop()
+        finally:
+            self._restore_wakeup_fd()
+            events._set_running_loop(None)
+            self._set_origin_tracking(False)
+            sys.set_asyncgen_hooks(*old_hooks)
+
+    def run_until_complete(self, future):
+        """Run until ``future`` (a future or coroutine) is done; return its result."""
+        self._check_closed()
+        self._check_running()
+        new_task = not futures.isfuture(future)
+        future = tasks.ensure_future(future, loop=self)
+        if new_task:
+            # The task is ours; an exception it raises is reported by the caller.
+            future._log_destroy_pending = False
+        future.add_done_callback(_stop_when_done)
+        try:
+            self.run_forever()
+        except BaseException:
+            if new_task and future.done() and not future.cancelled():
+                future.exception()  # mark it retrieved: the caller sees it raised
+            raise
+        finally:
+            future.remove_done_callback(_stop_when_done)
+        if not future.done():
+            raise RuntimeError('Event loop stopped before Future completed.')
+        return future.result()
+
+    def close(self):
+        """Close the loop: drop pending callbacks, release every fd the loop owns,
+        shut the default executor down without waiting. Idempotent."""
+        if self.is_running():
+            raise RuntimeError('Cannot close a running event loop')
+        if self.is_closed():
+            return
+        if self.get_debug():
+            from asyncio.log import logger
+            logger.debug('Close %r', self)
+        self._remove_all_signal_handlers()
+        self._close_wakeup_socks()
+        self._close_core()
+        self._shutdown_executor_nowait()
+
+    def set_debug(self, enabled):
+        self._set_debug_flag(bool(enabled))
+        if self.is_running():
+            self.call_soon_threadsafe(self._set_origin_tracking, enabled)
+
+    def _set_origin_tracking(self, enabled):
+        if bool(enabled) == self._origin_tracking:
+            return
+        if enabled:
+            self._saved_origin_depth = sys.get_coroutine_origin_tracking_depth()
+            sys.set_coroutine_origin_tracking_depth(_DEBUG_STACK_DEPTH)
+        else:
+            sys.set_coroutine_origin_tracking_depth(self._saved_origin_depth)
+        self._origin_tracking = bool(enabled)
+
+    def _check_callback(self, callback, method):
+        if coroutines.iscoroutine(callback) or coroutines.iscoroutinefunction(callback):
+            raise TypeError(f'coroutines cannot be used with {method}()')
+        if not callable(callback):
+            raise TypeError(f'a callable object was expected by {method}(), got {callback!r}')
+
+    # ----- futures and tasks ----------------------------------------------------------
+
+    def create_future(self):
+        """Create an asyncio.Future (the C implementation) attached to this loop."""
+        return futures.Future(loop=self)
+
+    def create_task(self, coro, *, name=None, context=None, **kwargs):
+        """Schedule a coroutine as a Task (or through the task factory).
+        Extra keywords (``eager_start`` on 3.12+) go to the Task/factory."""
+        self._check_closed()
+        if self._task_factory is None:
+            task = tasks.Task(coro, loop=self, name=name, context=context, **kwargs)
+            if task._source_traceback:
+                del task._source_traceback[-1]
+            return task
+        if context is not None:
+            kwargs['context'] = context
+        task = self._task_factory(self, coro, **kwargs)
+        if name is not None:
+            task.set_name(name)
+        return task
+
+    def set_task_factory(self, factory):
+        if factory is not None and not callable(factory):
+            raise TypeError('task factory must be a callable or None')
+        self._task_factory = factory
+
+    def get_task_factory(self):
+        return self._task_factory
+
+    # ----- asynchronous generators ------------------------------------------------
+
+    def _asyncgen_firstiter_hook(self, agen):
+        if self._asyncgens_shutdown_called:
+            warnings.warn(f'asynchronous generator {agen!r} was scheduled after '
+                          f'loop.shutdown_asyncgens() call', ResourceWarning, source=self)
+        self._asyncgens.add(agen)
+
+    def _asyncgen_finalizer_hook(self, agen):
+        self._asyncgens.discard(agen)
+        if not self.is_closed():
+            self.call_soon_threadsafe(self.create_task, agen.aclose())
+
+    async def shutdown_asyncgens(self):
+        """Close every asynchronous generator still open on this loop."""
+        self._asyncgens_shutdown_called = True
+        if not len(self._asyncgens):
+            return
+        closing = list(self._asyncgens)
+        self._asyncgens.clear()
+        results = await tasks.gather(*[ag.aclose() for ag in closing], return_exceptions=True)
+        for result, agen in zip(results, closing):
+            if isinstance(result, Exception):
+                self.call_exception_handler({
+                    'message': f'an error occurred during closing of asynchronous generator {agen!r}',
+                    'exception': result,
+                    'asyncgen': agen,
+                })

@@ -1,0 +1,157 @@
+"""Unix signals: ``add_signal_handler``/``remove_signal_handler``, and the wakeup fd
+that makes a signal (Ctrl-C above all) interrupt a loop asleep in the poller.
+
+Python's C-level signal handler writes the signal number to the wakeup fd; the
+loop watches the other end of that socket pair, so the poll returns at once and
+Python-level handlers (``KeyboardInterrupt``, ``asyncio.Runner``'s SIGINT handler)
+run promptly even when the signal was delivered to another thread."""
+
+import contextvars
+import errno
+import signal
+import socket
+import sys
+import threading
+
+from asyncio import coroutines
+from asyncio.log import logger
+
+
+def _sighandler_noop(signum, frame):
+    """Python-level handler for signals handled by the loop: the work is done by
+    the wakeup fd."""
+
+
+class SignalsMixin:
+    _signal_handlers = None
+    _wakeup_socks = None
+    _saved_wakeup_fd = None
+
+    def _ensure_wakeup_socks(self):
+        if self._wakeup_socks is None:
+            rsock, wsock = socket.socketpair()
+            rsock.setblocking(False)
+            wsock.setblocking(False)
+            self._wakeup_socks = (rsock, wsock)
+            self.add_reader(rsock.fileno(), self._read_wakeup_sock)
+        return self._wakeup_socks[1].fileno()
+
+    def _read_wakeup_sock(self):
+        rsock = self._wakeup_socks[0]
+        while True:
+            try:
+                data = rsock.recv(4096)
+            except (BlockingIOError, InterruptedError):
+                return
+            if not data:
+                return
+            for signum in data:
+                if signum:
+                    self._dispatch_signal(signum)
+
+    def _dispatch_signal(self, signum):
+        entry = (self._signal_handlers or {}).get(signum)
+        if entry is not None:
+            callback, args, context = entry
+            self.call_soon(callback, *args, context=context)
+
+    def _install_wakeup_fd(self):
+        """While running in the main thread, route signals to the poller."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        fd = self._ensure_wakeup_socks()
+        old = signal.set_wakeup_fd(fd, warn_on_full_buffer=False)
+        if old != fd:
+            self._saved_wakeup_fd = old
+
+    def _restore_wakeup_fd(self):
+        if self._saved_wakeup_fd is None or self._signal_handlers:
+            return
+        old, self._saved_wakeup_fd = self._saved_wakeup_fd, None
+        try:
+            signal.set_wakeup_fd(old)
+        except (ValueError, OSError) as exc:
+            logger.info('set_wakeup_fd(%s) failed: %s', old, exc)
+
+    def _close_wakeup_socks(self):
+        if self._wakeup_socks is None:
+            return
+        rsock, wsock = self._wakeup_socks
+        self._wakeup_socks = None
+        try:
+            current = signal.set_wakeup_fd(-1)
+            if current != wsock.fileno():
+                signal.set_wakeup_fd(current)  # not ours: leave it in place
+        except (ValueError, OSError):
+            pass  # not the main thread: nothing of ours can be installed
+        rsock.close()
+        wsock.close()
+
+    @staticmethod
+    def _check_signal(sig):
+        if not isinstance(sig, int):
+            raise TypeError(f'sig must be an int, not {sig!r}')
+        if sig not in signal.valid_signals():
+            raise ValueError(f'invalid signal number {sig}')
+
+    def add_signal_handler(self, sig, callback, *args):
+        """Run ``callback(*args)`` on the loop whenever signal ``sig`` arrives.
+        Main thread only, as in asyncio."""
+        if coroutines.iscoroutine(callback) or coroutines.iscoroutinefunction(callback):
+            raise TypeError('coroutines cannot be used with add_signal_handler()')
+        self._check_signal(sig)
+        self._check_closed()
+        try:
+            # set_wakeup_fd() raises ValueError outside the main thread.
+            signal.set_wakeup_fd(self._ensure_wakeup_socks(), warn_on_full_buffer=False)
+        except (ValueError, OSError) as exc:
+            raise RuntimeError(str(exc))
+        if self._signal_handlers is None:
+            self._signal_handlers = {}
+        self._signal_handlers[sig] = (callback, args, contextvars.copy_context())
+        try:
+            signal.signal(sig, _sighandler_noop)
+            signal.siginterrupt(sig, False)
+        except OSError as exc:
+            del self._signal_handlers[sig]
+            if not self._signal_handlers:
+                self._reset_wakeup_fd()
+            if exc.errno == errno.EINVAL:
+                raise RuntimeError(f'sig {sig:d} cannot be caught')
+            raise
+
+    def remove_signal_handler(self, sig):
+        """Remove the handler for ``sig``; return whether there was one."""
+        self._check_signal(sig)
+        if not self._signal_handlers or sig not in self._signal_handlers:
+            return False
+        del self._signal_handlers[sig]
+        handler = signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL
+        try:
+            signal.signal(sig, handler)
+        except OSError as exc:
+            if exc.errno == errno.EINVAL:
+                raise RuntimeError(f'sig {sig:d} cannot be caught')
+            raise
+        if not self._signal_handlers and not self.is_running():
+            self._reset_wakeup_fd()
+        return True
+
+    def _reset_wakeup_fd(self):
+        try:
+            signal.set_wakeup_fd(-1)
+        except (ValueError, OSError) as exc:
+            logger.info('set_wakeup_fd(-1) failed: %s', exc)
+
+    def _remove_all_signal_handlers(self):
+        if not self._signal_handlers:
+            return
+        if sys.is_finalizing():
+            import warnings
+            warnings.warn(f'Closing the loop {self!r} on interpreter shutdown '
+                          'stage, skipping signal handlers removal',
+                          ResourceWarning, source=self)
+            self._signal_handlers.clear()
+            return
+        for sig in list(self._signal_handlers):
+            self.remove_signal_handler(sig)

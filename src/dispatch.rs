@@ -1,0 +1,216 @@
+//! One loop iteration, as one linear function (`run_once`): purge cancelled timers,
+//! compute the poll timeout, poll with the GIL released, queue the callbacks of ready
+//! fds, queue due timers, run the batch that was ready when the run started.
+//!
+//! The batch loop is also where a tracing hook will sit: `run_handle` is the single
+//! place every callback passes through, and debug-only work there is behind one
+//! boolean read once per iteration.
+
+use std::time::Duration;
+
+use ferroloop_core::clock;
+use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit};
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::PyDict;
+
+use crate::event_loop::LoopCore;
+use crate::handles::{format_callback_source, Handle};
+
+/// asyncio caps one poll at a day, so a far-off or infinite deadline is still fine.
+const MAX_POLL_TIMEOUT: f64 = 24.0 * 3600.0;
+
+pub fn run_until_stopped(slf: &Bound<'_, LoopCore>) -> PyResult<()> {
+    let py = slf.py();
+    let core = slf.get();
+    core.state.with(py, |s| {
+        s.running = true;
+        s.thread_id = Some(crate::scheduling::current_thread_id());
+    });
+    let result = loop {
+        if let Err(e) = run_once(slf, core, py) {
+            break Err(e);
+        }
+        if core.state.with(py, |s| s.stopping) {
+            break Ok(());
+        }
+    };
+    core.state.with(py, |s| {
+        s.stopping = false;
+        s.running = false;
+        s.thread_id = None;
+    });
+    result
+}
+
+fn run_once(slf: &Bound<'_, LoopCore>, core: &LoopCore, py: Python<'_>) -> PyResult<()> {
+    let cancelled = core.cancelled_timers.swap(0, std::sync::atomic::Ordering::Relaxed);
+    let (timeout, mut fds, purged) = core.state.with(py, |s| {
+        s.timers.note_cancelled(cancelled);
+        let purged = s.timers.purge_cancelled();
+        let timeout = if !s.ready.is_empty() || s.stopping {
+            Some(Duration::ZERO)
+        } else if let Some(when) = s.timers.next_deadline() {
+            let secs = (when - clock::monotonic()).clamp(0.0, MAX_POLL_TIMEOUT);
+            Some(Duration::from_secs_f64(secs))
+        } else {
+            None
+        };
+        if timeout != Some(Duration::ZERO) {
+            if let Some(w) = &s.waker {
+                w.arm();
+            }
+        }
+        (timeout, std::mem::take(&mut s.ready_fds), purged)
+    });
+    drop(purged);
+
+    let polled = if timeout == Some(Duration::ZERO) {
+        poll(core, timeout, &mut fds) // no sleep: not worth releasing the GIL
+    } else {
+        py.detach(|| poll(core, timeout, &mut fds))
+    };
+    match polled {
+        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+        other => other?,
+    }
+    py.check_signals()?;
+
+    // Objects leaving the loop are dropped after the state borrow ends: dropping
+    // may run Python code (see gil_cell).
+    let mut dead_handles = Vec::new();
+    let mut dead_timers = Vec::new();
+    let ntodo = core.state.with(py, |s| {
+        if let Some(w) = &s.waker {
+            w.disarm();
+        }
+        for r in fds.drain(..) {
+            for (wanted, table) in [(r.readable, &mut s.readers), (r.writable, &mut s.writers)] {
+                match table.get(&r.fd) {
+                    Some(h) if wanted && h.get().is_cancelled() => dead_handles.extend(table.remove(&r.fd)),
+                    Some(h) if wanted => s.ready.push_back(h.clone_ref(py)),
+                    _ => {}
+                }
+            }
+            // Re-registering re-arms the fd (level-triggered, see poller), and drops
+            // interest in a direction whose callback was cancelled.
+            let (reading, writing) = (s.readers.contains_key(&r.fd), s.writers.contains_key(&r.fd));
+            if let Some(reg) = s.registrar.as_mut() {
+                let _ = reg.set_interest(r.fd, reading, writing);
+            }
+        }
+        s.ready_fds = std::mem::take(&mut fds);
+
+        let end_time = clock::monotonic() + clock::resolution();
+        while let Some(entry) = s.timers.pop_due(end_time) {
+            let timer = entry.0.bind(py);
+            if timer.get().is_scheduled() {
+                timer.get().unschedule();
+                s.ready.push_back(timer.as_super().clone().unbind());
+            }
+            dead_timers.push(entry);
+        }
+        s.ready.len()
+    });
+    drop((dead_handles, dead_timers));
+
+    let debug = core.state.with(py, |s| s.debug);
+    for _ in 0..ntodo {
+        let Some(handle) = core.state.with(py, |s| s.ready.pop_front()) else { break };
+        if handle.get().is_cancelled() {
+            continue;
+        }
+        run_handle(slf, py, &handle, debug)?;
+    }
+    Ok(())
+}
+
+fn poll(core: &LoopCore, timeout: Option<Duration>, fds: &mut Vec<ferroloop_core::poller::Readiness>) -> std::io::Result<()> {
+    let mut guard = core.poller.lock().unwrap_or_else(|e| e.into_inner());
+    match guard.as_mut() {
+        Some(poller) => poller.poll(timeout, fds),
+        None => Ok(()),
+    }
+}
+
+/// Runs one callback. `SystemExit` and `KeyboardInterrupt` propagate out of the loop
+/// (as in asyncio); anything else goes to the exception handler.
+#[inline]
+fn run_handle(slf: &Bound<'_, LoopCore>, py: Python<'_>, handle: &Py<Handle>, debug: bool) -> PyResult<()> {
+    let result = if debug {
+        let t0 = clock::monotonic();
+        let r = handle.get().run(py);
+        let took = clock::monotonic() - t0;
+        let slow = slf.get().state.with(py, |s| s.slow_callback_duration);
+        if took >= slow {
+            log_slow_callback(py, handle, took)?;
+        }
+        r
+    } else {
+        handle.get().run(py)
+    };
+    match result {
+        Ok(()) => Ok(()),
+        Err(err) if err.is_instance_of::<PySystemExit>(py) || err.is_instance_of::<PyKeyboardInterrupt>(py) => Err(err),
+        Err(err) => report_callback_error(py, Some(slf.as_any()), handle.bind(py), err),
+    }
+}
+
+/// "Executing <Task ...> took 0.123 seconds", naming the task rather than its step
+/// method, through asyncio's own formatter.
+fn log_slow_callback(py: Python<'_>, handle: &Py<Handle>, took: f64) -> PyResult<()> {
+    static FORMAT_HANDLE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    static LOGGER: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    let format = FORMAT_HANDLE.import(py, "asyncio.base_events", "_format_handle")?;
+    let logger = LOGGER.import(py, "asyncio.log", "logger")?;
+    let name = format.call1((handle.bind(py),))?;
+    logger.call_method1("warning", ("Executing %s took %.3f seconds", name, took))?;
+    Ok(())
+}
+
+/// Sends a callback's exception to the loop's exception handler with asyncio's
+/// context keys. Without a loop (a handle run by hand), the running loop is used.
+pub fn report_callback_error(py: Python<'_>, event_loop: Option<&Bound<'_, PyAny>>, handle: &Bound<'_, Handle>, err: PyErr) -> PyResult<()> {
+    let event_loop = match event_loop {
+        Some(l) => l.clone(),
+        None => py.import("asyncio")?.call_method0("get_event_loop")?,
+    };
+    let ctx = PyDict::new(py);
+    let (callback, args) = (handle.get().callback(py), handle.getattr("_args")?);
+    let source = match callback {
+        Some(cb) => format_callback_source(py, cb.bind(py), args.extract().ok())?,
+        None => String::new(),
+    };
+    ctx.set_item("message", format!("Exception in callback {source}"))?;
+    ctx.set_item("exception", err.value(py))?;
+    ctx.set_item("handle", handle)?;
+    let tb = handle.getattr("_source_traceback")?;
+    if !tb.is_none() {
+        ctx.set_item("source_traceback", tb)?;
+    }
+    event_loop.call_method1("call_exception_handler", (ctx,))?;
+    Ok(())
+}
+
+/// Closing: drop every queued callback and close the poller, the waker's eventfd and
+/// the fd registrations. Objects are moved out of the state first and dropped after,
+/// since dropping them may run Python code.
+pub fn close(core: &LoopCore, py: Python<'_>) {
+    let dropped = core.state.with(py, |s| {
+        s.closed = true;
+        (
+            std::mem::take(&mut s.ready),
+            s.timers.drain(),
+            std::mem::take(&mut s.readers),
+            std::mem::take(&mut s.writers),
+            s.registrar.take(),
+            s.waker.take(),
+        )
+    });
+    for entry in &dropped.1 {
+        entry.0.get().unschedule();
+    }
+    drop(dropped);
+    let poller = core.poller.lock().unwrap_or_else(|e| e.into_inner()).take();
+    drop(poller);
+}

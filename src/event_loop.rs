@@ -1,0 +1,199 @@
+//! `LoopCore`: the Rust half of `ferroloop.Loop`, and the one place that lists the
+//! loop API implemented in Rust. Bodies live in topic modules (`scheduling`,
+//! `dispatch`, `fd_callbacks`); the Python class `ferroloop.Loop` subclasses this one
+//! and `asyncio.AbstractEventLoop`, adding the glue that is Python by nature
+//! (executor, exception handler, task factory, async generators, signals).
+
+use std::collections::{HashMap, VecDeque};
+use std::os::fd::RawFd;
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, Mutex};
+
+use ferroloop_core::poller::{self, Poller, Readiness, Registrar, Waker};
+use ferroloop_core::timers::{Cancellable, TimerQueue};
+use pyo3::prelude::*;
+use pyo3::types::PyTuple;
+
+use crate::gil_cell::GilCell;
+use crate::handles::{closed_error, Handle, TimerHandle};
+use crate::{dispatch, fd_callbacks, scheduling};
+
+/// A timer in the heap. "Cancelled" for the heap means "no longer scheduled":
+/// `TimerHandle.cancel()` clears the flag, and a popped timer is out of the heap.
+pub struct TimerEntry(pub Py<TimerHandle>);
+
+impl Cancellable for TimerEntry {
+    fn is_cancelled(&self) -> bool {
+        !self.0.get().is_scheduled()
+    }
+}
+
+/// Everything the loop mutates, behind one GIL-guarded cell.
+pub struct LoopState {
+    pub ready: VecDeque<Py<Handle>>,
+    pub timers: TimerQueue<TimerEntry>,
+    pub readers: HashMap<RawFd, Py<Handle>>,
+    pub writers: HashMap<RawFd, Py<Handle>>,
+    pub registrar: Option<Registrar>,
+    pub waker: Option<Waker>,
+    /// Scratch buffer for poll results, kept to avoid an allocation per iteration.
+    pub ready_fds: Vec<Readiness>,
+    pub stopping: bool,
+    pub closed: bool,
+    pub running: bool,
+    pub debug: bool,
+    pub thread_id: Option<u64>,
+    pub slow_callback_duration: f64,
+}
+
+#[pyclass(module = "ferroloop._ferroloop", subclass, frozen, weakref)]
+pub struct LoopCore {
+    pub state: GilCell<LoopState>,
+    /// The epoll wait runs with the GIL released, so it cannot live in `state`.
+    pub poller: Mutex<Option<Poller>>,
+    /// Shared with every `TimerHandle`: how many were cancelled while scheduled.
+    pub cancelled_timers: Arc<AtomicUsize>,
+}
+
+impl LoopCore {
+    /// Raises asyncio's "Event loop is closed" if it is.
+    pub fn check_closed(&self, py: Python<'_>) -> PyResult<()> {
+        if self.state.with(py, |s| s.closed) {
+            return Err(closed_error());
+        }
+        Ok(())
+    }
+}
+
+#[pymethods]
+impl LoopCore {
+    #[new]
+    fn new() -> PyResult<Self> {
+        let (poller, registrar, waker) = poller::new()?;
+        Ok(LoopCore {
+            state: GilCell::new(LoopState {
+                ready: VecDeque::with_capacity(256),
+                timers: TimerQueue::new(),
+                readers: HashMap::new(),
+                writers: HashMap::new(),
+                registrar: Some(registrar),
+                waker: Some(waker),
+                ready_fds: Vec::with_capacity(64),
+                stopping: false,
+                closed: false,
+                running: false,
+                debug: false,
+                thread_id: None,
+                slow_callback_duration: 0.1,
+            }),
+            poller: Mutex::new(Some(poller)),
+            cancelled_timers: Arc::new(AtomicUsize::new(0)),
+        })
+    }
+
+    // ----- scheduling ---------------------------------------------------------------
+
+    /// Return the time according to the event loop's clock (`time.monotonic()`).
+    fn time(&self) -> f64 {
+        ferroloop_core::clock::monotonic()
+    }
+
+    #[pyo3(signature = (callback, *args, context=None))]
+    fn call_soon(slf: &Bound<'_, Self>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>, context: Option<Bound<'_, PyAny>>) -> PyResult<Py<Handle>> {
+        scheduling::call_soon(slf, callback, args, context, "call_soon")
+    }
+
+    #[pyo3(signature = (callback, *args, context=None))]
+    fn call_soon_threadsafe(slf: &Bound<'_, Self>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>, context: Option<Bound<'_, PyAny>>) -> PyResult<Py<Handle>> {
+        scheduling::call_soon_threadsafe(slf, callback, args, context)
+    }
+
+    #[pyo3(signature = (delay, callback, *args, context=None))]
+    fn call_later(slf: &Bound<'_, Self>, delay: Option<f64>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>, context: Option<Bound<'_, PyAny>>) -> PyResult<Py<TimerHandle>> {
+        scheduling::call_later(slf, delay, callback, args, context)
+    }
+
+    #[pyo3(signature = (when, callback, *args, context=None))]
+    fn call_at(slf: &Bound<'_, Self>, when: Option<f64>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>, context: Option<Bound<'_, PyAny>>) -> PyResult<Py<TimerHandle>> {
+        scheduling::call_at(slf, when, callback, args, context, "call_at")
+    }
+
+    // ----- running and stopping --------------------------------------------------
+
+    /// Runs iterations until `stop()`; the Python `run_forever` wraps it.
+    fn _run_loop(slf: &Bound<'_, Self>) -> PyResult<()> {
+        dispatch::run_until_stopped(slf)
+    }
+
+    /// Stop running the event loop after the current iteration.
+    fn stop(&self, py: Python<'_>) {
+        self.state.with(py, |s| s.stopping = true);
+    }
+
+    fn is_running(&self, py: Python<'_>) -> bool {
+        self.state.with(py, |s| s.running)
+    }
+
+    fn is_closed(&self, py: Python<'_>) -> bool {
+        self.state.with(py, |s| s.closed)
+    }
+
+    /// Drops every queued callback and closes the poller and the waker's eventfd.
+    fn _close_core(&self, py: Python<'_>) {
+        dispatch::close(self, py)
+    }
+
+    fn get_debug(&self, py: Python<'_>) -> bool {
+        self.state.with(py, |s| s.debug)
+    }
+
+    fn _set_debug_flag(&self, py: Python<'_>, enabled: bool) {
+        self.state.with(py, |s| s.debug = enabled);
+    }
+
+    #[getter]
+    fn get_slow_callback_duration(&self, py: Python<'_>) -> f64 {
+        self.state.with(py, |s| s.slow_callback_duration)
+    }
+
+    #[setter]
+    fn set_slow_callback_duration(&self, py: Python<'_>, value: f64) {
+        self.state.with(py, |s| s.slow_callback_duration = value);
+    }
+
+    #[getter]
+    fn _thread_id(&self, py: Python<'_>) -> Option<u64> {
+        self.state.with(py, |s| s.thread_id)
+    }
+
+    /// asyncio's debug-mode guard against calling non-thread-safe methods from a
+    /// thread other than the loop's.
+    fn _check_thread(&self, py: Python<'_>) -> PyResult<()> {
+        scheduling::check_thread(self, py)
+    }
+
+    // ----- file descriptor callbacks ----------------------------------------------
+
+    #[pyo3(signature = (fd, callback, *args))]
+    fn add_reader(slf: &Bound<'_, Self>, fd: Bound<'_, PyAny>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>) -> PyResult<()> {
+        fd_callbacks::add(slf, &fd, callback, args, fd_callbacks::Direction::Read)
+    }
+
+    fn remove_reader(slf: &Bound<'_, Self>, fd: Bound<'_, PyAny>) -> PyResult<bool> {
+        fd_callbacks::remove(slf, &fd, fd_callbacks::Direction::Read)
+    }
+
+    #[pyo3(signature = (fd, callback, *args))]
+    fn add_writer(slf: &Bound<'_, Self>, fd: Bound<'_, PyAny>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>) -> PyResult<()> {
+        fd_callbacks::add(slf, &fd, callback, args, fd_callbacks::Direction::Write)
+    }
+
+    fn remove_writer(slf: &Bound<'_, Self>, fd: Bound<'_, PyAny>) -> PyResult<bool> {
+        fd_callbacks::remove(slf, &fd, fd_callbacks::Direction::Write)
+    }
+
+    /// Number of fds the poller watches (for leak tests).
+    fn _watched_fd_count(&self, py: Python<'_>) -> usize {
+        self.state.with(py, |s| s.registrar.as_ref().map_or(0, |r| r.watched_count()))
+    }
+}

@@ -1,0 +1,80 @@
+//! `add_reader` / `remove_reader` / `add_writer` / `remove_writer`: Python callbacks
+//! run when an fd is ready, level-triggered like asyncio's selector loop.
+
+use std::os::fd::RawFd;
+
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::PyTuple;
+
+use crate::event_loop::LoopCore;
+use crate::handles::Handle;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Read,
+    Write,
+}
+
+/// An int fd or any object with `fileno()`, with `selectors`' error messages.
+pub fn fileobj_to_fd(obj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
+    let fd: i64 = match obj.extract::<i64>() {
+        Ok(fd) => fd,
+        Err(_) => obj
+            .call_method0("fileno")
+            .and_then(|f| f.extract::<i64>())
+            .map_err(|_| PyValueError::new_err(format!("Invalid file object: {}", obj.repr().map(|r| r.to_string()).unwrap_or_default())))?,
+    };
+    if fd < 0 || fd > RawFd::MAX as i64 {
+        return Err(PyValueError::new_err(format!("Invalid file descriptor: {fd}")));
+    }
+    Ok(fd as RawFd)
+}
+
+pub fn add(slf: &Bound<'_, LoopCore>, fileobj: &Bound<'_, PyAny>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>, dir: Direction) -> PyResult<()> {
+    let py = slf.py();
+    let core = slf.get();
+    let fd = fileobj_to_fd(fileobj)?;
+    core.check_closed(py)?;
+    // asyncio gives fd callbacks a copy of the current context.
+    let ctx = crate::scheduling::context_or_copy(py, None)?;
+    let handle = Py::new(py, Handle::new(callback.unbind(), args.unbind(), ctx, None))?;
+    let replaced = core.state.with(py, |s| -> PyResult<Option<Py<Handle>>> {
+        let reading = dir == Direction::Read || s.readers.contains_key(&fd);
+        let writing = dir == Direction::Write || s.writers.contains_key(&fd);
+        if let Some(reg) = s.registrar.as_mut() {
+            reg.set_interest(fd, reading, writing)?;
+        }
+        let table = if dir == Direction::Read { &mut s.readers } else { &mut s.writers };
+        Ok(table.insert(fd, handle))
+    })?;
+    if let Some(old) = replaced {
+        old.get().cancel_silently(py);
+    }
+    Ok(())
+}
+
+pub fn remove(slf: &Bound<'_, LoopCore>, fileobj: &Bound<'_, PyAny>, dir: Direction) -> PyResult<bool> {
+    let py = slf.py();
+    let core = slf.get();
+    let fd = fileobj_to_fd(fileobj)?;
+    let removed = core.state.with(py, |s| {
+        if s.closed {
+            return None;
+        }
+        let table = if dir == Direction::Read { &mut s.readers } else { &mut s.writers };
+        let removed = table.remove(&fd)?;
+        let (reading, writing) = (s.readers.contains_key(&fd), s.writers.contains_key(&fd));
+        if let Some(reg) = s.registrar.as_mut() {
+            let _ = reg.set_interest(fd, reading, writing);
+        }
+        Some(removed)
+    });
+    match removed {
+        Some(handle) => {
+            handle.get().cancel_silently(py);
+            Ok(true)
+        }
+        None => Ok(false),
+    }
+}

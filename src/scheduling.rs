@@ -1,0 +1,130 @@
+//! `call_soon`, `call_soon_threadsafe`, `call_later`, `call_at`: creating handles and
+//! queueing them. This is the loop's hottest entry point (C `Task` and `Future` call
+//! `call_soon` for every step and done-callback), so the common path is one handle
+//! allocation, one context lookup and one push, with no lock.
+
+use pyo3::exceptions::{PyRuntimeError, PyTypeError};
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::PyTuple;
+
+use crate::event_loop::{LoopCore, TimerEntry};
+use crate::handles::{closed_error, Handle, TimerHandle};
+
+/// The context a callback runs in: the one given, or a copy of the caller's. An
+/// explicitly passed empty `Context()` is kept (it is falsy, hence `is None`).
+#[inline]
+pub fn context_or_copy(py: Python<'_>, context: Option<Bound<'_, PyAny>>) -> PyResult<Py<PyAny>> {
+    match context {
+        Some(ctx) if !ctx.is_none() => Ok(ctx.unbind()),
+        _ => {
+            // SAFETY: returns a new reference or NULL with an exception set.
+            unsafe { Bound::from_owned_ptr_or_err(py, pyo3::ffi::PyContext_CopyCurrent()) }.map(Bound::unbind)
+        }
+    }
+}
+
+/// The checks asyncio makes before queueing: closed loop always; thread and callback
+/// type in debug mode only. Returns the source traceback in debug mode.
+fn check_and_trace(core: &LoopCore, py: Python<'_>, callback: &Bound<'_, PyAny>, method: &str, threadsafe: bool) -> PyResult<Option<Py<PyAny>>> {
+    let (closed, debug) = core.state.with(py, |s| (s.closed, s.debug));
+    if closed {
+        return Err(closed_error());
+    }
+    if !debug {
+        return Ok(None);
+    }
+    if !threadsafe {
+        check_thread(core, py)?;
+    }
+    check_callback(py, callback, method)?;
+    Ok(Some(source_traceback(py)?))
+}
+
+fn check_callback(py: Python<'_>, callback: &Bound<'_, PyAny>, method: &str) -> PyResult<()> {
+    static IS_CORO: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    static IS_CORO_FN: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    let is_coro = IS_CORO.import(py, "asyncio.coroutines", "iscoroutine")?;
+    let is_coro_fn = IS_CORO_FN.import(py, "asyncio.coroutines", "iscoroutinefunction")?;
+    if is_coro.call1((callback,))?.is_truthy()? || is_coro_fn.call1((callback,))?.is_truthy()? {
+        return Err(PyTypeError::new_err(format!("coroutines cannot be used with {method}()")));
+    }
+    if !callback.is_callable() {
+        return Err(PyTypeError::new_err(format!(
+            "a callable object was expected by {method}(), got {}",
+            callback.repr()?
+        )));
+    }
+    Ok(())
+}
+
+/// The caller's stack, as asyncio records it for handles created in debug mode.
+pub fn source_traceback(py: Python<'_>) -> PyResult<Py<PyAny>> {
+    static EXTRACT: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    let extract = EXTRACT.import(py, "asyncio.format_helpers", "extract_stack")?;
+    let frame = py.import("sys")?.getattr("_getframe")?.call1((0,))?;
+    Ok(extract.call1((frame,))?.unbind())
+}
+
+pub fn current_thread_id() -> u64 {
+    // SAFETY: a plain query of the calling thread's identity; no preconditions.
+    unsafe { pyo3::ffi::PyThread_get_thread_ident() as u64 }
+}
+
+pub fn check_thread(core: &LoopCore, py: Python<'_>) -> PyResult<()> {
+    match core.state.with(py, |s| s.thread_id) {
+        Some(id) if id != current_thread_id() => Err(PyRuntimeError::new_err(
+            "Non-thread-safe operation invoked on an event loop other than the current one",
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Creates a handle and appends it to the ready queue (no checks).
+#[inline]
+pub fn push_ready(core: &LoopCore, py: Python<'_>, handle: Handle) -> PyResult<Py<Handle>> {
+    let handle = Py::new(py, handle)?;
+    let queued = handle.clone_ref(py);
+    core.state.with(py, |s| s.ready.push_back(queued));
+    Ok(handle)
+}
+
+pub fn call_soon(slf: &Bound<'_, LoopCore>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>, context: Option<Bound<'_, PyAny>>, method: &str) -> PyResult<Py<Handle>> {
+    let py = slf.py();
+    let core = slf.get();
+    let tb = check_and_trace(core, py, &callback, method, false)?;
+    let ctx = context_or_copy(py, context)?;
+    push_ready(core, py, Handle::new(callback.unbind(), args.unbind(), ctx, tb))
+}
+
+pub fn call_soon_threadsafe(slf: &Bound<'_, LoopCore>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>, context: Option<Bound<'_, PyAny>>) -> PyResult<Py<Handle>> {
+    let py = slf.py();
+    let core = slf.get();
+    let tb = check_and_trace(core, py, &callback, "call_soon_threadsafe", true)?;
+    let ctx = context_or_copy(py, context)?;
+    let handle = push_ready(core, py, Handle::new(callback.unbind(), args.unbind(), ctx, tb))?;
+    core.state.with(py, |s| s.waker.as_ref().map(|w| w.wake())).transpose()?;
+    Ok(handle)
+}
+
+pub fn call_later(slf: &Bound<'_, LoopCore>, delay: Option<f64>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>, context: Option<Bound<'_, PyAny>>) -> PyResult<Py<TimerHandle>> {
+    let delay = delay.ok_or_else(|| PyTypeError::new_err("delay must not be None"))?;
+    let when = ferroloop_core::clock::monotonic() + delay;
+    call_at(slf, Some(when), callback, args, context, "call_later")
+}
+
+pub fn call_at(slf: &Bound<'_, LoopCore>, when: Option<f64>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>, context: Option<Bound<'_, PyAny>>, method: &str) -> PyResult<Py<TimerHandle>> {
+    let when = when.ok_or_else(|| PyTypeError::new_err("when cannot be None"))?;
+    let py = slf.py();
+    let core = slf.get();
+    let tb = check_and_trace(core, py, &callback, method, false)?;
+    let ctx = context_or_copy(py, context)?;
+    let init = PyClassInitializer::from(Handle::new(callback.unbind(), args.unbind(), ctx, tb))
+        .add_subclass(TimerHandle::new(when, core.cancelled_timers.clone()));
+    let timer = Py::new(py, init)?;
+    // asyncio fires a NaN deadline at once (its comparisons with NaN are false).
+    let key = if when.is_nan() { f64::NEG_INFINITY } else { when };
+    let entry = TimerEntry(timer.clone_ref(py));
+    core.state.with(py, |s| s.timers.push(key, entry));
+    Ok(timer)
+}
