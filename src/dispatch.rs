@@ -8,11 +8,11 @@
 
 use std::time::Duration;
 
-use ferroloop_core::clock;
+use ferroloop_core::{clock, poller};
 use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::PyDict;
+use pyo3::types::{PyBytes, PyDict};
 
 use crate::event_loop::LoopCore;
 use crate::handles::{format_callback_source, Handle};
@@ -45,7 +45,7 @@ pub fn run_until_stopped(slf: &Bound<'_, LoopCore>) -> PyResult<()> {
 
 fn run_once(slf: &Bound<'_, LoopCore>, core: &LoopCore, py: Python<'_>) -> PyResult<()> {
     let cancelled = core.cancelled_timers.swap(0, std::sync::atomic::Ordering::Relaxed);
-    let (timeout, mut fds, purged) = core.state.with(py, |s| {
+    let (timeout, skip_poll, mut fds, purged) = core.state.with(py, |s| {
         s.timers.note_cancelled(cancelled);
         let purged = s.timers.purge_cancelled();
         let timeout = if !s.ready.is_empty() || s.stopping {
@@ -61,11 +61,16 @@ fn run_once(slf: &Bound<'_, LoopCore>, core: &LoopCore, py: Python<'_>) -> PyRes
                 w.arm();
             }
         }
-        (timeout, std::mem::take(&mut s.ready_fds), purged)
+        // With work queued and no fd to watch, polling could only find the signal
+        // socket, and pending signals are checked below anyway: skip the syscall.
+        let skip_poll = timeout == Some(Duration::ZERO) && s.registrar.as_ref().is_none_or(|r| r.watched_count() == 0);
+        (timeout, skip_poll, std::mem::take(&mut s.ready_fds), purged)
     });
     drop(purged);
 
-    let polled = if timeout == Some(Duration::ZERO) {
+    let polled = if skip_poll {
+        Ok(())
+    } else if timeout == Some(Duration::ZERO) {
         poll(core, timeout, &mut fds) // no sleep: not worth releasing the GIL
     } else {
         py.detach(|| poll(core, timeout, &mut fds))
@@ -80,11 +85,16 @@ fn run_once(slf: &Bound<'_, LoopCore>, core: &LoopCore, py: Python<'_>) -> PyRes
     // may run Python code (see gil_cell).
     let mut dead_handles = Vec::new();
     let mut dead_timers = Vec::new();
+    let mut signals = Vec::new();
     let ntodo = core.state.with(py, |s| {
         if let Some(w) = &s.waker {
             w.disarm();
         }
         for r in fds.drain(..) {
+            if Some(r.fd) == s.signal_fd {
+                signals = poller::drain_nonblocking(r.fd);
+                continue;
+            }
             for (wanted, table) in [(r.readable, &mut s.readers), (r.writable, &mut s.writers)] {
                 match table.get(&r.fd) {
                     Some(h) if wanted && h.get().is_cancelled() => dead_handles.extend(table.remove(&r.fd)),
@@ -101,7 +111,7 @@ fn run_once(slf: &Bound<'_, LoopCore>, core: &LoopCore, py: Python<'_>) -> PyRes
         }
         s.ready_fds = std::mem::take(&mut fds);
 
-        let end_time = clock::monotonic() + clock::resolution();
+        let end_time = if s.timers.is_empty() { f64::NEG_INFINITY } else { clock::monotonic() + clock::resolution() };
         while let Some(entry) = s.timers.pop_due(end_time) {
             let timer = entry.0.bind(py);
             if timer.get().is_scheduled() {
@@ -113,6 +123,10 @@ fn run_once(slf: &Bound<'_, LoopCore>, core: &LoopCore, py: Python<'_>) -> PyRes
         s.ready.len()
     });
     drop((dead_handles, dead_timers));
+    signals.retain(|&b| b != 0);
+    if !signals.is_empty() {
+        slf.call_method1(pyo3::intern!(py, "_dispatch_signals"), (PyBytes::new(py, &signals),))?;
+    }
 
     let debug = core.state.with(py, |s| s.debug);
     for _ in 0..ntodo {
@@ -205,6 +219,7 @@ pub fn close(core: &LoopCore, py: Python<'_>) {
             std::mem::take(&mut s.writers),
             s.registrar.take(),
             s.waker.take(),
+            s.signal_fd.take(),
         )
     });
     for entry in &dropped.1 {

@@ -44,6 +44,8 @@ pub struct LoopState {
     pub debug: bool,
     pub thread_id: Option<u64>,
     pub slow_callback_duration: f64,
+    /// The read end of the signal wakeup socket, drained by the loop itself.
+    pub signal_fd: Option<RawFd>,
 }
 
 #[pyclass(module = "ferroloop._ferroloop", subclass, frozen, weakref)]
@@ -85,6 +87,7 @@ impl LoopCore {
                 debug: false,
                 thread_id: None,
                 slow_callback_duration: 0.1,
+                signal_fd: None,
             }),
             poller: Mutex::new(Some(poller)),
             cancelled_timers: Arc::new(AtomicUsize::new(0)),
@@ -190,6 +193,22 @@ impl LoopCore {
 
     fn remove_writer(slf: &Bound<'_, Self>, fd: Bound<'_, PyAny>) -> PyResult<bool> {
         fd_callbacks::remove(slf, &fd, fd_callbacks::Direction::Write)
+    }
+
+    /// Watches the read end of the signal wakeup socket (`None`: stop). The loop
+    /// drains it and passes the signal numbers to `_dispatch_signals(bytes)`.
+    fn _watch_signal_fd(&self, py: Python<'_>, fd: Option<RawFd>) -> PyResult<()> {
+        self.state.with(py, |s| -> PyResult<()> {
+            let Some(reg) = s.registrar.as_mut() else { return Err(closed_error()) };
+            if let Some(old) = s.signal_fd.take() {
+                reg.unwatch_internal(old);
+            }
+            if let Some(fd) = fd {
+                reg.watch_internal(fd)?;
+                s.signal_fd = Some(fd);
+            }
+            Ok(())
+        })
     }
 
     /// Number of fds the poller watches (for leak tests).

@@ -41,6 +41,8 @@ def _stop_when_done(fut):
 class Loop(SignalsMixin, ExecutorMixin, ExceptionHandlerMixin, LoopCore, asyncio.AbstractEventLoop):
     """An asyncio event loop whose core runs in Rust."""
 
+    __module__ = "ferroloop"
+
     _clock_resolution = time.get_clock_info('monotonic').resolution
 
     def __init__(self):

@@ -33,27 +33,17 @@ class SignalsMixin:
             rsock.setblocking(False)
             wsock.setblocking(False)
             self._wakeup_socks = (rsock, wsock)
-            self.add_reader(rsock.fileno(), self._read_wakeup_sock)
+            self._watch_signal_fd(rsock.fileno())
         return self._wakeup_socks[1].fileno()
 
-    def _read_wakeup_sock(self):
-        rsock = self._wakeup_socks[0]
-        while True:
-            try:
-                data = rsock.recv(4096)
-            except (BlockingIOError, InterruptedError):
-                return
-            if not data:
-                return
-            for signum in data:
-                if signum:
-                    self._dispatch_signal(signum)
-
-    def _dispatch_signal(self, signum):
-        entry = (self._signal_handlers or {}).get(signum)
-        if entry is not None:
-            callback, args, context = entry
-            self.call_soon(callback, *args, context=context)
+    def _dispatch_signals(self, signums):
+        """Called by the loop with the signal numbers read from the wakeup socket."""
+        handlers = self._signal_handlers or {}
+        for signum in signums:
+            entry = handlers.get(signum)
+            if entry is not None:
+                callback, args, context = entry
+                self.call_soon(callback, *args, context=context)
 
     def _install_wakeup_fd(self):
         """While running in the main thread, route signals to the poller."""
@@ -78,6 +68,8 @@ class SignalsMixin:
             return
         rsock, wsock = self._wakeup_socks
         self._wakeup_socks = None
+        if not self.is_closed():
+            self._watch_signal_fd(None)
         try:
             current = signal.set_wakeup_fd(-1)
             if current != wsock.fileno():

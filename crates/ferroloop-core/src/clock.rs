@@ -12,12 +12,15 @@ pub fn monotonic() -> f64 {
 }
 
 /// The clock's resolution in seconds; asyncio treats timers due within one tick of
-/// "now" as due.
+/// "now" as due. Read once: it is asked for on every loop iteration.
 pub fn resolution() -> f64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: as above.
-    unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+    static RESOLUTION: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *RESOLUTION.get_or_init(|| {
+        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: as above.
+        unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC, &mut ts) };
+        ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+    })
 }
 
 #[cfg(test)]

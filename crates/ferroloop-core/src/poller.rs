@@ -136,12 +136,41 @@ impl Registrar {
         }
     }
 
+    /// Watches an fd the loop itself drains until `EAGAIN` (the signal wakeup
+    /// socket): edge-triggered, never re-armed, and not counted by `watched_count`,
+    /// so a loop with only such fds may skip the poll syscall when it has work queued.
+    pub fn watch_internal(&mut self, fd: RawFd) -> io::Result<()> {
+        self.registry.register(&mut SourceFd(&fd), Token(fd as usize), Interest::READABLE)
+    }
+
+    pub fn unwatch_internal(&mut self, fd: RawFd) {
+        let _ = self.registry.deregister(&mut SourceFd(&fd));
+    }
+
     pub fn is_watched(&self, fd: RawFd) -> bool {
         self.interests.contains_key(&fd)
     }
 
     pub fn watched_count(&self) -> usize {
         self.interests.len()
+    }
+}
+
+/// Reads everything a non-blocking fd holds (the signal wakeup socket: one byte per
+/// signal number), stopping at `EAGAIN` or end of file.
+pub fn drain_nonblocking(fd: RawFd) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 256];
+    loop {
+        // SAFETY: `buf` is a valid writable buffer of the length passed.
+        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        if n > 0 {
+            out.extend_from_slice(&buf[..n as usize]);
+        } else if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+            continue;
+        } else {
+            return out;
+        }
     }
 }
 
@@ -227,6 +256,22 @@ mod tests {
         out.clear();
         poller.poll(Some(Duration::ZERO), &mut out).unwrap();
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn internal_fds_are_not_counted_and_drain_fully() {
+        let (mut poller, mut reg, _waker) = new().unwrap();
+        let (a, mut b) = UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        reg.watch_internal(a.as_raw_fd()).unwrap();
+        assert_eq!(reg.watched_count(), 0);
+        b.write_all(&[2, 10, 15]).unwrap();
+        let mut out = Vec::new();
+        poller.poll(Some(Duration::from_secs(5)), &mut out).unwrap();
+        assert_eq!(out.len(), 1);
+        assert_eq!(drain_nonblocking(a.as_raw_fd()), vec![2, 10, 15]);
+        assert!(drain_nonblocking(a.as_raw_fd()).is_empty());
+        reg.unwatch_internal(a.as_raw_fd());
     }
 
     #[test]
