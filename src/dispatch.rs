@@ -206,26 +206,31 @@ pub fn report_callback_error(py: Python<'_>, event_loop: Option<&Bound<'_, PyAny
     Ok(())
 }
 
-/// Closing: drop every queued callback and close the poller, the waker's eventfd and
-/// the fd registrations. Objects are moved out of the state first and dropped after,
-/// since dropping them may run Python code.
-pub fn close(core: &LoopCore, py: Python<'_>) {
+/// Drops every queued callback: ready handles, timers, fd callbacks. Objects are
+/// moved out of the state first and dropped after, since dropping them may run
+/// Python code.
+pub fn drop_queued(core: &LoopCore, py: Python<'_>) {
     let dropped = core.state.with(py, |s| {
-        s.closed = true;
         (
             std::mem::take(&mut s.ready),
             s.timers.drain(),
             std::mem::take(&mut s.readers),
             std::mem::take(&mut s.writers),
-            s.registrar.take(),
-            s.waker.take(),
-            s.signal_fd.take(),
         )
     });
     for entry in &dropped.1 {
         entry.0.get().unschedule();
     }
     drop(dropped);
+}
+
+/// Closing: drop every queued callback and close the poller, the waker's eventfd and
+/// the signal socket registration.
+pub fn close(core: &LoopCore, py: Python<'_>) {
+    core.state.with(py, |s| s.closed = true);
+    drop_queued(core, py);
+    let owned = core.state.with(py, |s| (s.registrar.take(), s.waker.take(), s.signal_fd.take()));
+    drop(owned);
     let poller = core.poller.lock().unwrap_or_else(|e| e.into_inner()).take();
     drop(poller);
 }

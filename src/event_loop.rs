@@ -11,7 +11,9 @@ use std::sync::{Arc, Mutex};
 
 use ferroloop_core::poller::{self, Poller, Readiness, Registrar, Waker};
 use ferroloop_core::timers::{Cancellable, TimerQueue};
+use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
+use pyo3::PyTraverseError;
 use pyo3::types::PyTuple;
 
 use crate::gil_cell::GilCell;
@@ -69,6 +71,23 @@ impl LoopCore {
 
 #[pymethods]
 impl LoopCore {
+    // A callback that refers to its loop (`loop.call_soon(loop.stop)`) makes a cycle
+    // through the queues held here, so the collector must see them.
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        let Some(s) = self.state.get_for_traverse() else { return Ok(()) };
+        for h in s.ready.iter().chain(s.readers.values()).chain(s.writers.values()) {
+            visit.call(h)?;
+        }
+        for entry in s.timers.iter() {
+            visit.call(&entry.0)?;
+        }
+        Ok(())
+    }
+
+    fn __clear__(&self, py: Python<'_>) {
+        dispatch::drop_queued(self, py);
+    }
+
     #[new]
     fn new() -> PyResult<Self> {
         let (poller, registrar, waker) = poller::new()?;

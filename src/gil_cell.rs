@@ -47,4 +47,19 @@ impl<T> GilCell<T> {
         // live reference; it is released when `f` returns or unwinds.
         f(unsafe { &mut *self.value.get() })
     }
+
+    /// Read access for `__traverse__`, which has no `Python` token but runs with the
+    /// GIL held by the collector. `None` while a `with` is active (a collection can
+    /// start inside one only if its closure allocated a Python object, which the
+    /// module rule forbids): skipping a visit only keeps objects alive, never frees
+    /// them early.
+    pub fn get_for_traverse(&self) -> Option<&T> {
+        if self.borrowed.get() {
+            return None;
+        }
+        // SAFETY: tp_traverse is called by the garbage collector with the GIL held;
+        // no `with` is active (checked above) and traversal runs no Python code
+        // that could start one, so no mutable reference exists.
+        Some(unsafe { &*self.value.get() })
+    }
 }

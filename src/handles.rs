@@ -12,9 +12,11 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use pyo3::exceptions::PyRuntimeError;
+use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
 use pyo3::pyclass::CompareOp;
 use pyo3::sync::PyOnceLock;
+use pyo3::PyTraverseError;
 use pyo3::types::{PyBool, PyFloat, PyTuple};
 
 use crate::gil_cell::GilCell;
@@ -135,6 +137,23 @@ fn class_name(slf: &Bound<'_, PyAny>) -> PyResult<String> {
 
 #[pymethods]
 impl Handle {
+    // Handles sit in reference cycles often (an object keeps the timer whose callback
+    // is its own bound method), so they take part in garbage collection.
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.context)?;
+        if let Some(i) = self.inner.get_for_traverse() {
+            visit.call(&i.callback)?;
+            visit.call(&i.args)?;
+            visit.call(&i.source_traceback)?;
+        }
+        Ok(())
+    }
+
+    fn __clear__(&self, py: Python<'_>) {
+        let taken = self.inner.with(py, |i| (i.callback.take(), i.args.take(), i.source_traceback.take()));
+        drop(taken);
+    }
+
     fn cancel(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         slf.get().cancel_with_repr(py, slf.as_any())
