@@ -79,7 +79,6 @@ fn run_once(slf: &Bound<'_, LoopCore>, core: &LoopCore, py: Python<'_>) -> PyRes
         Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
         other => other?,
     }
-    py.check_signals()?;
 
     // Objects leaving the loop are dropped after the state borrow ends: dropping
     // may run Python code (see gil_cell).
@@ -123,6 +122,9 @@ fn run_once(slf: &Bound<'_, LoopCore>, core: &LoopCore, py: Python<'_>) -> PyRes
         s.ready.len()
     });
     drop((dead_handles, dead_timers));
+    // Python-level signal handlers (KeyboardInterrupt) run here, after the poll's
+    // events are queued: raising before would lose edge-triggered readiness.
+    py.check_signals()?;
     signals.retain(|&b| b != 0);
     if !signals.is_empty() {
         slf.call_method1(pyo3::intern!(py, "_dispatch_signals"), (PyBytes::new(py, &signals),))?;
