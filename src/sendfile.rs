@@ -218,7 +218,7 @@ pub fn start(op: &mut SockOp, me: &Bound<'_, PyAny>) -> PyResult<Step> {
             start_fallback(op, me)
         }
         Native::Ready => {
-            op.fd = crate::fd_callbacks::fileobj_to_fd(&sock.call_method0(intern!(py, "fileno"))?)?;
+            op.fd = crate::sock::raw_fileno(&sock)?;
             let outcome = attempt(op, py, true);
             op.conclude(me, outcome, Direction::Write)
         }

@@ -207,8 +207,15 @@ pub fn check_nonblocking(py: Python<'_>, event_loop: &Bound<'_, LoopCore>, sock:
     Ok(())
 }
 
+/// The fd to register a callback for (selectors' checks: -1 is a ValueError).
 fn fileno(sock: &Bound<'_, PyAny>) -> PyResult<RawFd> {
     fd_callbacks::fileobj_to_fd(&sock.call_method0(intern!(sock.py(), "fileno"))?)
+}
+
+/// The fd for a syscall: a closed socket's -1 is kept, so the syscall fails with
+/// EBADF as the socket module's own call does.
+pub fn raw_fileno(sock: &Bound<'_, PyAny>) -> PyResult<RawFd> {
+    sock.call_method0(intern!(sock.py(), "fileno"))?.extract()
 }
 
 fn stop_iteration(value: Py<PyAny>) -> PyErr {
@@ -284,6 +291,10 @@ fn is_fatal(py: Python<'_>, err: &PyErr) -> bool {
 
 /// One `recv` of up to `n` bytes into a new `bytes`.
 fn recv_bytes(py: Python<'_>, fd: RawFd, n: usize) -> Attempt {
+    if n == 0 {
+        // The socket module returns b'' without a syscall (which could EAGAIN).
+        return Ok(Some(PyBytes::new(py, b"").into_any().unbind()));
+    }
     if n <= SCRATCH_MAX {
         return RECV_SCRATCH.with(py, |buf| {
             if buf.len() < n {
@@ -324,6 +335,9 @@ fn recv_bytes(py: Python<'_>, fd: RawFd, n: usize) -> Attempt {
 }
 
 fn recv_into_view(py: Python<'_>, fd: RawFd, view: &mut BufView) -> Attempt {
+    if view.len() == 0 {
+        return Ok(Some(0u8.into_pyobject(py)?.into_any().unbind())); // as the socket module
+    }
     match sockio::recv(fd, view.as_mut_slice()) {
         Ok(got) => Ok(Some(got.into_pyobject(py)?.into_any().unbind())),
         Err(e) if sockio::would_block(&e) => Ok(None),
@@ -445,7 +459,7 @@ impl SockOp {
         }
         check_nonblocking(py, &event_loop, &sock)?;
         if self.fast {
-            self.fd = fileno(&sock)?;
+            self.fd = raw_fileno(&sock)?;
         }
         let dir = match &mut self.op {
             Op::Recv { n, fast_n } => {
@@ -502,7 +516,7 @@ impl SockOp {
     pub fn wait(&mut self, me: &Bound<'_, PyAny>, dir: Direction) -> PyResult<Step> {
         let py = me.py();
         let event_loop = self.loop_bound(py);
-        if self.fd < 0 {
+        if self.fd < 0 || !self.fast {
             self.fd = fileno(self.sock.bind(py))?;
         }
         if let Op::SendAll { data, view, memview, .. } = &mut self.op {
@@ -665,7 +679,7 @@ impl SockOp {
     fn connect_now(&mut self, me: &Bound<'_, PyAny>, address: Bound<'_, PyAny>) -> PyResult<Step> {
         let py = me.py();
         self.op = Op::Connect { address: address.unbind() };
-        self.fd = fileno(self.sock.bind(py))?;
+        self.fd = raw_fileno(self.sock.bind(py))?;
         let outcome = self.attempt(py, true);
         self.conclude(me, outcome, Direction::Write)
     }
