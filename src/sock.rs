@@ -710,17 +710,13 @@ impl SockOp {
         Ok(())
     }
 
-    /// Ends a wait early (the task was cancelled, or the coroutine closed).
+    /// Ends a wait early (the task was cancelled, or the coroutine closed): the fd
+    /// callback goes; the future is left alone, as a future's own iterator leaves it
+    /// (cancelling it would wake the task again, or fail on a closed loop).
     fn abandon_io(&mut self, me: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = me.py();
-        if let Stage::Io { fut, dir, registered } = std::mem::replace(&mut self.stage, Stage::Running) {
-            if registered {
-                fd_callbacks::remove_own(&self.loop_bound(py), self.fd, dir, me);
-            }
-            let fut = fut.bind(py);
-            if !fut.call_method0(intern!(py, "done"))?.is_truthy()? {
-                fut.call_method0(intern!(py, "cancel"))?;
-            }
+        if let Stage::Io { dir, registered: true, .. } = std::mem::replace(&mut self.stage, Stage::Running) {
+            fd_callbacks::remove_own(&self.loop_bound(py), self.fd, dir, me);
         }
         Ok(())
     }

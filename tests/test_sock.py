@@ -10,13 +10,16 @@ every loop is bounded."""
 import array
 import asyncio
 import errno
+import gc
 import hashlib
 import io
 import os
 import socket
 import ssl
 import struct
+import sys
 import tempfile
+import weakref
 
 import pytest
 
@@ -699,3 +702,67 @@ def test_sendfile_to_reset_peer(loop, tcp_pair, datafile):
         run(loop, loop.sock_sendfile(client, datafile, fallback=False))
     assert str(e.value) == 'os.sendfile call failed'
     assert datafile.tell() == 0
+
+
+# ----- object lifetime ---------------------------------------------------------------
+
+def test_abandoned_pending_ops_are_collected_quietly(loop, pair):
+    """A task left waiting forever (its reader replaced by a second one) forms a
+    cycle task -> coroutine -> operation -> future -> task; closing the loop and
+    dropping it must let the GC free it, with nothing raised while finalising."""
+    a, b = pair
+    refs = []
+
+    async def waiter():
+        await loop.sock_recv(a, 10)
+
+    async def main():
+        first = loop.create_task(waiter())
+        refs.append(weakref.ref(first))
+        await asyncio.sleep(0)
+        second = loop.create_task(loop.sock_recv(a, 10))
+        await asyncio.sleep(0)
+        b.send(b'x')
+        assert await second == b'x'
+        pending_send = loop.create_task(loop.sock_sendall(a, b'y' * (16 << 20)))
+        refs.append(weakref.ref(pending_send))
+        await asyncio.sleep(0)
+
+    unraisable = []
+    old_hook = sys.unraisablehook
+    sys.unraisablehook = unraisable.append
+    try:
+        loop.set_exception_handler(lambda lp, ctx: None)   # "Task was destroyed..."
+        run(loop, main())
+        loop.close()
+        gc.collect()
+    finally:
+        sys.unraisablehook = old_hook
+    assert [r() for r in refs] == [None, None]
+    assert unraisable == []
+
+
+class SocketSubclass(socket.socket):
+    """Not exactly socket.socket: ferroloop goes through the socket's own methods."""
+    calls = 0
+
+    def recv(self, n):
+        SocketSubclass.calls += 1
+        return super().recv(n)
+
+
+def test_socket_subclass_goes_through_its_methods(loop):
+    a, b = socket.socketpair()
+    with SocketSubclass(fileno=a.detach()) as sa, b:
+        sa.setblocking(False)
+        b.setblocking(False)
+        SocketSubclass.calls = 0
+
+        async def main():
+            t = asyncio.create_task(loop.sock_recv(sa, 100))
+            await asyncio.sleep(0)
+            await loop.sock_sendall(b, b'via method')
+            return await t
+
+        assert run(loop, main()) == b'via method'
+        assert SocketSubclass.calls == 2          # EAGAIN, then the data
