@@ -154,8 +154,19 @@ impl Sendfile {
         }
     }
 
+    /// Cancelled (thrown into) or closed while waiting. The stdlib's native phase
+    /// only removes its writer then (the position stays where it was); its
+    /// fallback's `finally` still seeks.
+    pub fn on_abandon(&mut self, py: Python<'_>, err: PyErr) -> PyErr {
+        if let Phase::Native { .. } = self.phase {
+            self.phase = Phase::Settled;
+            return err;
+        }
+        self.on_error(py, err)
+    }
+
     pub fn on_close(&mut self, py: Python<'_>) {
-        let _ = self.settle_position(py);
+        let _ = self.on_abandon(py, pyo3::exceptions::PyGeneratorExit::new_err(()));
     }
 
     pub fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {

@@ -730,12 +730,17 @@ impl SockOp {
             }
             io @ Stage::Io { .. } => {
                 self.stage = io;
-                let cleanup = self.abandon_io(me);
-                let err = match cleanup {
+                let err = match self.abandon_io(me) {
                     Ok(()) => err,
                     Err(e) => e,
                 };
-                self.fail_guard(py, Err(err))
+                let err = match &mut self.op {
+                    Op::Sendfile(sf) => sf.on_abandon(py, err),
+                    _ => err,
+                };
+                self.stage = Stage::Done;
+                self.release();
+                Err(err)
             }
             Stage::Delegate { iter } => {
                 let sent = iter_throw(py, iter.bind(py), err);

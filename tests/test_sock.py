@@ -766,3 +766,31 @@ def test_socket_subclass_goes_through_its_methods(loop):
 
         assert run(loop, main()) == b'via method'
         assert SocketSubclass.calls == 2          # EAGAIN, then the data
+
+
+def _cancel_pending_sendfile(loop, sock, file):
+    async def main():
+        t = asyncio.create_task(loop.sock_sendfile(sock, file))
+        await asyncio.sleep(0)
+        assert not t.done()
+        t.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await t
+        return has_writer(loop, sock.fileno())
+
+    return run(loop, main())
+
+
+def test_sendfile_cancel_native_leaves_position(loop, pair, datafile):
+    a, b = pair                                      # nobody reads b: sendfile blocks
+    assert _cancel_pending_sendfile(loop, a, datafile) is False
+    assert datafile.tell() == 0
+
+
+def test_sendfile_cancel_fallback_seeks_what_was_sent(loop, pair):
+    a, b = pair
+    f = io.BytesIO(DATA)
+    assert _cancel_pending_sendfile(loop, a, f) is False
+    # The first 256 KiB block was read; its sock_sendall never finished, so nothing
+    # counts as sent and the fallback's finally does not seek.
+    assert f.tell() == 256 * 1024
