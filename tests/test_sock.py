@@ -108,6 +108,7 @@ def test_create_task_and_gather_accept_them(loop, pair):
 
 def test_errors_are_raised_at_await_not_at_call(loop):
     s = socket.socket()
+    s.setblocking(False)            # (debug mode would reject a blocking one first)
     s.close()
     op = loop.sock_recv(s, 10)      # closed socket: no error yet
     with pytest.raises(OSError) as e:
