@@ -18,6 +18,7 @@ use pyo3::types::PyTuple;
 
 use crate::gil_cell::GilCell;
 use crate::handles::{closed_error, Handle, TimerHandle};
+use crate::sock::{self, SockOp};
 use crate::{dispatch, fd_callbacks, scheduling};
 
 /// A timer in the heap. "Cancelled" for the heap means "no longer scheduled":
@@ -230,8 +231,80 @@ impl LoopCore {
         })
     }
 
+    // ----- low-level socket I/O -----
+    // Each returns a `SockOp`: a coroutine as far as asyncio is concerned (await it,
+    // or hand it to `create_task`), running nothing until its first step (see `sock`).
+
+    fn sock_recv(slf: &Bound<'_, Self>, sock: Bound<'_, PyAny>, n: Bound<'_, PyAny>) -> PyResult<Py<SockOp>> {
+        sock::recv(slf, sock, n)
+    }
+
+    fn sock_recv_into(slf: &Bound<'_, Self>, sock: Bound<'_, PyAny>, buf: Bound<'_, PyAny>) -> PyResult<Py<SockOp>> {
+        sock::recv_into(slf, sock, buf)
+    }
+
+    fn sock_recvfrom(slf: &Bound<'_, Self>, sock: Bound<'_, PyAny>, bufsize: Bound<'_, PyAny>) -> PyResult<Py<SockOp>> {
+        sock::recvfrom(slf, sock, bufsize)
+    }
+
+    #[pyo3(signature = (sock, buf, nbytes=None))]
+    fn sock_recvfrom_into(slf: &Bound<'_, Self>, sock: Bound<'_, PyAny>, buf: Bound<'_, PyAny>, nbytes: Option<Bound<'_, PyAny>>) -> PyResult<Py<SockOp>> {
+        let nbytes = nbytes.unwrap_or_else(|| 0u8.into_pyobject(slf.py()).expect("small int").into_any());
+        sock::recvfrom_into(slf, sock, buf, nbytes)
+    }
+
+    fn sock_sendall(slf: &Bound<'_, Self>, sock: Bound<'_, PyAny>, data: Bound<'_, PyAny>) -> PyResult<Py<SockOp>> {
+        sock::sendall(slf, sock, data)
+    }
+
+    fn sock_sendto(slf: &Bound<'_, Self>, sock: Bound<'_, PyAny>, data: Bound<'_, PyAny>, address: Bound<'_, PyAny>) -> PyResult<Py<SockOp>> {
+        sock::sendto(slf, sock, data, address)
+    }
+
+    fn sock_connect(slf: &Bound<'_, Self>, sock: Bound<'_, PyAny>, address: Bound<'_, PyAny>) -> PyResult<Py<SockOp>> {
+        sock::connect(slf, sock, address)
+    }
+
+    fn sock_accept(slf: &Bound<'_, Self>, sock: Bound<'_, PyAny>) -> PyResult<Py<SockOp>> {
+        sock::accept(slf, sock)
+    }
+
+    /// `offset`/`count` are kept as given: asyncio validates them at the first step,
+    /// with messages that show the value (`offset=None` is a TypeError, not 0).
+    #[pyo3(signature = (sock, file, offset=SockArg::Default, count=None, *, fallback=SockArg::Default))]
+    fn sock_sendfile(slf: &Bound<'_, Self>, sock: Bound<'_, PyAny>, file: Bound<'_, PyAny>, offset: SockArg<'_>, count: Option<Bound<'_, PyAny>>, fallback: SockArg<'_>) -> PyResult<Py<SockOp>> {
+        let py = slf.py();
+        let offset = offset.or(|| 0u8.into_pyobject(py).expect("small int").into_any());
+        let count = count.unwrap_or_else(|| py.None().into_bound(py));
+        let fallback = fallback.or(|| pyo3::types::PyBool::new(py, true).to_owned().into_any());
+        sock::sendfile(slf, sock, file, offset, count, fallback)
+    }
+
     /// Number of fds the poller watches (for leak tests).
     fn _watched_fd_count(&self, py: Python<'_>) -> usize {
         self.state.with(py, |s| s.registrar.as_ref().map_or(0, |r| r.watched_count()))
+    }
+}
+
+/// An optional argument whose default is not `None` (an explicit `None` must reach
+/// the validation as `None`).
+pub enum SockArg<'py> {
+    Default,
+    Given(Bound<'py, PyAny>),
+}
+
+impl<'py> SockArg<'py> {
+    fn or(self, default: impl FnOnce() -> Bound<'py, PyAny>) -> Bound<'py, PyAny> {
+        match self {
+            SockArg::Given(v) => v,
+            SockArg::Default => default(),
+        }
+    }
+}
+
+impl<'a, 'py> FromPyObject<'a, 'py> for SockArg<'py> {
+    type Error = PyErr;
+    fn extract(obj: Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
+        Ok(SockArg::Given(obj.to_owned()))
     }
 }

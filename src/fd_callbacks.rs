@@ -32,9 +32,14 @@ pub fn fileobj_to_fd(obj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
 }
 
 pub fn add(slf: &Bound<'_, LoopCore>, fileobj: &Bound<'_, PyAny>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>, dir: Direction) -> PyResult<()> {
+    let fd = fileobj_to_fd(fileobj)?;
+    add_fd(slf, fd, callback, args, dir)
+}
+
+/// `add` for an fd already known to be valid (the loop's own `sock_*` operations).
+pub fn add_fd(slf: &Bound<'_, LoopCore>, fd: RawFd, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>, dir: Direction) -> PyResult<()> {
     let py = slf.py();
     let core = slf.get();
-    let fd = fileobj_to_fd(fileobj)?;
     core.check_closed(py)?;
     // asyncio gives fd callbacks a copy of the current context.
     let ctx = crate::scheduling::context_or_copy(py, None)?;
@@ -76,5 +81,35 @@ pub fn remove(slf: &Bound<'_, LoopCore>, fileobj: &Bound<'_, PyAny>, dir: Direct
             Ok(true)
         }
         None => Ok(false),
+    }
+}
+
+/// Removes the fd's reader (or writer) only if its callback is still `callback`: an
+/// operation whose callback was replaced by a later `add_reader` on the same fd must
+/// not remove its successor (asyncio's `_sock_read_done` tests `handle.cancelled()`
+/// for the same reason). Returns whether it removed anything.
+pub fn remove_own(slf: &Bound<'_, LoopCore>, fd: RawFd, dir: Direction, callback: &Bound<'_, PyAny>) -> bool {
+    let py = slf.py();
+    let removed = slf.get().state.with(py, |s| {
+        if s.closed {
+            return None;
+        }
+        let table = if dir == Direction::Read { &mut s.readers } else { &mut s.writers };
+        if !table.get(&fd).is_some_and(|h| h.get().callback_is(py, callback.as_ptr())) {
+            return None;
+        }
+        let removed = table.remove(&fd)?;
+        let (reading, writing) = (s.readers.contains_key(&fd), s.writers.contains_key(&fd));
+        if let Some(reg) = s.registrar.as_mut() {
+            let _ = reg.set_interest(fd, reading, writing);
+        }
+        Some(removed)
+    });
+    match removed {
+        Some(handle) => {
+            handle.get().cancel_silently(py);
+            true
+        }
+        None => false,
     }
 }

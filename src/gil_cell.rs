@@ -27,7 +27,7 @@ pub struct GilCell<T> {
 unsafe impl<T: Send> Sync for GilCell<T> {}
 
 impl<T> GilCell<T> {
-    pub fn new(value: T) -> Self {
+    pub const fn new(value: T) -> Self {
         GilCell { value: UnsafeCell::new(value), borrowed: Cell::new(false) }
     }
 

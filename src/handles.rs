@@ -90,6 +90,12 @@ impl Handle {
         drop((cb, args)); // outside the cell: dropping may run Python code
     }
 
+    /// Whether the callback is the object at `ptr` (false once cancelled). Runs no
+    /// Python code, so it may be called inside the loop state's `with`.
+    pub fn callback_is(&self, py: Python<'_>, ptr: *mut pyo3::ffi::PyObject) -> bool {
+        !self.is_cancelled() && self.inner.with(py, |i| i.callback.as_ref().is_some_and(|c| c.as_ptr() == ptr))
+    }
+
     pub fn callback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
         self.inner.with(py, |i| i.callback.as_ref().map(|c| c.clone_ref(py)))
     }

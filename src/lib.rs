@@ -2,14 +2,18 @@
 //!
 //! Modules by asyncio concept: `handles` (Handle, TimerHandle), `scheduling`
 //! (call_soon/call_later), `dispatch` (the loop iteration), `fd_callbacks`
-//! (add_reader/add_writer), `event_loop` (the class that lists the Rust API).
+//! (add_reader/add_writer), `sock` and `sendfile` (the `sock_*` coroutines), `buffer`
+//! (Python buffers as bytes), `event_loop` (the class that lists the Rust API).
 
+mod buffer;
 mod dispatch;
 mod event_loop;
 mod fd_callbacks;
 mod gil_cell;
 mod handles;
 mod scheduling;
+mod sendfile;
+mod sock;
 
 use pyo3::prelude::*;
 
@@ -18,5 +22,6 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<event_loop::LoopCore>()?;
     m.add_class::<handles::Handle>()?;
     m.add_class::<handles::TimerHandle>()?;
+    m.add_class::<sock::SockOp>()?;
     Ok(())
 }

@@ -3,10 +3,12 @@
 //!
 //! It owns the three things an event loop iteration needs from the operating system
 //! and from data structures: the clock (`clock`), the timer queue ordered by deadline
-//! (`timers`), and readiness polling with a cross-thread waker (`poller`). The PyO3
+//! (`timers`), and readiness polling with a cross-thread waker (`poller`); plus the
+//! non-blocking socket syscalls behind the loop's `sock_*` methods (`sockio`). The PyO3
 //! crate above maps asyncio's API onto these pieces; nothing here knows what a
 //! callback is.
 
 pub mod clock;
 pub mod poller;
+pub mod sockio;
 pub mod timers;
