@@ -8,11 +8,11 @@
 
 use std::time::Duration;
 
-use ferroloop_core::{clock, poller};
+use ferroloop_core::clock;
 use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBytes, PyDict};
+use pyo3::types::PyDict;
 
 use crate::event_loop::LoopCore;
 use crate::handles::{format_callback_source, Handle};
@@ -63,7 +63,10 @@ fn run_once(slf: &Bound<'_, LoopCore>, core: &LoopCore, py: Python<'_>) -> PyRes
         }
         // With work queued and no fd to watch, polling could only find the signal
         // socket, and pending signals are checked below anyway: skip the syscall.
-        let skip_poll = timeout == Some(Duration::ZERO) && s.registrar.as_ref().is_none_or(|r| r.watched_count() == 0);
+        // (Unless signal handlers are installed: their numbers arrive on that socket.)
+        let skip_poll = timeout == Some(Duration::ZERO)
+            && s.signal_handlers.is_empty()
+            && s.registrar.as_ref().is_none_or(|r| r.watched_count() == 0);
         (timeout, skip_poll, std::mem::take(&mut s.ready_fds), purged)
     });
     drop(purged);
@@ -84,14 +87,13 @@ fn run_once(slf: &Bound<'_, LoopCore>, core: &LoopCore, py: Python<'_>) -> PyRes
     // may run Python code (see gil_cell).
     let mut dead_handles = Vec::new();
     let mut dead_timers = Vec::new();
-    let mut signals = Vec::new();
     let ntodo = core.state.with(py, |s| {
         if let Some(w) = &s.waker {
             w.disarm();
         }
         for r in fds.drain(..) {
             if Some(r.fd) == s.signal_fd {
-                signals = poller::drain_nonblocking(r.fd);
+                crate::signals::queue_arrived(s, py, r.fd);
                 continue;
             }
             for (wanted, table) in [(r.readable, &mut s.readers), (r.writable, &mut s.writers)] {
@@ -123,12 +125,8 @@ fn run_once(slf: &Bound<'_, LoopCore>, core: &LoopCore, py: Python<'_>) -> PyRes
     });
     drop((dead_handles, dead_timers));
     // Python-level signal handlers (KeyboardInterrupt) run here, after the poll's
-    // events are queued: raising before would lose edge-triggered readiness.
+    // events and the signals' handlers are queued: raising before would lose them.
     py.check_signals()?;
-    signals.retain(|&b| b != 0);
-    if !signals.is_empty() {
-        slf.call_method1(pyo3::intern!(py, "_dispatch_signals"), (PyBytes::new(py, &signals),))?;
-    }
 
     let debug = core.state.with(py, |s| s.debug);
     for _ in 0..ntodo {
@@ -218,6 +216,7 @@ pub fn drop_queued(core: &LoopCore, py: Python<'_>) {
             s.timers.drain(),
             std::mem::take(&mut s.readers),
             std::mem::take(&mut s.writers),
+            std::mem::take(&mut s.signal_handlers),
         )
     });
     for entry in &dropped.1 {

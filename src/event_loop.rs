@@ -19,7 +19,7 @@ use pyo3::types::PyTuple;
 use crate::gil_cell::GilCell;
 use crate::handles::{closed_error, Handle, TimerHandle};
 use crate::sock::{self, SockOp};
-use crate::{dispatch, fd_callbacks, scheduling};
+use crate::{dispatch, fd_callbacks, scheduling, signals};
 
 /// A timer in the heap. "Cancelled" for the heap means "no longer scheduled":
 /// `TimerHandle.cancel()` clears the flag, and a popped timer is out of the heap.
@@ -49,6 +49,9 @@ pub struct LoopState {
     pub slow_callback_duration: f64,
     /// The read end of the signal wakeup socket, drained by the loop itself.
     pub signal_fd: Option<RawFd>,
+    /// `add_signal_handler` handles by signal number; while there are any, the
+    /// signal socket must be polled.
+    pub signal_handlers: HashMap<i32, Py<Handle>>,
 }
 
 #[pyclass(module = "ferroloop._ferroloop", subclass, frozen, weakref)]
@@ -108,6 +111,7 @@ impl LoopCore {
                 thread_id: None,
                 slow_callback_duration: 0.1,
                 signal_fd: None,
+                signal_handlers: HashMap::new(),
             }),
             poller: Mutex::new(Some(poller)),
             cancelled_timers: Arc::new(AtomicUsize::new(0)),
@@ -215,22 +219,6 @@ impl LoopCore {
         fd_callbacks::remove(slf, &fd, fd_callbacks::Direction::Write)
     }
 
-    /// Watches the read end of the signal wakeup socket (`None`: stop). The loop
-    /// drains it and passes the signal numbers to `_dispatch_signals(bytes)`.
-    fn _watch_signal_fd(&self, py: Python<'_>, fd: Option<RawFd>) -> PyResult<()> {
-        self.state.with(py, |s| -> PyResult<()> {
-            let Some(reg) = s.registrar.as_mut() else { return Err(closed_error()) };
-            if let Some(old) = s.signal_fd.take() {
-                reg.unwatch_internal(old);
-            }
-            if let Some(fd) = fd {
-                reg.watch_internal(fd)?;
-                s.signal_fd = Some(fd);
-            }
-            Ok(())
-        })
-    }
-
     // ----- low-level socket I/O -----
     // Each returns a `SockOp`: a coroutine as far as asyncio is concerned (await it,
     // or hand it to `create_task`), running nothing until its first step (see `sock`).
@@ -278,6 +266,23 @@ impl LoopCore {
         let count = count.unwrap_or_else(|| py.None().into_bound(py));
         let fallback = fallback.or(|| pyo3::types::PyBool::new(py, true).to_owned().into_any());
         sock::sendfile(slf, sock, file, offset, count, fallback)
+    }
+
+    // ----- signals ------------------------------------------------------------------
+
+    /// Watches the read end of the signal wakeup socket (`None`: stop).
+    fn _watch_signal_fd(&self, py: Python<'_>, fd: Option<RawFd>) -> PyResult<()> {
+        signals::watch_fd(self, py, fd)
+    }
+
+    /// The handle queued whenever `sig` arrives (validation is in `_signals.py`).
+    #[pyo3(signature = (sig, callback, *args))]
+    fn _set_signal_handler(&self, py: Python<'_>, sig: i32, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>) -> PyResult<Py<Handle>> {
+        signals::set_handler(self, py, sig, callback, args)
+    }
+
+    fn _remove_signal_handler(&self, py: Python<'_>, sig: i32) -> bool {
+        signals::remove_handler(self, py, sig)
     }
 
     /// Number of fds the poller watches (for leak tests).

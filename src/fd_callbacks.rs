@@ -44,19 +44,28 @@ pub fn add_fd(slf: &Bound<'_, LoopCore>, fd: RawFd, callback: Bound<'_, PyAny>, 
     // asyncio gives fd callbacks a copy of the current context.
     let ctx = crate::scheduling::context_or_copy(py, None)?;
     let handle = Py::new(py, Handle::new(callback.unbind(), args.unbind(), ctx, None))?;
-    let replaced = core.state.with(py, |s| -> PyResult<Option<Py<Handle>>> {
+    // On error the new handle comes back out, to be dropped outside the cell.
+    let outcome = core.state.with(py, |s| {
         let reading = dir == Direction::Read || s.readers.contains_key(&fd);
         let writing = dir == Direction::Write || s.writers.contains_key(&fd);
-        if let Some(reg) = s.registrar.as_mut() {
-            reg.set_interest(fd, reading, writing)?;
+        if let Some(Err(e)) = s.registrar.as_mut().map(|reg| reg.set_interest(fd, reading, writing)) {
+            return Err((e, handle));
         }
         let table = if dir == Direction::Read { &mut s.readers } else { &mut s.writers };
         Ok(table.insert(fd, handle))
-    })?;
-    if let Some(old) = replaced {
-        old.get().cancel_silently(py);
+    });
+    match outcome {
+        Ok(replaced) => {
+            if let Some(old) = replaced {
+                old.get().cancel_silently(py);
+            }
+            Ok(())
+        }
+        Err((e, handle)) => {
+            drop(handle);
+            Err(e.into())
+        }
     }
-    Ok(())
 }
 
 pub fn remove(slf: &Bound<'_, LoopCore>, fileobj: &Bound<'_, PyAny>, dir: Direction) -> PyResult<bool> {

@@ -12,12 +12,15 @@ mod fd_callbacks;
 mod gil_cell;
 mod handles;
 mod scheduling;
+mod signals;
 mod sendfile;
 mod sock;
 
 use pyo3::prelude::*;
 
-#[pymodule]
+// GilCell relies on the GIL for exclusion: on free-threaded builds, importing this
+// module must re-enable the GIL (PyO3 0.30 defaults to `gil_used = false`).
+#[pymodule(gil_used = true)]
 fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<event_loop::LoopCore>()?;
     m.add_class::<handles::Handle>()?;

@@ -693,7 +693,12 @@ impl SockOp {
         };
         let fut = fut.bind(py);
         if fut.call_method0(intern!(py, "done"))?.is_truthy()? {
-            return Ok(()); // cancelled; the task will throw into us and unregister
+            // Cancelled (perhaps directly, with no task to throw into us): stop
+            // watching now, as asyncio's done-callback does, or the level-triggered
+            // fd would call us forever.
+            fd_callbacks::remove_own(&self.loop_bound(py), self.fd, dir, me);
+            self.stage = Stage::Io { fut: fut.clone().unbind(), dir, registered: false };
+            return Ok(());
         }
         let outcome = match self.attempt(py, false) {
             Ok(None) => return Ok(()), // not yet: level-triggered, we are called again

@@ -3,9 +3,10 @@
 
 import concurrent.futures
 import socket
+import sys
 import threading
 import warnings
-from asyncio import futures, timeouts
+from asyncio import futures
 
 
 class ExecutorMixin:
@@ -43,8 +44,7 @@ class ExecutorMixin:
         thread = threading.Thread(target=self._join_executor, args=(executor, done))
         thread.start()
         try:
-            async with timeouts.timeout(timeout):
-                await done
+            await _wait_for(done, timeout)
         except TimeoutError:
             warnings.warn('The executor did not finishing joining '
                           f'its threads within {timeout} seconds.',
@@ -72,6 +72,19 @@ class ExecutorMixin:
 
     async def getnameinfo(self, sockaddr, flags=0):
         return await self.run_in_executor(None, socket.getnameinfo, sockaddr, flags)
+
+
+async def _wait_for(fut, timeout):
+    if sys.version_info >= (3, 11):
+        from asyncio import timeouts
+        async with timeouts.timeout(timeout):
+            await fut
+    else:  # asyncio.TimeoutError is not yet the builtin TimeoutError on 3.10
+        from asyncio import exceptions, tasks
+        try:
+            await tasks.wait_for(fut, timeout)
+        except exceptions.TimeoutError:
+            raise TimeoutError from None
 
 
 def _set_result_unless_done(fut, result):

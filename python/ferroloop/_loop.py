@@ -165,13 +165,13 @@ class Loop(SignalsMixin, ExecutorMixin, ExceptionHandlerMixin, LoopCore, asyncio
         """Schedule a coroutine as a Task (or through the task factory).
         Extra keywords (``eager_start`` on 3.12+) go to the Task/factory."""
         self._check_closed()
+        if context is not None:  # (3.10's Task has no context parameter at all)
+            kwargs['context'] = context
         if self._task_factory is None:
-            task = tasks.Task(coro, loop=self, name=name, context=context, **kwargs)
+            task = tasks.Task(coro, loop=self, name=name, **kwargs)
             if task._source_traceback:
                 del task._source_traceback[-1]
             return task
-        if context is not None:
-            kwargs['context'] = context
         task = self._task_factory(self, coro, **kwargs)
         if name is not None:
             task.set_name(name)

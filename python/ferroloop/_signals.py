@@ -1,17 +1,18 @@
 """Unix signals: ``add_signal_handler``/``remove_signal_handler``, and the wakeup fd
 that makes a signal (Ctrl-C above all) interrupt a loop asleep in the poller.
+The loop reads the wakeup socket and queues the handlers itself (``src/signals.rs``).
 
 Python's C-level signal handler writes the signal number to the wakeup fd; the
 loop watches the other end of that socket pair, so the poll returns at once and
 Python-level handlers (``KeyboardInterrupt``, ``asyncio.Runner``'s SIGINT handler)
 run promptly even when the signal was delivered to another thread."""
 
-import contextvars
 import errno
 import signal
 import socket
 import sys
 import threading
+import warnings
 
 from asyncio import coroutines
 from asyncio.log import logger
@@ -35,15 +36,6 @@ class SignalsMixin:
             self._wakeup_socks = (rsock, wsock)
             self._watch_signal_fd(rsock.fileno())
         return self._wakeup_socks[1].fileno()
-
-    def _dispatch_signals(self, signums):
-        """Called by the loop with the signal numbers read from the wakeup socket."""
-        handlers = self._signal_handlers or {}
-        for signum in signums:
-            entry = handlers.get(signum)
-            if entry is not None:
-                callback, args, context = entry
-                self.call_soon(callback, *args, context=context)
 
     def _install_wakeup_fd(self):
         """While running in the main thread, route signals to the poller."""
@@ -100,12 +92,13 @@ class SignalsMixin:
             raise RuntimeError(str(exc))
         if self._signal_handlers is None:
             self._signal_handlers = {}
-        self._signal_handlers[sig] = (callback, args, contextvars.copy_context())
+        self._signal_handlers[sig] = self._set_signal_handler(sig, callback, *args)
         try:
             signal.signal(sig, _sighandler_noop)
             signal.siginterrupt(sig, False)
         except OSError as exc:
             del self._signal_handlers[sig]
+            self._remove_signal_handler(sig)
             if not self._signal_handlers:
                 self._reset_wakeup_fd()
             if exc.errno == errno.EINVAL:
@@ -118,6 +111,7 @@ class SignalsMixin:
         if not self._signal_handlers or sig not in self._signal_handlers:
             return False
         del self._signal_handlers[sig]
+        self._remove_signal_handler(sig)
         handler = signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL
         try:
             signal.signal(sig, handler)
@@ -139,7 +133,6 @@ class SignalsMixin:
         if not self._signal_handlers:
             return
         if sys.is_finalizing():
-            import warnings
             warnings.warn(f'Closing the loop {self!r} on interpreter shutdown '
                           'stage, skipping signal handlers removal',
                           ResourceWarning, source=self)

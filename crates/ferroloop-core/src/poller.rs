@@ -114,25 +114,18 @@ impl Registrar {
         }
     }
 
-    /// `EPOLL_CTL_MOD`, falling back to `ADD` when the fd was closed and its number
-    /// reused since it was registered (closing removed the old registration).
+    /// `EPOLL_CTL_MOD`. An fd closed behind the loop's back (epoll dropped it) gives
+    /// `ENOENT` even if its number was reused since: like the stdlib's selector, the
+    /// stale registration is kept and the error returned, so a callback meant for
+    /// the old file never fires for the new one.
     fn modify(&self, fd: RawFd, interest: Interest) -> io::Result<()> {
-        let token = Token(fd as usize);
-        match self.registry.reregister(&mut SourceFd(&fd), token, interest) {
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-                self.registry.register(&mut SourceFd(&fd), token, interest)
-            }
-            other => other,
-        }
+        self.registry.reregister(&mut SourceFd(&fd), Token(fd as usize), interest)
     }
 
     /// Re-arms a watched fd after it fired (level-triggered emulation, see module doc).
     pub fn rearm(&mut self, fd: RawFd) {
         if let Some(&interest) = self.interests.get(&fd) {
-            if self.modify(fd, interest).is_err() {
-                // Closed behind our back: epoll dropped it; forget it too.
-                self.interests.remove(&fd);
-            }
+            let _ = self.modify(fd, interest);
         }
     }
 
