@@ -12,7 +12,7 @@ import sys
 import time
 import warnings
 import weakref
-from asyncio import coroutines, events, futures, tasks
+from asyncio import base_events, coroutines, events, futures, tasks
 
 from ._errors import ExceptionHandlerMixin
 from ._executor import ExecutorMixin
@@ -125,8 +125,7 @@ class Loop(SignalsMixin, ExecutorMixin, ExceptionHandlerMixin, LoopCore, asyncio
         if self.is_closed():
             return
         if self.get_debug():
-            from asyncio.log import logger
-            logger.debug('Close %r', self)
+            base_events.logger.debug('Close %r', self)
         self._remove_all_signal_handlers()
         self._close_wakeup_socks()
         self._close_core()
