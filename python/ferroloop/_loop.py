@@ -24,6 +24,11 @@ _DEBUG_STACK_DEPTH = 10
 
 
 def _is_debug_mode():
+    # asyncio's own rule (dev mode or PYTHONASYNCIODEBUG), called through asyncio so
+    # that code overriding it (asyncio.run's tests patch it) decides for ferroloop too.
+    is_debug_mode = getattr(coroutines, '_is_debug_mode', None)
+    if is_debug_mode is not None:
+        return is_debug_mode()
     return sys.flags.dev_mode or (not sys.flags.ignore_environment
                                   and bool(__import__('os').environ.get('PYTHONASYNCIODEBUG')))
 
