@@ -63,6 +63,8 @@ def install_ferroloop():
 
     count(ferroloop.Loop, 'ferroloop')
     count(base_events.BaseEventLoop, 'stdlib')
+    if BASELINE:
+        return
 
     # Tests (and every tearDownModule) reset the policy with
     # set_event_loop_policy(None); the default that comes back lazily must be
@@ -79,6 +81,8 @@ def install_ferroloop():
 def ensure_ferroloop_policy():
     """Before each test: a test that installs another policy and leaves it
     (test_events.PolicyTests does) must not turn the next tests to the stdlib."""
+    if BASELINE:
+        return
     from asyncio import events
 
     import ferroloop
@@ -92,7 +96,13 @@ def ensure_ferroloop_policy():
 # The per-selector/per-proactor classes the stdlib builds from the same mixins are
 # excluded in run.py (EXCLUDED), with the reason.
 
+BASELINE = False  # run.py --stdlib: the same harness on asyncio's own loop
+
+
 def _new_loop(self=None):
+    if BASELINE:
+        import asyncio
+        return asyncio.DefaultEventLoopPolicy().new_event_loop()
     import ferroloop
     return ferroloop.new_event_loop()
 
@@ -185,7 +195,8 @@ def adapt_base_events(m):
         # Several exception-handler tests step the loop with the private
         # _run_once(). One iteration with public API: stop() queued behind the
         # callbacks already ready, then run (test_utils.run_once does the same).
-        self.loop._run_once = lambda: test_utils.run_once(self.loop)
+        if not BASELINE:
+            self.loop._run_once = lambda: test_utils.run_once(self.loop)
 
     classes = {}
     classes.update(_make(m, 'FerroloopBaseEventLoopTests', (m.BaseEventLoopTests,), setUp=setUp))
@@ -403,6 +414,8 @@ def main():
 
     from test import support
     support.use_resources = []  # as regrtest without -u: no network, no cpu hogs
+    global BASELINE
+    BASELINE = job.get('baseline', False)
     install_ferroloop()
     patch_test_utils()
     try:

@@ -6,6 +6,7 @@ interpreter, ``test.test_asyncio.*``) run against ferroloop.
     python tests/conformance/run.py --module test_tasks [--module test_locks] [-k PATTERN]
     python tests/conformance/run.py --update-known   # rewrite known_failures.txt
     python tests/conformance/run.py -j 1 -v          # one at a time, list every failure
+    python tests/conformance/run.py --stdlib         # baseline: the same harness on asyncio's loop
 
 Each module runs in its own process (``_child.py``, which installs ferroloop,
 builds the ferroloop test classes and counts the loops created), with a per-test
@@ -216,7 +217,7 @@ def run_module(name, workdir, args):
         job = {
             'module': name, 'results': paths['results'], 'watchdog': paths['watchdog'],
             'test_timeout': args.test_timeout, 'exit_timeout': EXIT_TIMEOUT,
-            'exclude': exclude, 'skip': sorted(run.tests), 'pattern': args.k,
+            'exclude': exclude, 'skip': sorted(run.tests), 'pattern': args.k, 'baseline': args.stdlib,
         }
         with open(paths['job'], 'w') as f:
             json.dump(job, f)
@@ -434,6 +435,8 @@ def main(argv=None):
     parser.add_argument('--test-timeout', type=float, default=TEST_TIMEOUT, help=f'seconds (default {TEST_TIMEOUT})')
     parser.add_argument('--module-timeout', type=float, default=MODULE_TIMEOUT, help=f'seconds (default {MODULE_TIMEOUT})')
     parser.add_argument('--keep-logs', action='store_true', help='keep the per-module logs and results')
+    parser.add_argument('--stdlib', action='store_true',
+                        help="baseline: the same harness on asyncio's own loop (known_failures.txt is ignored)")
     args = parser.parse_args(argv)
 
     try:
@@ -457,6 +460,10 @@ def main(argv=None):
     modules.sort(key=lambda m: -os.path.getsize(os.path.join(pkg_dir, m + '.py')))
 
     header, known = read_known()
+    if args.stdlib:
+        if args.update_known:
+            parser.error('--update-known does not go with --stdlib')
+        known = {}
     workdir = tempfile.mkdtemp(prefix='ferroloop-conformance-')
     print(f'conformance: {len(modules)} modules of {pkg_dir}, -j {args.j}')
     started = time.monotonic()
@@ -516,6 +523,11 @@ def main(argv=None):
         for test_id in newly:
             print(f'  {test_id}')
     stale = [i for name in sorted(tallies) for i in tallies[name].stale_ids]
+    if not args.module and not args.k:
+        # Entries for a module that is not run at all (renamed, gone, or excluded).
+        orphans = sorted(i for i in known if i.split('.')[0] not in runs)
+        stale += orphans
+        total.stale += len(orphans)
     if stale:
         print(f'\n== {len(stale)} listed in known_failures.txt but not run any more (remove them):')
         for test_id in stale:
@@ -525,8 +537,13 @@ def main(argv=None):
         print(f'\nnote: {len(todo)} known failures have no reason yet (FIXME) in known_failures.txt')
 
     if args.update_known:
-        new_known = {i: r for i, r in known.items() if i.split('.')[0] not in runs
-                     or (not runs[i.split('.')[0]].complete and i not in runs[i.split('.')[0]].tests)}
+        def keep(test_id):
+            run = runs.get(test_id.split('.')[0])
+            if run is None:
+                return bool(args.module)  # a module not run this time; or gone
+            return not run.complete and test_id not in run.tests  # not reached
+
+        new_known = {i: r for i, r in known.items() if keep(i)}
         added = 0
         for name, run in runs.items():
             for test_id, ev in run.tests.items():
