@@ -27,7 +27,6 @@ import faulthandler
 import fnmatch
 import importlib
 import json
-import os
 import sys
 import time
 import traceback
@@ -44,6 +43,7 @@ def short_id(test_id):
 # ----- the ferroloop policy and the loop counters --------------------------------------
 
 LOOPS = {'ferroloop': 0, 'stdlib': 0}
+BASELINE = False  # run.py --stdlib: the same harness on asyncio's own loop
 
 
 def install_ferroloop():
@@ -95,9 +95,6 @@ def ensure_ferroloop_policy():
 # Each adapter gets the imported module and returns {name: class} to add to it.
 # The per-selector/per-proactor classes the stdlib builds from the same mixins are
 # excluded in run.py (EXCLUDED), with the reason.
-
-BASELINE = False  # run.py --stdlib: the same harness on asyncio's own loop
-
 
 def _new_loop(self=None):
     if BASELINE:
