@@ -172,11 +172,12 @@ fn run_handle(slf: &Bound<'_, LoopCore>, py: Python<'_>, handle: &Py<Handle>, de
 
 /// "Executing <Task ...> took 0.123 seconds", naming the task rather than its step
 /// method, through asyncio's own formatter.
+/// The logger is looked up on `asyncio.base_events` at each call, where asyncio's
+/// loop finds it, so code patching `asyncio.base_events.logger` sees the report.
 fn log_slow_callback(py: Python<'_>, handle: &Py<Handle>, took: f64) -> PyResult<()> {
     static FORMAT_HANDLE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-    static LOGGER: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
     let format = FORMAT_HANDLE.import(py, "asyncio.base_events", "_format_handle")?;
-    let logger = LOGGER.import(py, "asyncio.log", "logger")?;
+    let logger = py.import("asyncio.base_events")?.getattr("logger")?;
     let name = format.call1((handle.bind(py),))?;
     logger.call_method1("warning", ("Executing %s took %.3f seconds", name, took))?;
     Ok(())

@@ -12,7 +12,7 @@ import sys
 import time
 import warnings
 import weakref
-from asyncio import coroutines, events, futures, tasks
+from asyncio import base_events, coroutines, events, futures, tasks
 
 from ._errors import ExceptionHandlerMixin
 from ._executor import ExecutorMixin
@@ -24,6 +24,11 @@ _DEBUG_STACK_DEPTH = 10
 
 
 def _is_debug_mode():
+    # asyncio's own rule (dev mode or PYTHONASYNCIODEBUG), called through asyncio so
+    # that code overriding it (asyncio.run's tests patch it) decides for ferroloop too.
+    is_debug_mode = getattr(coroutines, '_is_debug_mode', None)
+    if is_debug_mode is not None:
+        return is_debug_mode()
     return sys.flags.dev_mode or (not sys.flags.ignore_environment
                                   and bool(__import__('os').environ.get('PYTHONASYNCIODEBUG')))
 
@@ -127,8 +132,7 @@ class Loop(SignalsMixin, ExecutorMixin, ExceptionHandlerMixin, LoopCore, asyncio
         if self.is_closed():
             return
         if self.get_debug():
-            from asyncio.log import logger
-            logger.debug('Close %r', self)
+            base_events.logger.debug('Close %r', self)
         self._remove_all_signal_handlers()
         self._close_wakeup_socks()
         self._close_core()
