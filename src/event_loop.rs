@@ -109,13 +109,13 @@ impl LoopCore {
     }
 
     #[pyo3(signature = (delay, callback, *args, context=None))]
-    fn call_later(slf: &Bound<'_, Self>, delay: Option<f64>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>, context: Option<Bound<'_, PyAny>>) -> PyResult<Py<TimerHandle>> {
+    fn call_later(slf: &Bound<'_, Self>, delay: Option<Bound<'_, PyAny>>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>, context: Option<Bound<'_, PyAny>>) -> PyResult<Py<TimerHandle>> {
         scheduling::call_later(slf, delay, callback, args, context)
     }
 
     #[pyo3(signature = (when, callback, *args, context=None))]
-    fn call_at(slf: &Bound<'_, Self>, when: Option<f64>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>, context: Option<Bound<'_, PyAny>>) -> PyResult<Py<TimerHandle>> {
-        scheduling::call_at(slf, when, callback, args, context, "call_at")
+    fn call_at(slf: &Bound<'_, Self>, when: Option<Bound<'_, PyAny>>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>, context: Option<Bound<'_, PyAny>>) -> PyResult<Py<TimerHandle>> {
+        scheduling::call_at(slf, when, callback, args, context)
     }
 
     // ----- running and stopping --------------------------------------------------
@@ -190,6 +190,12 @@ impl LoopCore {
 
     fn remove_writer(slf: &Bound<'_, Self>, fd: Bound<'_, PyAny>) -> PyResult<bool> {
         fd_callbacks::remove(slf, &fd, fd_callbacks::Direction::Write)
+    }
+
+    /// Number of timers in the heap, cancelled ones not yet purged included (the
+    /// counterpart of `len(asyncio_loop._scheduled)`, for leak tests).
+    fn _timer_count(&self, py: Python<'_>) -> usize {
+        self.state.with(py, |s| s.timers.len())
     }
 
     /// Number of fds the poller watches (for leak tests).

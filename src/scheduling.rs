@@ -6,7 +6,7 @@
 use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::PyTuple;
+use pyo3::types::{PyFloat, PyInt, PyTuple};
 
 use crate::event_loop::{LoopCore, TimerEntry};
 use crate::handles::{closed_error, Handle, TimerHandle};
@@ -107,14 +107,29 @@ pub fn call_soon_threadsafe(slf: &Bound<'_, LoopCore>, callback: Bound<'_, PyAny
     Ok(handle)
 }
 
-pub fn call_later(slf: &Bound<'_, LoopCore>, delay: Option<f64>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>, context: Option<Bound<'_, PyAny>>) -> PyResult<Py<TimerHandle>> {
-    let delay = delay.ok_or_else(|| PyTypeError::new_err("delay must not be None"))?;
-    let when = ferroloop_core::clock::monotonic() + delay;
-    call_at(slf, Some(when), callback, args, context, "call_later")
+/// `call_later`: the deadline is `loop.time() + delay` computed with Python's `+`,
+/// so a bad delay fails exactly as in asyncio (`TypeError: unsupported operand
+/// type(s) for +: 'float' and 'str'`, `OverflowError` for a huge int). Callback
+/// errors in debug mode name `call_at`, which asyncio's `call_later` delegates to.
+pub fn call_later(slf: &Bound<'_, LoopCore>, delay: Option<Bound<'_, PyAny>>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>, context: Option<Bound<'_, PyAny>>) -> PyResult<Py<TimerHandle>> {
+    let py = slf.py();
+    let delay = delay.filter(|d| !d.is_none()).ok_or_else(|| PyTypeError::new_err("delay must not be None"))?;
+    let when = match delay.extract::<f64>() {
+        Ok(d) if delay.is_exact_instance_of::<PyFloat>() || delay.is_exact_instance_of::<PyInt>() => ferroloop_core::clock::monotonic() + d,
+        _ => PyFloat::new(py, ferroloop_core::clock::monotonic()).add(&delay)?.extract::<f64>()?,
+    };
+    schedule_at(slf, when, callback, args, context, "call_at")
 }
 
-pub fn call_at(slf: &Bound<'_, LoopCore>, when: Option<f64>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>, context: Option<Bound<'_, PyAny>>, method: &str) -> PyResult<Py<TimerHandle>> {
-    let when = when.ok_or_else(|| PyTypeError::new_err("when cannot be None"))?;
+/// `call_at`: the deadline must be a real number (asyncio stores anything and fails
+/// later, inside the run loop; ferroloop fails here, with `float()`'s message).
+pub fn call_at(slf: &Bound<'_, LoopCore>, when: Option<Bound<'_, PyAny>>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>, context: Option<Bound<'_, PyAny>>) -> PyResult<Py<TimerHandle>> {
+    let when = when.filter(|w| !w.is_none()).ok_or_else(|| PyTypeError::new_err("when cannot be None"))?;
+    let when = when.extract::<f64>()?;
+    schedule_at(slf, when, callback, args, context, "call_at")
+}
+
+fn schedule_at(slf: &Bound<'_, LoopCore>, when: f64, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>, context: Option<Bound<'_, PyAny>>, method: &str) -> PyResult<Py<TimerHandle>> {
     let py = slf.py();
     let core = slf.get();
     let tb = check_and_trace(core, py, &callback, method, false)?;
