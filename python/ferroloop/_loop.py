@@ -159,20 +159,32 @@ class Loop(SignalsMixin, ExecutorMixin, ExceptionHandlerMixin, LoopCore, asyncio
         """Create an asyncio.Future (the C implementation) attached to this loop."""
         return futures.Future(loop=self)
 
-    def create_task(self, coro, *, name=None, context=None, **kwargs):
-        """Schedule a coroutine as a Task (or through the task factory).
-        Extra keywords (``eager_start`` on 3.12+) go to the Task/factory."""
+    if sys.version_info >= (3, 13):
+        def create_task(self, coro, *, name=None, context=None, **kwargs):
+            """Schedule a coroutine as a Task (or through the task factory).
+            Extra keywords (``eager_start``) go to the Task/factory."""
+            return self._create_task(coro, name, context, kwargs)
+    else:
+        def create_task(self, coro, *, name=None, context=None):
+            """Schedule a coroutine as a Task (or through the task factory)."""
+            return self._create_task(coro, name, context, {})
+
+    def _create_task(self, coro, name, context, kwargs):
         self._check_closed()
         if self._task_factory is None:
             task = tasks.Task(coro, loop=self, name=name, context=context, **kwargs)
             if task._source_traceback:
-                del task._source_traceback[-1]
+                del task._source_traceback[-2:]  # create_task and _create_task
             return task
         if context is not None:
             kwargs['context'] = context
         task = self._task_factory(self, coro, **kwargs)
         if name is not None:
-            task.set_name(name)
+            set_task_name = getattr(tasks, '_set_task_name', None)  # 3.11: tolerant
+            if set_task_name is not None:
+                set_task_name(task, name)
+            else:
+                task.set_name(name)
         return task
 
     def set_task_factory(self, factory):
