@@ -44,6 +44,8 @@ pub struct LoopState {
     pub debug: bool,
     pub thread_id: Option<u64>,
     pub slow_callback_duration: f64,
+    /// The handle being run, in debug mode only (asyncio's `_current_handle`).
+    pub current_handle: Option<Py<Handle>>,
 }
 
 #[pyclass(module = "ferroloop._ferroloop", subclass, frozen, weakref)]
@@ -85,6 +87,7 @@ impl LoopCore {
                 debug: false,
                 thread_id: None,
                 slow_callback_duration: 0.1,
+                current_handle: None,
             }),
             poller: Mutex::new(Some(poller)),
             cancelled_timers: Arc::new(AtomicUsize::new(0)),
@@ -159,6 +162,12 @@ impl LoopCore {
     #[setter]
     fn set_slow_callback_duration(&self, py: Python<'_>, value: f64) {
         self.state.with(py, |s| s.slow_callback_duration = value);
+    }
+
+    /// The handle being run (debug mode only, as in asyncio), else None.
+    #[getter]
+    fn _current_handle(&self, py: Python<'_>) -> Option<Py<Handle>> {
+        self.state.with(py, |s| s.current_handle.as_ref().map(|h| h.clone_ref(py)))
     }
 
     #[getter]

@@ -28,7 +28,7 @@ def _is_debug_mode():
                                   and bool(__import__('os').environ.get('PYTHONASYNCIODEBUG')))
 
 
-def _stop_when_done(fut):
+def _run_until_complete_cb(fut):
     # SystemExit and KeyboardInterrupt already propagate out of run_forever();
     # stopping here would swallow them (asyncio's rule, bpo-?? "run_until_complete").
     if not fut.cancelled():
@@ -104,7 +104,7 @@ class Loop(SignalsMixin, ExecutorMixin, ExceptionHandlerMixin, LoopCore, asyncio
         if new_task:
             # The task is ours; an exception it raises is reported by the caller.
             future._log_destroy_pending = False
-        future.add_done_callback(_stop_when_done)
+        future.add_done_callback(_run_until_complete_cb)
         try:
             self.run_forever()
         except BaseException:
@@ -112,7 +112,7 @@ class Loop(SignalsMixin, ExecutorMixin, ExceptionHandlerMixin, LoopCore, asyncio
                 future.exception()  # mark it retrieved: the caller sees it raised
             raise
         finally:
-            future.remove_done_callback(_stop_when_done)
+            future.remove_done_callback(_run_until_complete_cb)
         if not future.done():
             raise RuntimeError('Event loop stopped before Future completed.')
         return future.result()
