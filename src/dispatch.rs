@@ -144,7 +144,8 @@ fn run_handle(slf: &Bound<'_, LoopCore>, py: Python<'_>, handle: &Py<Handle>, de
     // runs (the default exception handler shows where it was created), errors are
     // reported first, and the time taken includes that report.
     let core = slf.get();
-    core.state.with(py, |s| s.current_handle = Some(handle.clone_ref(py)));
+    let previous = core.state.with(py, |s| s.current_handle.replace(handle.clone_ref(py)));
+    drop(previous); // outside the cell: dropping may run Python code
     let t0 = clock::monotonic();
     let result = handle_result(slf, py, handle, handle.get().run(py));
     let took = clock::monotonic() - t0;

@@ -639,3 +639,88 @@ def test_a_million_cancelled_timers_are_purged(loop):
     assert sum(r() is not None for r in probe) <= 1
     assert not keep.cancelled()
     keep.cancel()
+
+
+# ----- objects are released; re-entrant finalizers are safe ----------------------------
+
+class Tracked:
+    pass
+
+
+def test_handles_and_arguments_are_released_after_running(loop):
+    refs = []
+
+    def schedule():
+        for i in range(200):
+            a, b, c = Tracked(), Tracked(), Tracked()
+            refs.extend(weakref.ref(x) for x in (a, b, c))
+            refs.append(weakref.ref(loop.call_soon(callback, a)))
+            refs.append(weakref.ref(loop.call_later(0, callback, b)))
+            refs.append(weakref.ref(loop.call_soon_threadsafe(callback, c)))
+
+    schedule()
+    loop.call_later(0.001, loop.stop)
+    loop.run_forever()
+    gc.collect()
+    assert sum(r() is not None for r in refs) == 0
+
+
+def test_contexts_are_released_after_running(loop):
+    refs = []
+    # A Context has no weakref support: track an object only the context holds.
+    for _ in range(100):
+        ctx = contextvars.copy_context()
+        value = Tracked()
+        refs.append(weakref.ref(value))
+        ctx.run(VAR.set, value)
+        del value
+        loop.call_soon(callback, context=ctx)
+        loop.call_later(0, callback, context=ctx)
+    del ctx
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    gc.collect()
+    assert sum(r() is not None for r in refs) == 0
+
+
+class ReentrantFinalizer:
+    """Calls back into the loop from __del__, which may run while the loop is
+    dropping handles (purging timers, cancelling, closing)."""
+
+    def __init__(self, loop, log):
+        self.loop, self.log = loop, log
+
+    def __del__(self):
+        lp = self.loop
+        for action in (lambda: lp.call_soon(callback), lambda: lp.call_later(1, callback).cancel(),
+                       lambda: lp.call_soon_threadsafe(callback), lp.time, lp.is_running,
+                       lambda: lp.remove_reader(0), lambda: lp.stop()):
+            try:
+                action()
+                self.log.append('ok')
+            except RuntimeError as exc:
+                self.log.append(str(exc))
+
+
+def test_reentrant_finalizers_do_not_break_the_loop(loop):
+    log = []
+    # Dropped when a cancelled timer is purged, a handle is cancelled, a handle
+    # has run, and when the loop closes with pending callbacks.
+    for _ in range(150):
+        loop.call_later(10, callback, ReentrantFinalizer(loop, log)).cancel()
+    loop.call_soon(callback, ReentrantFinalizer(loop, log)).cancel()
+    loop.call_soon(callback, ReentrantFinalizer(loop, log))
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    gc.collect()
+    assert log and set(log) == {'ok'}
+    log.clear()
+    loop.call_soon(callback, ReentrantFinalizer(loop, log))
+    loop.call_later(10, callback, ReentrantFinalizer(loop, log))
+    loop.close()
+    gc.collect()
+    assert 'Event loop is closed' in log
