@@ -6,6 +6,7 @@ import contextvars
 import os
 import selectors
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -332,3 +333,27 @@ def test_ctrl_c_delivered_to_another_thread_wakes_the_loop(kind):
     rc, out, err = run_child_and_interrupt(MASKED_MAIN_CHILD.format(factory=loop_factory_source(kind)))
     assert out.split() == ['interrupted']
     assert rc == 0, err
+
+
+def test_wakeup_fd_of_the_application_keeps_working_and_is_restored(loop):
+    """Python has one wakeup fd. The stdlib loop leaves the application's alone
+    (without signal handlers); ferroloop borrows it while running and must forward
+    the signal bytes to it, and restore it."""
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.setblocking(False)
+    try:
+        signal.set_wakeup_fd(b.fileno())
+        signal.signal(signal.SIGUSR1, lambda *args: None)
+        loop.call_soon(os.kill, os.getpid(), signal.SIGUSR1)
+        loop.call_soon(lambda: loop.call_soon(loop.stop))
+        loop.run_forever()
+        with selectors.DefaultSelector() as sel:
+            sel.register(a, selectors.EVENT_READ)
+            assert sel.select(10)
+        assert a.recv(10) == bytes([signal.SIGUSR1])
+        assert signal.set_wakeup_fd(-1) == b.fileno()
+    finally:
+        signal.set_wakeup_fd(-1)
+        a.close()
+        b.close()

@@ -8,6 +8,7 @@ run promptly even when the signal was delivered to another thread."""
 
 import contextvars
 import errno
+import os
 import signal
 import socket
 import sys
@@ -45,9 +46,22 @@ class SignalsMixin:
                 return
             if not data:
                 return
+            self._forward_to_saved_wakeup_fd(data)
             for signum in data:
                 if signum:
                     self._dispatch_signal(signum)
+
+    def _forward_to_saved_wakeup_fd(self, data):
+        """Python has one wakeup fd: while the loop runs, the one that was set
+        before (by the application or another library) gets the signal bytes from us,
+        as it would have without ferroloop."""
+        fd = self._saved_wakeup_fd
+        if fd is None or fd < 0:
+            return
+        try:
+            os.write(fd, data)
+        except OSError:
+            pass  # full or closed: Python ignores these for a wakeup fd too
 
     def _dispatch_signal(self, signum):
         entry = (self._signal_handlers or {}).get(signum)
