@@ -12,7 +12,9 @@ use std::sync::{Arc, Mutex};
 use ferroloop_core::poller::{self, Poller, Readiness, Registrar, Waker};
 use ferroloop_core::timers::{Cancellable, TimerQueue};
 use pyo3::prelude::*;
+use pyo3::gc::PyVisit;
 use pyo3::types::PyTuple;
+use pyo3::PyTraverseError;
 
 use crate::gil_cell::GilCell;
 use crate::handles::{closed_error, Handle, TimerHandle};
@@ -92,6 +94,34 @@ impl LoopCore {
             poller: Mutex::new(Some(poller)),
             cancelled_timers: Arc::new(AtomicUsize::new(0)),
         })
+    }
+
+    /// Garbage collector support: callbacks often reference the loop (bound methods
+    /// of objects holding it), so an unclosed loop can sit in a cycle.
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        let Some(s) = self.state.peek_for_gc() else { return Ok(()) };
+        for h in s.ready.iter().chain(s.readers.values()).chain(s.writers.values()).chain(s.current_handle.iter()) {
+            visit.call(h)?;
+        }
+        for entry in s.timers.iter() {
+            visit.call(&entry.0)?;
+        }
+        Ok(())
+    }
+
+    fn __clear__(&self) {
+        Python::attach(|py| {
+            let taken = self.state.with(py, |s| {
+                (
+                    std::mem::take(&mut s.ready),
+                    s.timers.drain(),
+                    std::mem::take(&mut s.readers),
+                    std::mem::take(&mut s.writers),
+                    s.current_handle.take(),
+                )
+            });
+            drop(taken); // outside the cell: dropping may run Python code
+        });
     }
 
     // ----- scheduling ---------------------------------------------------------------

@@ -47,4 +47,18 @@ impl<T> GilCell<T> {
         // live reference; it is released when `f` returns or unwinds.
         f(unsafe { &mut *self.value.get() })
     }
+
+    /// Shared access for the garbage collector's `__traverse__`, which runs with the
+    /// GIL held but without a `Python` token. `None` while a `with` borrow is active
+    /// (a collection triggered inside a closure): visiting nothing then only makes
+    /// the collector keep objects alive, never free them early.
+    #[inline]
+    pub fn peek_for_gc(&self) -> Option<&T> {
+        if self.borrowed.get() {
+            return None;
+        }
+        // SAFETY: the GIL is held by the collecting thread, so no other thread is
+        // inside `with`, and this thread is not either (checked above).
+        Some(unsafe { &*self.value.get() })
+    }
 }

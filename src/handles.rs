@@ -13,7 +13,9 @@ use std::sync::Arc;
 
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
+use pyo3::gc::PyVisit;
 use pyo3::pyclass::CompareOp;
+use pyo3::PyTraverseError;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBool, PyFloat, PyTuple};
 
@@ -149,6 +151,25 @@ fn class_name(slf: &Bound<'_, PyAny>) -> PyResult<String> {
 
 #[pymethods]
 impl Handle {
+    /// Garbage collector support: a handle is often part of a cycle (asyncio.sleep's
+    /// frame holds its timer, whose arguments lead back to that frame's task).
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.context)?;
+        if let Some(inner) = self.inner.peek_for_gc() {
+            visit.call(&inner.callback)?;
+            visit.call(&inner.args)?;
+            visit.call(&inner.source_traceback)?;
+        }
+        Ok(())
+    }
+
+    fn __clear__(&self) {
+        Python::attach(|py| {
+            let taken = self.inner.with(py, |i| (i.callback.take(), i.args.take(), i.source_traceback.take()));
+            drop(taken); // outside the cell: dropping may run Python code
+        });
+    }
+
     fn cancel(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         slf.get().cancel_with_repr(py, slf.as_any())

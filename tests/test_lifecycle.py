@@ -484,3 +484,87 @@ def test_shutdown_default_executor_timeout(loop, loop_kind):
     finally:
         release.set()
     loop.run_until_complete(fut)
+
+
+def test_no_logs_for_tasks_of_interrupted_run_until_complete(loop, caplog):
+    import logging
+
+    async def pending():
+        await asyncio.sleep(3600)
+
+    async def interrupted():
+        raise KeyboardInterrupt
+
+    with caplog.at_level(logging.DEBUG, logger='asyncio'):
+        loop.call_soon(loop.stop)
+        with pytest.raises(RuntimeError, match='^Event loop stopped before Future completed.$'):
+            loop.run_until_complete(pending())
+        with pytest.raises(KeyboardInterrupt):
+            loop.run_until_complete(interrupted())
+        gc.collect()
+    # Neither "Task was destroyed but it is pending!" nor "exception was never retrieved".
+    assert [r.getMessage() for r in caplog.records if r.name == 'asyncio'] == []
+
+
+def test_pending_task_destroyed_is_logged(loop, caplog):
+    import logging
+
+    async def pending():
+        await asyncio.sleep(3600)
+
+    with caplog.at_level(logging.DEBUG, logger='asyncio'):
+        task = loop.create_task(pending())
+        loop.call_soon(loop.stop)
+        loop.run_forever()
+        loop.close()
+        del task
+        gc.collect()
+    messages = [r.getMessage() for r in caplog.records if r.name == 'asyncio']
+    assert len(messages) == 1 and messages[0].startswith('Task was destroyed but it is pending!\ntask: <Task pending')
+
+
+def test_task_in_a_cycle_through_its_timer_is_collected(loop):
+    """asyncio.sleep's frame holds its TimerHandle, whose arguments lead back to the
+    task: a cycle the garbage collector must see through the handle."""
+    async def pending():
+        await asyncio.sleep(3600)
+
+    task = loop.create_task(pending())
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    ref = weakref.ref(task)
+    task._log_destroy_pending = False
+    loop.close()
+    del task
+    gc.collect()
+    assert ref() is None
+
+
+def test_unclosed_loop_in_a_cycle_through_a_callback_is_collected(loop_kind):
+    import socket
+
+    class Protocol:
+        def __init__(self, lp):
+            self.loop = lp
+
+        def on_readable(self):
+            pass
+
+    a, b = socket.socketpair()
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter('always')
+            lp = new_loop(loop_kind)
+            proto = Protocol(lp)
+            lp.add_reader(a, proto.on_readable)
+            lp.call_later(3600, proto.on_readable)
+            lp.call_soon(proto.on_readable)
+            ref = weakref.ref(lp)
+            del lp, proto
+            gc.collect()
+        assert ref() is None
+        assert [str(w.message).split(' <')[0] for w in caught
+                if issubclass(w.category, ResourceWarning)] == ['unclosed event loop']
+    finally:
+        a.close()
+        b.close()

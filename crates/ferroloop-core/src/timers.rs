@@ -119,6 +119,11 @@ impl<T: Cancellable> TimerQueue<T> {
         Some(entry.item)
     }
 
+    /// Every item, in no particular order (for the garbage collector's traversal).
+    pub fn iter(&self) -> impl Iterator<Item = &T> {
+        self.heap.iter().map(|e| &e.item)
+    }
+
     /// Empties the queue (loop close), handing the items back to be dropped.
     pub fn drain(&mut self) -> Vec<T> {
         self.cancelled = 0;
