@@ -4,7 +4,6 @@ callbacks, with the stdlib selector loop's argument rules and errors."""
 import contextvars
 import os
 import socket
-import tempfile
 
 import pytest
 

@@ -4,7 +4,6 @@ EventLoopPolicy / asyncio.Runner, ``python -m ferroloop``, and no monkeypatching
 import asyncio
 import importlib.metadata
 import os
-import sys
 import textwrap
 import warnings
 

@@ -1,7 +1,6 @@
 """call_soon / call_soon_threadsafe / call_later / call_at, handles, and the clock,
 each case on the stdlib loop and on ferroloop with the same assertions."""
 
-import asyncio
 import contextvars
 import gc
 import math

@@ -1,7 +1,6 @@
 """add_signal_handler / remove_signal_handler rules, signal delivery, and Ctrl-C
 (SIGINT) interrupting a loop asleep in the poller, in a child process."""
 
-import asyncio
 import contextvars
 import os
 import selectors
@@ -9,7 +8,6 @@ import signal
 import socket
 import subprocess
 import sys
-import textwrap
 import threading
 
 import pytest
