@@ -151,18 +151,29 @@ fn poll(core: &LoopCore, timeout: Option<Duration>, fds: &mut Vec<ferroloop_core
 /// (as in asyncio); anything else goes to the exception handler.
 #[inline]
 fn run_handle(slf: &Bound<'_, LoopCore>, py: Python<'_>, handle: &Py<Handle>, debug: bool) -> PyResult<()> {
-    let result = if debug {
-        let t0 = clock::monotonic();
-        let r = handle.get().run(py);
-        let took = clock::monotonic() - t0;
-        let slow = slf.get().state.with(py, |s| s.slow_callback_duration);
-        if took >= slow {
-            log_slow_callback(py, handle, took)?;
-        }
-        r
-    } else {
-        handle.get().run(py)
-    };
+    if !debug {
+        return handle_result(slf, py, handle, handle.get().run(py));
+    }
+    // Debug mode, as asyncio: the handle is the loop's `_current_handle` while it
+    // runs (the default exception handler shows where it was created), errors are
+    // reported first, and the time taken includes that report.
+    let core = slf.get();
+    let previous = core.state.with(py, |s| s.current_handle.replace(handle.clone_ref(py)));
+    drop(previous); // outside the cell: dropping may run Python code
+    let t0 = clock::monotonic();
+    let result = handle_result(slf, py, handle, handle.get().run(py));
+    let took = clock::monotonic() - t0;
+    let previous = core.state.with(py, |s| s.current_handle.take());
+    drop(previous);
+    result?;
+    let slow = core.state.with(py, |s| s.slow_callback_duration);
+    if took >= slow {
+        log_slow_callback(py, handle, took)?;
+    }
+    Ok(())
+}
+
+fn handle_result(slf: &Bound<'_, LoopCore>, py: Python<'_>, handle: &Py<Handle>, result: PyResult<()>) -> PyResult<()> {
     match result {
         Ok(()) => Ok(()),
         Err(err) if err.is_instance_of::<PySystemExit>(py) || err.is_instance_of::<PyKeyboardInterrupt>(py) => Err(err),
@@ -197,7 +208,9 @@ pub fn report_callback_error(py: Python<'_>, event_loop: Option<&Bound<'_, PyAny
         None => String::new(),
     };
     ctx.set_item("message", format!("Exception in callback {source}"))?;
-    ctx.set_item("exception", err.value(py))?;
+    // into_value attaches the traceback (on 3.11 a PyErr keeps it apart), so the
+    // handler and the log see the frames of the failing callback.
+    ctx.set_item("exception", err.into_value(py))?;
     ctx.set_item("handle", handle)?;
     let tb = handle.getattr("_source_traceback")?;
     if !tb.is_none() {
@@ -218,6 +231,7 @@ pub fn drop_queued(core: &LoopCore, py: Python<'_>) {
             std::mem::take(&mut s.readers),
             std::mem::take(&mut s.writers),
             std::mem::take(&mut s.signal_handlers),
+            s.current_handle.take(),
         )
     });
     for entry in &dropped.1 {

@@ -49,9 +49,13 @@ pub struct LoopState {
     pub slow_callback_duration: f64,
     /// The read end of the signal wakeup socket, drained by the loop itself.
     pub signal_fd: Option<RawFd>,
+    /// The wakeup fd the loop displaced while running; it gets the signal bytes too.
+    pub signal_forward_fd: Option<RawFd>,
     /// `add_signal_handler` handles by signal number; while there are any, the
     /// signal socket must be polled.
     pub signal_handlers: HashMap<i32, Py<Handle>>,
+    /// The handle being run, in debug mode only (asyncio's `_current_handle`).
+    pub current_handle: Option<Py<Handle>>,
 }
 
 #[pyclass(module = "ferroloop._ferroloop", subclass, frozen, weakref)]
@@ -75,23 +79,6 @@ impl LoopCore {
 
 #[pymethods]
 impl LoopCore {
-    // A callback that refers to its loop (`loop.call_soon(loop.stop)`) makes a cycle
-    // through the queues held here, so the collector must see them.
-    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        let Some(s) = self.state.get_for_traverse() else { return Ok(()) };
-        for h in s.ready.iter().chain(s.readers.values()).chain(s.writers.values()) {
-            visit.call(h)?;
-        }
-        for entry in s.timers.iter() {
-            visit.call(&entry.0)?;
-        }
-        Ok(())
-    }
-
-    fn __clear__(&self, py: Python<'_>) {
-        dispatch::drop_queued(self, py);
-    }
-
     #[new]
     fn new() -> PyResult<Self> {
         let (poller, registrar, waker) = poller::new()?;
@@ -111,11 +98,30 @@ impl LoopCore {
                 thread_id: None,
                 slow_callback_duration: 0.1,
                 signal_fd: None,
+                signal_forward_fd: None,
                 signal_handlers: HashMap::new(),
+                current_handle: None,
             }),
             poller: Mutex::new(Some(poller)),
             cancelled_timers: Arc::new(AtomicUsize::new(0)),
         })
+    }
+
+    /// Garbage collector support: callbacks often reference the loop (bound methods
+    /// of objects holding it), so an unclosed loop can sit in a cycle.
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        let Some(s) = self.state.get_for_traverse() else { return Ok(()) };
+        for h in s.ready.iter().chain(s.readers.values()).chain(s.writers.values()).chain(s.current_handle.iter()) {
+            visit.call(h)?;
+        }
+        for entry in s.timers.iter() {
+            visit.call(&entry.0)?;
+        }
+        Ok(())
+    }
+
+    fn __clear__(&self, py: Python<'_>) {
+        dispatch::drop_queued(self, py);
     }
 
     // ----- scheduling ---------------------------------------------------------------
@@ -136,13 +142,13 @@ impl LoopCore {
     }
 
     #[pyo3(signature = (delay, callback, *args, context=None))]
-    fn call_later(slf: &Bound<'_, Self>, delay: Option<f64>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>, context: Option<Bound<'_, PyAny>>) -> PyResult<Py<TimerHandle>> {
+    fn call_later(slf: &Bound<'_, Self>, delay: Option<Bound<'_, PyAny>>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>, context: Option<Bound<'_, PyAny>>) -> PyResult<Py<TimerHandle>> {
         scheduling::call_later(slf, delay, callback, args, context)
     }
 
     #[pyo3(signature = (when, callback, *args, context=None))]
-    fn call_at(slf: &Bound<'_, Self>, when: Option<f64>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>, context: Option<Bound<'_, PyAny>>) -> PyResult<Py<TimerHandle>> {
-        scheduling::call_at(slf, when, callback, args, context, "call_at")
+    fn call_at(slf: &Bound<'_, Self>, when: Option<Bound<'_, PyAny>>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>, context: Option<Bound<'_, PyAny>>) -> PyResult<Py<TimerHandle>> {
+        scheduling::call_at(slf, when, callback, args, context)
     }
 
     // ----- running and stopping --------------------------------------------------
@@ -186,6 +192,12 @@ impl LoopCore {
     #[setter]
     fn set_slow_callback_duration(&self, py: Python<'_>, value: f64) {
         self.state.with(py, |s| s.slow_callback_duration = value);
+    }
+
+    /// The handle being run (debug mode only, as in asyncio), else None.
+    #[getter]
+    fn _current_handle(&self, py: Python<'_>) -> Option<Py<Handle>> {
+        self.state.with(py, |s| s.current_handle.as_ref().map(|h| h.clone_ref(py)))
     }
 
     #[getter]
@@ -281,8 +293,29 @@ impl LoopCore {
         signals::set_handler(self, py, sig, callback, args)
     }
 
+    /// Takes what is waiting on the signal socket now (the loop may stop without
+    /// having polled it, when it was busy): handlers queued, bytes forwarded.
+    fn _flush_signal_fd(&self, py: Python<'_>) {
+        self.state.with(py, |s| {
+            if let Some(fd) = s.signal_fd {
+                signals::queue_arrived(s, py, fd);
+            }
+        });
+    }
+
+    /// Also write arriving signal numbers to `fd` (the displaced wakeup fd; `None`: stop).
+    fn _forward_signals_to(&self, py: Python<'_>, fd: Option<RawFd>) {
+        signals::forward_to(self, py, fd)
+    }
+
     fn _remove_signal_handler(&self, py: Python<'_>, sig: i32) -> bool {
         signals::remove_handler(self, py, sig)
+    }
+
+    /// Number of timers in the heap, cancelled ones not yet purged included (the
+    /// counterpart of `len(asyncio_loop._scheduled)`, for leak tests).
+    fn _timer_count(&self, py: Python<'_>) -> usize {
+        self.state.with(py, |s| s.timers.len())
     }
 
     /// Number of fds the poller watches (for leak tests).

@@ -3,7 +3,9 @@
 
 use std::os::fd::RawFd;
 
-use pyo3::exceptions::PyValueError;
+use std::ffi::CStr;
+
+use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 
@@ -29,6 +31,21 @@ pub fn fileobj_to_fd(obj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
         return Err(PyValueError::new_err(format!("Invalid file descriptor: {fd}")));
     }
     Ok(fd as RawFd)
+}
+
+/// An OS error as Python raises it: `OSError(errno, strerror)`, which Python maps
+/// to its subclass (`PermissionError` for EPERM) with `.errno` set, as the stdlib
+/// selector loop's errors are. PyO3's own conversion gives only a message.
+pub fn os_error(err: std::io::Error) -> PyErr {
+    match err.raw_os_error() {
+        Some(code) => {
+            // SAFETY: strerror returns a valid NUL-terminated string for any value;
+            // it is copied at once, with the GIL held.
+            let text = unsafe { CStr::from_ptr(libc::strerror(code)) }.to_string_lossy().into_owned();
+            PyOSError::new_err((code, text))
+        }
+        None => err.into(),
+    }
 }
 
 pub fn add(slf: &Bound<'_, LoopCore>, fileobj: &Bound<'_, PyAny>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>, dir: Direction) -> PyResult<()> {
@@ -63,7 +80,7 @@ pub fn add_fd(slf: &Bound<'_, LoopCore>, fd: RawFd, callback: Bound<'_, PyAny>, 
         }
         Err((e, handle)) => {
             drop(handle);
-            Err(e.into())
+            Err(os_error(e))
         }
     }
 }

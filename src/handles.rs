@@ -15,8 +15,8 @@ use pyo3::exceptions::PyRuntimeError;
 use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
 use pyo3::pyclass::CompareOp;
-use pyo3::sync::PyOnceLock;
 use pyo3::PyTraverseError;
+use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBool, PyFloat, PyTuple};
 
 use crate::gil_cell::GilCell;
@@ -60,6 +60,15 @@ impl Handle {
             return Ok(()); // cancelled while queued
         };
         let ctx = self.context.as_ptr();
+        // SAFETY: `ctx` is a live reference; the check only reads its type.
+        if unsafe { pyo3::ffi::PyContext_CheckExact(ctx) } == 0 {
+            // asyncio calls `context.run(callback, *args)`: any object with a
+            // `run` method works, anything else fails here, when run, as there.
+            let mut call_args = vec![callback.clone_ref(py).into_bound(py)];
+            call_args.extend(args.bind(py).iter());
+            let call_args = PyTuple::new(py, call_args)?;
+            return self.context.bind(py).call_method1("run", call_args).map(drop);
+        }
         // SAFETY: `ctx` is a live reference owned by `self` for the whole call.
         if unsafe { pyo3::ffi::PyContext_Enter(ctx) } != 0 {
             return Err(PyErr::fetch(py));
@@ -81,6 +90,11 @@ impl Handle {
         if self.cancelled.swap(true, Ordering::Relaxed) {
             return;
         }
+        self.release_callback(py, debug_repr);
+    }
+
+    /// Drops the callback and arguments of a cancelled handle, keeping `debug_repr`.
+    fn release_callback(&self, py: Python<'_>, debug_repr: Option<String>) {
         let (cb, args) = self.inner.with(py, |i| {
             if debug_repr.is_some() {
                 i.frozen_repr = debug_repr;
@@ -226,9 +240,18 @@ impl Handle {
             return Ok(());
         }
         let debug = self.inner.with(py, |i| i.source_traceback.is_some());
-        let repr = if debug { Some(obj.repr()?.to_string()) } else { None };
-        self.cancel_inner(py, repr);
-        Ok(())
+        if !debug {
+            self.cancel_inner(py, None);
+            return Ok(());
+        }
+        // asyncio marks the handle cancelled first, so the kept repr reads
+        // "<Handle cancelled callback() ...>", callback included.
+        if self.cancelled.swap(true, Ordering::Relaxed) {
+            return Ok(());
+        }
+        let repr = obj.repr().map(|r| r.to_string());
+        self.release_callback(py, repr.as_ref().ok().cloned());
+        repr.map(drop)
     }
 }
 
@@ -289,8 +312,9 @@ impl TimerHandle {
         self.scheduled.load(Ordering::Relaxed)
     }
 
-    fn __hash__(&self) -> u64 {
-        self.when.to_bits()
+    /// `hash(when)`, as asyncio defines it (Python's float hash, not the bits).
+    fn __hash__(&self, py: Python<'_>) -> PyResult<isize> {
+        PyFloat::new(py, self.when).hash()
     }
 
     fn __richcmp__(slf: &Bound<'_, Self>, other: &Bound<'_, PyAny>, op: CompareOp) -> PyResult<Py<PyAny>> {

@@ -6,7 +6,7 @@
 use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::PyTuple;
+use pyo3::types::{PyFloat, PyInt, PyTuple};
 
 use crate::event_loop::{LoopCore, TimerEntry};
 use crate::handles::{closed_error, Handle, TimerHandle};
@@ -26,7 +26,15 @@ pub fn context_or_copy(py: Python<'_>, context: Option<Bound<'_, PyAny>>) -> PyR
 
 /// The checks asyncio makes before queueing: closed loop always; thread and callback
 /// type in debug mode only. Returns the source traceback in debug mode.
-fn check_and_trace(core: &LoopCore, py: Python<'_>, callback: &Bound<'_, PyAny>, method: &str, threadsafe: bool) -> PyResult<Option<Py<PyAny>>> {
+/// How many frames a debug-mode handle records: asyncio extracts 10 frames
+/// (`DEBUG_STACK_DEPTH`) inside its own calls, then drops its internal frames, so a
+/// handle keeps 8 of the caller's frames (7 for `call_later`, one level deeper).
+/// ferroloop's Rust methods add no frame; it extracts the same number directly, so
+/// the "Object created at" tracebacks in logs are identical.
+pub const HANDLE_STACK_DEPTH: usize = 8;
+pub const CALL_LATER_STACK_DEPTH: usize = 7;
+
+fn check_and_trace(core: &LoopCore, py: Python<'_>, callback: &Bound<'_, PyAny>, method: &str, threadsafe: bool, depth: usize) -> PyResult<Option<Py<PyAny>>> {
     let (closed, debug) = core.state.with(py, |s| (s.closed, s.debug));
     if closed {
         return Err(closed_error());
@@ -38,7 +46,7 @@ fn check_and_trace(core: &LoopCore, py: Python<'_>, callback: &Bound<'_, PyAny>,
         check_thread(core, py)?;
     }
     check_callback(py, callback, method)?;
-    Ok(Some(source_traceback(py)?))
+    Ok(Some(source_traceback(py, depth)?))
 }
 
 fn check_callback(py: Python<'_>, callback: &Bound<'_, PyAny>, method: &str) -> PyResult<()> {
@@ -58,12 +66,13 @@ fn check_callback(py: Python<'_>, callback: &Bound<'_, PyAny>, method: &str) -> 
     Ok(())
 }
 
-/// The caller's stack, as asyncio records it for handles created in debug mode.
-pub fn source_traceback(py: Python<'_>) -> PyResult<Py<PyAny>> {
+/// The caller's stack (its `depth` innermost frames), as asyncio records it for
+/// handles created in debug mode.
+pub fn source_traceback(py: Python<'_>, depth: usize) -> PyResult<Py<PyAny>> {
     static EXTRACT: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
     let extract = EXTRACT.import(py, "asyncio.format_helpers", "extract_stack")?;
     let frame = py.import("sys")?.getattr("_getframe")?.call1((0,))?;
-    Ok(extract.call1((frame,))?.unbind())
+    Ok(extract.call1((frame, depth))?.unbind())
 }
 
 pub fn current_thread_id() -> u64 {
@@ -92,7 +101,7 @@ pub fn push_ready(core: &LoopCore, py: Python<'_>, handle: Handle) -> PyResult<P
 pub fn call_soon(slf: &Bound<'_, LoopCore>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>, context: Option<Bound<'_, PyAny>>, method: &str) -> PyResult<Py<Handle>> {
     let py = slf.py();
     let core = slf.get();
-    let tb = check_and_trace(core, py, &callback, method, false)?;
+    let tb = check_and_trace(core, py, &callback, method, false, HANDLE_STACK_DEPTH)?;
     let ctx = context_or_copy(py, context)?;
     push_ready(core, py, Handle::new(callback.unbind(), args.unbind(), ctx, tb))
 }
@@ -100,24 +109,39 @@ pub fn call_soon(slf: &Bound<'_, LoopCore>, callback: Bound<'_, PyAny>, args: Bo
 pub fn call_soon_threadsafe(slf: &Bound<'_, LoopCore>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>, context: Option<Bound<'_, PyAny>>) -> PyResult<Py<Handle>> {
     let py = slf.py();
     let core = slf.get();
-    let tb = check_and_trace(core, py, &callback, "call_soon_threadsafe", true)?;
+    let tb = check_and_trace(core, py, &callback, "call_soon_threadsafe", true, HANDLE_STACK_DEPTH)?;
     let ctx = context_or_copy(py, context)?;
     let handle = push_ready(core, py, Handle::new(callback.unbind(), args.unbind(), ctx, tb))?;
     core.state.with(py, |s| s.waker.as_ref().map(|w| w.wake())).transpose()?;
     Ok(handle)
 }
 
-pub fn call_later(slf: &Bound<'_, LoopCore>, delay: Option<f64>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>, context: Option<Bound<'_, PyAny>>) -> PyResult<Py<TimerHandle>> {
-    let delay = delay.ok_or_else(|| PyTypeError::new_err("delay must not be None"))?;
-    let when = ferroloop_core::clock::monotonic() + delay;
-    call_at(slf, Some(when), callback, args, context, "call_later")
+/// `call_later`: the deadline is `loop.time() + delay` computed with Python's `+`,
+/// so a bad delay fails exactly as in asyncio (`TypeError: unsupported operand
+/// type(s) for +: 'float' and 'str'`, `OverflowError` for a huge int). Callback
+/// errors in debug mode name `call_at`, which asyncio's `call_later` delegates to.
+pub fn call_later(slf: &Bound<'_, LoopCore>, delay: Option<Bound<'_, PyAny>>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>, context: Option<Bound<'_, PyAny>>) -> PyResult<Py<TimerHandle>> {
+    let py = slf.py();
+    let delay = delay.filter(|d| !d.is_none()).ok_or_else(|| PyTypeError::new_err("delay must not be None"))?;
+    let when = match delay.extract::<f64>() {
+        Ok(d) if delay.is_exact_instance_of::<PyFloat>() || delay.is_exact_instance_of::<PyInt>() => ferroloop_core::clock::monotonic() + d,
+        _ => PyFloat::new(py, ferroloop_core::clock::monotonic()).add(&delay)?.extract::<f64>()?,
+    };
+    schedule_at(slf, when, callback, args, context, "call_at", CALL_LATER_STACK_DEPTH)
 }
 
-pub fn call_at(slf: &Bound<'_, LoopCore>, when: Option<f64>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>, context: Option<Bound<'_, PyAny>>, method: &str) -> PyResult<Py<TimerHandle>> {
-    let when = when.ok_or_else(|| PyTypeError::new_err("when cannot be None"))?;
+/// `call_at`: the deadline must be a real number (asyncio stores anything and fails
+/// later, inside the run loop; ferroloop fails here, with `float()`'s message).
+pub fn call_at(slf: &Bound<'_, LoopCore>, when: Option<Bound<'_, PyAny>>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>, context: Option<Bound<'_, PyAny>>) -> PyResult<Py<TimerHandle>> {
+    let when = when.filter(|w| !w.is_none()).ok_or_else(|| PyTypeError::new_err("when cannot be None"))?;
+    let when = when.extract::<f64>()?;
+    schedule_at(slf, when, callback, args, context, "call_at", HANDLE_STACK_DEPTH)
+}
+
+fn schedule_at(slf: &Bound<'_, LoopCore>, when: f64, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>, context: Option<Bound<'_, PyAny>>, method: &str, depth: usize) -> PyResult<Py<TimerHandle>> {
     let py = slf.py();
     let core = slf.get();
-    let tb = check_and_trace(core, py, &callback, method, false)?;
+    let tb = check_and_trace(core, py, &callback, method, false, depth)?;
     let ctx = context_or_copy(py, context)?;
     let init = PyClassInitializer::from(Handle::new(callback.unbind(), args.unbind(), ctx, tb))
         .add_subclass(TimerHandle::new(when, core.cancelled_timers.clone()));

@@ -42,6 +42,10 @@ pub fn set_handler(core: &LoopCore, py: Python<'_>, sig: i32, callback: Bound<'_
     Ok(handle)
 }
 
+pub fn forward_to(core: &LoopCore, py: Python<'_>, fd: Option<RawFd>) {
+    core.state.with(py, |s| s.signal_forward_fd = fd);
+}
+
 pub fn remove_handler(core: &LoopCore, py: Python<'_>, sig: i32) -> bool {
     let removed = core.state.with(py, |s| s.signal_handlers.remove(&sig));
     match removed {
@@ -54,9 +58,16 @@ pub fn remove_handler(core: &LoopCore, py: Python<'_>, sig: i32) -> bool {
 }
 
 /// Reads the signal numbers waiting on the wakeup socket and queues their handlers
-/// (called inside the state cell: no Python code runs here).
+/// (called inside the state cell: no Python code runs here). The bytes are passed on
+/// to the wakeup fd the loop displaced, if any, as Python would have written them.
 pub fn queue_arrived(s: &mut LoopState, py: Python<'_>, fd: RawFd) {
-    for signum in poller::drain_nonblocking(fd) {
+    let signums = poller::drain_nonblocking(fd);
+    if let Some(forward) = s.signal_forward_fd {
+        // SAFETY: writes from a valid buffer; a full or closed fd only fails, and
+        // Python ignores such failures for wakeup fds too.
+        unsafe { libc::write(forward, signums.as_ptr().cast(), signums.len()) };
+    }
+    for signum in signums {
         if let Some(handle) = s.signal_handlers.get(&i32::from(signum)) {
             if !handle.get().is_cancelled() {
                 s.ready.push_back(handle.clone_ref(py));

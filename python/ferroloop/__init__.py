@@ -26,6 +26,9 @@ def new_event_loop():
 
 def run(main, *, debug=None, **run_kwargs):
     """Run coroutine ``main`` on a new ferroloop loop, like ``asyncio.run``."""
+    if events._get_running_loop() is not None:
+        # asyncio.run's check and message, before anything is created.
+        raise RuntimeError('asyncio.run() cannot be called from a running event loop')
     if sys.version_info >= (3, 12):
         return asyncio.run(main, debug=debug, loop_factory=new_event_loop, **run_kwargs)
     if sys.version_info >= (3, 11):

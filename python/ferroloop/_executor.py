@@ -7,6 +7,7 @@ import sys
 import threading
 import warnings
 from asyncio import futures
+from asyncio.log import logger
 
 
 class ExecutorMixin:
@@ -68,7 +69,8 @@ class ExecutorMixin:
             executor.shutdown(wait=False)
 
     async def getaddrinfo(self, host, port, *, family=0, type=0, proto=0, flags=0):
-        return await self.run_in_executor(None, socket.getaddrinfo, host, port, family, type, proto, flags)
+        resolve = _getaddrinfo_logged if self.get_debug() else _getaddrinfo
+        return await self.run_in_executor(None, resolve, self, host, port, family, type, proto, flags)
 
     async def getnameinfo(self, sockaddr, flags=0):
         return await self.run_in_executor(None, socket.getnameinfo, sockaddr, flags)
@@ -85,6 +87,26 @@ async def _wait_for(fut, timeout):
             await tasks.wait_for(fut, timeout)
         except exceptions.TimeoutError:
             raise TimeoutError from None
+
+
+def _getaddrinfo(loop, host, port, family, type, proto, flags):
+    return socket.getaddrinfo(host, port, family, type, proto, flags)
+
+
+def _getaddrinfo_logged(loop, host, port, family, type, proto, flags):
+    """Debug mode: log the query and its answer with the time taken, in asyncio's
+    words (at INFO when slower than ``slow_callback_duration``)."""
+    query = [f'{host}:{port!r}']
+    query += [f'{name}={value!r}' for name, value in
+              (('family', family), ('type', type), ('proto', proto), ('flags', flags)) if value]
+    query = ', '.join(query)
+    logger.debug('Get address info %s', query)
+    t0 = loop.time()
+    addrinfo = socket.getaddrinfo(host, port, family, type, proto, flags)
+    took = loop.time() - t0
+    log = logger.info if took >= loop.slow_callback_duration else logger.debug
+    log(f'Getting address info {query} took {took * 1e3:.3f}ms: {addrinfo!r}')
+    return addrinfo
 
 
 def _set_result_unless_done(fut, result):

@@ -33,7 +33,7 @@ def _is_debug_mode():
                                   and bool(__import__('os').environ.get('PYTHONASYNCIODEBUG')))
 
 
-def _stop_when_done(fut):
+def _run_until_complete_cb(fut):
     # SystemExit and KeyboardInterrupt already propagate out of run_forever();
     # stopping here would swallow them (asyncio's rule, bpo-?? "run_until_complete").
     if not fut.cancelled():
@@ -111,7 +111,7 @@ class Loop(SignalsMixin, ExecutorMixin, ExceptionHandlerMixin, LoopCore, asyncio
         if new_task:
             # The task is ours; an exception it raises is reported by the caller.
             future._log_destroy_pending = False
-        future.add_done_callback(_stop_when_done)
+        future.add_done_callback(_run_until_complete_cb)
         try:
             self.run_forever()
         except BaseException:
@@ -119,7 +119,7 @@ class Loop(SignalsMixin, ExecutorMixin, ExceptionHandlerMixin, LoopCore, asyncio
                 future.exception()  # mark it retrieved: the caller sees it raised
             raise
         finally:
-            future.remove_done_callback(_stop_when_done)
+            future.remove_done_callback(_run_until_complete_cb)
         if not future.done():
             raise RuntimeError('Event loop stopped before Future completed.')
         return future.result()
@@ -165,20 +165,32 @@ class Loop(SignalsMixin, ExecutorMixin, ExceptionHandlerMixin, LoopCore, asyncio
         """Create an asyncio.Future (the C implementation) attached to this loop."""
         return futures.Future(loop=self)
 
-    def create_task(self, coro, *, name=None, context=None, **kwargs):
-        """Schedule a coroutine as a Task (or through the task factory).
-        Extra keywords (``eager_start`` on 3.12+) go to the Task/factory."""
+    if sys.version_info >= (3, 13):
+        def create_task(self, coro, *, name=None, context=None, **kwargs):
+            """Schedule a coroutine as a Task (or through the task factory).
+            Extra keywords (``eager_start``) go to the Task/factory."""
+            return self._create_task(coro, name, context, kwargs)
+    else:
+        def create_task(self, coro, *, name=None, context=None):
+            """Schedule a coroutine as a Task (or through the task factory)."""
+            return self._create_task(coro, name, context, {})
+
+    def _create_task(self, coro, name, context, kwargs):
         self._check_closed()
         if context is not None:  # (3.10's Task has no context parameter at all)
             kwargs['context'] = context
         if self._task_factory is None:
             task = tasks.Task(coro, loop=self, name=name, **kwargs)
             if task._source_traceback:
-                del task._source_traceback[-1]
+                del task._source_traceback[-2:]  # create_task and _create_task
             return task
         task = self._task_factory(self, coro, **kwargs)
         if name is not None:
-            task.set_name(name)
+            set_task_name = getattr(tasks, '_set_task_name', None)  # 3.11: tolerant
+            if set_task_name is not None:
+                set_task_name(task, name)
+            else:
+                task.set_name(name)
         return task
 
     def set_task_factory(self, factory):

@@ -8,6 +8,7 @@ Python-level handlers (``KeyboardInterrupt``, ``asyncio.Runner``'s SIGINT handle
 run promptly even when the signal was delivered to another thread."""
 
 import errno
+import os
 import signal
 import socket
 import sys
@@ -45,11 +46,18 @@ class SignalsMixin:
         old = signal.set_wakeup_fd(fd, warn_on_full_buffer=False)
         if old != fd:
             self._saved_wakeup_fd = old
+            # Python has one wakeup fd: the one set before us (by the application
+            # or a library) gets the signal bytes from the loop while it runs.
+            if old >= 0:
+                self._forward_signals_to(old)
 
     def _restore_wakeup_fd(self):
         if self._saved_wakeup_fd is None or self._signal_handlers:
             return
         old, self._saved_wakeup_fd = self._saved_wakeup_fd, None
+        if not self.is_closed():
+            self._flush_signal_fd()
+            self._forward_signals_to(None)
         try:
             signal.set_wakeup_fd(old)
         except (ValueError, OSError) as exc:
