@@ -86,28 +86,8 @@ pub fn add_fd(slf: &Bound<'_, LoopCore>, fd: RawFd, callback: Bound<'_, PyAny>, 
 }
 
 pub fn remove(slf: &Bound<'_, LoopCore>, fileobj: &Bound<'_, PyAny>, dir: Direction) -> PyResult<bool> {
-    let py = slf.py();
-    let core = slf.get();
     let fd = fileobj_to_fd(fileobj)?;
-    let removed = core.state.with(py, |s| {
-        if s.closed {
-            return None;
-        }
-        let table = if dir == Direction::Read { &mut s.readers } else { &mut s.writers };
-        let removed = table.remove(&fd)?;
-        let (reading, writing) = (s.readers.contains_key(&fd), s.writers.contains_key(&fd));
-        if let Some(reg) = s.registrar.as_mut() {
-            let _ = reg.set_interest(fd, reading, writing);
-        }
-        Some(removed)
-    });
-    match removed {
-        Some(handle) => {
-            handle.get().cancel_silently(py);
-            Ok(true)
-        }
-        None => Ok(false),
-    }
+    Ok(remove_if(slf, fd, dir, |_| true))
 }
 
 /// Removes the fd's reader (or writer) only if its callback is still `callback`: an
@@ -116,12 +96,19 @@ pub fn remove(slf: &Bound<'_, LoopCore>, fileobj: &Bound<'_, PyAny>, dir: Direct
 /// for the same reason). Returns whether it removed anything.
 pub fn remove_own(slf: &Bound<'_, LoopCore>, fd: RawFd, dir: Direction, callback: &Bound<'_, PyAny>) -> bool {
     let py = slf.py();
+    remove_if(slf, fd, dir, |h| h.get().callback_is(py, callback.as_ptr()))
+}
+
+/// Removes and cancels the fd's handle in direction `dir` if `matches` accepts it,
+/// keeping the poller's interest in the other direction.
+fn remove_if(slf: &Bound<'_, LoopCore>, fd: RawFd, dir: Direction, matches: impl FnOnce(&Py<Handle>) -> bool) -> bool {
+    let py = slf.py();
     let removed = slf.get().state.with(py, |s| {
         if s.closed {
             return None;
         }
         let table = if dir == Direction::Read { &mut s.readers } else { &mut s.writers };
-        if !table.get(&fd).is_some_and(|h| h.get().callback_is(py, callback.as_ptr())) {
+        if !matches(table.get(&fd)?) {
             return None;
         }
         let removed = table.remove(&fd)?;

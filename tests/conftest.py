@@ -8,6 +8,7 @@ loop fails the test)."""
 import asyncio
 import gc
 import os
+import socket
 import subprocess
 import sys
 
@@ -96,3 +97,14 @@ def run_python(code_or_args, *, env=None, timeout=30, cwd=None, **kwargs):
 def loop_factory_source(kind):
     """Python source for an expression creating a loop of ``kind`` in a subprocess."""
     return 'asyncio.SelectorEventLoop()' if kind == 'asyncio' else '__import__("ferroloop").new_event_loop()'
+
+
+@pytest.fixture
+def pair():
+    """A connected, non-blocking socket pair."""
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.setblocking(False)
+    yield a, b
+    a.close()
+    b.close()

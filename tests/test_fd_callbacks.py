@@ -10,15 +10,6 @@ import pytest
 VAR = contextvars.ContextVar('VAR', default='default')
 
 
-@pytest.fixture
-def pair():
-    a, b = socket.socketpair()
-    a.setblocking(False)
-    b.setblocking(False)
-    yield a, b
-    a.close()
-    b.close()
-
 
 def run_iterations(loop, n):
     """Run exactly ``n`` loop iterations (each with a zero poll timeout)."""

@@ -44,15 +44,6 @@ def run(loop, coro, timeout=20):
     return loop.run_until_complete(asyncio.wait_for(coro, timeout))
 
 
-@pytest.fixture
-def pair():
-    a, b = socket.socketpair()
-    a.setblocking(False)
-    b.setblocking(False)
-    yield a, b
-    a.close()
-    b.close()
-
 
 @pytest.fixture
 def tcp_pair():

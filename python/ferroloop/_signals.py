@@ -8,7 +8,6 @@ Python-level handlers (``KeyboardInterrupt``, ``asyncio.Runner``'s SIGINT handle
 run promptly even when the signal was delivered to another thread."""
 
 import errno
-import os
 import signal
 import socket
 import sys
