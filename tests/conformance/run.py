@@ -503,7 +503,7 @@ def main(argv=None):
             total_loops[k] += run.loops[k]
     print(row('TOTAL', total, total_loops, elapsed))
     print('  fixed: listed in known_failures.txt but passing or gone now (fails the run: remove them)')
-    print('  tests on stdlib: tests that created a stdlib loop (test_tasks: the virtual-time TestLoop)')
+    print('  tests on stdlib: tests that created a stdlib loop (test_base_events.test_check_thread: a bystander BaseEventLoop)')
     print('  passed w/o ferroloop: passed tests that created no ferroloop loop (ABCs, mocks, stdlib loop)')
     zero = [n for n in sorted(runs) if runs[n].loops['ferroloop'] == 0
             and any(ev['status'] in STATUS_PASS for ev in runs[n].tests.values())]
