@@ -352,6 +352,12 @@ impl LoopCore {
         })
     }
 
+    /// Number of callbacks in the ready queue (the counterpart of
+    /// `len(asyncio_loop._ready)`, for tests).
+    fn _ready_count(&self, py: Python<'_>) -> usize {
+        self.state.with(py, |s| s.ready.len())
+    }
+
     /// Number of timers in the heap, cancelled ones not yet purged included (the
     /// counterpart of `len(asyncio_loop._scheduled)`, for leak tests).
     fn _timer_count(&self, py: Python<'_>) -> usize {
