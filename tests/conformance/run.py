@@ -97,8 +97,6 @@ EXCLUDED = {
     'test_events.FerroloopEventLoopTests.test_timeout_rounding': "counts calls of the private BaseEventLoop._run_once and reads _selector",
     'test_base_events.FerroloopBaseEventLoopTests.test_default_exc_handler_broken': "subclasses base_events.BaseEventLoop itself, so runs on the stdlib loop",
     'test_base_events.FerroloopBaseEventLoopTests.test_create_task': "subclasses base_events.BaseEventLoop itself, so runs on the stdlib loop",
-    'test_tasks.*.test_log_destroyed_pending_task': "steps the loop with BaseEventLoop._run_once() and checks len(loop._ready)",
-    'test_tasks.CoroutineGatherTests.test_issue46672': "patches BaseEventLoop.call_exception_handler on the class",
 
     # ---- the stdlib's per-selector classes, replaced by ferroloop classes built from
     # ---- the same mixins (see ADAPTERS in _child.py)
