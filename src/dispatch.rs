@@ -48,10 +48,11 @@ fn run_once(slf: &Bound<'_, LoopCore>, core: &LoopCore, py: Python<'_>) -> PyRes
     let (timeout, skip_poll, mut fds, purged) = core.state.with(py, |s| {
         s.timers.note_cancelled(cancelled);
         let purged = s.timers.purge_cancelled();
-        let timeout = if !s.ready.is_empty() || s.stopping {
+        // Virtual time never sleeps: the clock moves only when told.
+        let timeout = if !s.ready.is_empty() || s.stopping || s.virtual_now.is_some() {
             Some(Duration::ZERO)
         } else if let Some(when) = s.timers.next_deadline() {
-            let secs = (when - clock::monotonic()).clamp(0.0, MAX_POLL_TIMEOUT);
+            let secs = (when - s.now()).clamp(0.0, MAX_POLL_TIMEOUT);
             Some(Duration::from_secs_f64(secs))
         } else {
             None
@@ -112,7 +113,7 @@ fn run_once(slf: &Bound<'_, LoopCore>, core: &LoopCore, py: Python<'_>) -> PyRes
         }
         s.ready_fds = std::mem::take(&mut fds);
 
-        let end_time = if s.timers.is_empty() { f64::NEG_INFINITY } else { clock::monotonic() + clock::resolution() };
+        let end_time = if s.timers.is_empty() { f64::NEG_INFINITY } else { s.now() + clock::resolution() };
         while let Some(entry) = s.timers.pop_due(end_time) {
             let timer = entry.0.bind(py);
             if timer.get().is_scheduled() {
@@ -128,13 +129,17 @@ fn run_once(slf: &Bound<'_, LoopCore>, core: &LoopCore, py: Python<'_>) -> PyRes
     // events and the signals' handlers are queued: raising before would lose them.
     py.check_signals()?;
 
-    let debug = core.state.with(py, |s| s.debug);
+    let (debug, virtual_time) = core.state.with(py, |s| (s.debug, s.virtual_now.is_some()));
     for _ in 0..ntodo {
         let Some(handle) = core.state.with(py, |s| s.ready.pop_front()) else { break };
         if handle.get().is_cancelled() {
             continue;
         }
         run_handle(slf, py, &handle, debug)?;
+    }
+    if virtual_time {
+        // Test support: the Python side feeds its time generator (see `_enable_virtual_time`).
+        slf.call_method0(pyo3::intern!(py, "_after_virtual_iteration"))?;
     }
     Ok(())
 }
@@ -160,9 +165,9 @@ fn run_handle(slf: &Bound<'_, LoopCore>, py: Python<'_>, handle: &Py<Handle>, de
     let core = slf.get();
     let previous = core.state.with(py, |s| s.current_handle.replace(handle.clone_ref(py)));
     drop(previous); // outside the cell: dropping may run Python code
-    let t0 = clock::monotonic();
+    let t0 = core.state.with(py, |s| s.now());
     let result = handle_result(slf, py, handle, handle.get().run(py));
-    let took = clock::monotonic() - t0;
+    let took = core.state.with(py, |s| s.now()) - t0;
     let previous = core.state.with(py, |s| s.current_handle.take());
     drop(previous);
     result?;

@@ -56,6 +56,21 @@ pub struct LoopState {
     pub signal_handlers: HashMap<i32, Py<Handle>>,
     /// The handle being run, in debug mode only (asyncio's `_current_handle`).
     pub current_handle: Option<Py<Handle>>,
+    /// Virtual clock (test support, `_enable_virtual_time`): `time()` returns this
+    /// value, which moves only by `_advance_time`, and the loop never sleeps.
+    pub virtual_now: Option<f64>,
+}
+
+impl LoopState {
+    /// The loop's "now": the virtual clock if enabled, else `CLOCK_MONOTONIC`. Every
+    /// clock read of the loop goes through here.
+    #[inline]
+    pub fn now(&self) -> f64 {
+        match self.virtual_now {
+            Some(t) => t,
+            None => ferroloop_core::clock::monotonic(),
+        }
+    }
 }
 
 #[pyclass(module = "ferroloop._ferroloop", subclass, frozen, weakref)]
@@ -101,6 +116,7 @@ impl LoopCore {
                 signal_forward_fd: None,
                 signal_handlers: HashMap::new(),
                 current_handle: None,
+                virtual_now: None,
             }),
             poller: Mutex::new(Some(poller)),
             cancelled_timers: Arc::new(AtomicUsize::new(0)),
@@ -126,9 +142,10 @@ impl LoopCore {
 
     // ----- scheduling ---------------------------------------------------------------
 
-    /// Return the time according to the event loop's clock (`time.monotonic()`).
-    fn time(&self) -> f64 {
-        ferroloop_core::clock::monotonic()
+    /// Return the time according to the event loop's clock (`time.monotonic()`,
+    /// or the virtual clock when enabled).
+    fn time(&self, py: Python<'_>) -> f64 {
+        self.state.with(py, |s| s.now())
     }
 
     #[pyo3(signature = (callback, *args, context=None))]
@@ -310,6 +327,35 @@ impl LoopCore {
 
     fn _remove_signal_handler(&self, py: Python<'_>, sig: i32) -> bool {
         signals::remove_handler(self, py, sig)
+    }
+
+    // ----- virtual time (test support) --------------------------------------------
+
+    /// Switches the loop to a virtual clock starting at `start`: `time()` moves only
+    /// by `_advance_time`, polls never sleep, and `_after_virtual_iteration()` is
+    /// called at the end of each iteration. For tests with fake time (asyncio's
+    /// `test_utils.TestLoop` contract).
+    #[pyo3(signature = (start=0.0))]
+    fn _enable_virtual_time(&self, py: Python<'_>, start: f64) {
+        self.state.with(py, |s| s.virtual_now = Some(start));
+    }
+
+    /// Moves the virtual clock forward by `dt` seconds (timers now due fire at the
+    /// next iteration).
+    fn _advance_time(&self, py: Python<'_>, dt: f64) -> PyResult<()> {
+        self.state.with(py, |s| match s.virtual_now.as_mut() {
+            Some(t) => {
+                *t += dt;
+                Ok(())
+            }
+            None => Err(pyo3::exceptions::PyRuntimeError::new_err("virtual time is not enabled")),
+        })
+    }
+
+    /// Number of callbacks in the ready queue (the counterpart of
+    /// `len(asyncio_loop._ready)`, for tests).
+    fn _ready_count(&self, py: Python<'_>) -> usize {
+        self.state.with(py, |s| s.ready.len())
     }
 
     /// Number of timers in the heap, cancelled ones not yet purged included (the

@@ -123,9 +123,10 @@ pub fn call_soon_threadsafe(slf: &Bound<'_, LoopCore>, callback: Bound<'_, PyAny
 pub fn call_later(slf: &Bound<'_, LoopCore>, delay: Option<Bound<'_, PyAny>>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>, context: Option<Bound<'_, PyAny>>) -> PyResult<Py<TimerHandle>> {
     let py = slf.py();
     let delay = delay.filter(|d| !d.is_none()).ok_or_else(|| PyTypeError::new_err("delay must not be None"))?;
+    let now = slf.get().state.with(py, |s| s.now());
     let when = match delay.extract::<f64>() {
-        Ok(d) if delay.is_exact_instance_of::<PyFloat>() || delay.is_exact_instance_of::<PyInt>() => ferroloop_core::clock::monotonic() + d,
-        _ => PyFloat::new(py, ferroloop_core::clock::monotonic()).add(&delay)?.extract::<f64>()?,
+        Ok(d) if delay.is_exact_instance_of::<PyFloat>() || delay.is_exact_instance_of::<PyInt>() => now + d,
+        _ => PyFloat::new(py, now).add(&delay)?.extract::<f64>()?,
     };
     schedule_at(slf, when, callback, args, context, "call_at", CALL_LATER_STACK_DEPTH)
 }

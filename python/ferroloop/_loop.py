@@ -153,6 +153,11 @@ class Loop(SignalsMixin, ExecutorMixin, ExceptionHandlerMixin, LoopCore, asyncio
             sys.set_coroutine_origin_tracking_depth(self._saved_origin_depth)
         self._origin_tracking = bool(enabled)
 
+    def _after_virtual_iteration(self):
+        """Called by the core at the end of each iteration while virtual time is on
+        (``_enable_virtual_time()``, test support): a hook for test loops that
+        advance the clock as timers are scheduled. Nothing by default."""
+
     def _check_callback(self, callback, method):
         if coroutines.iscoroutine(callback) or coroutines.iscoroutinefunction(callback):
             raise TypeError(f'coroutines cannot be used with {method}()')

@@ -212,18 +212,51 @@ def adapt_base_events(m):
 
 
 def adapt_tasks(m):
-    # GatherTestsBase._run_loop drains TestLoop's private ready queue
-    # ("while loop._ready: run_briefly(loop)"). The same with public API: run the
-    # loop more iterations than any gather here needs to settle (a done callback
-    # that fires the next one takes one iteration each). Extra iterations can
-    # only make more progress, so "not done yet" assertions stay as strict.
+    # Three places read or step the stdlib loop's internals; the same with
+    # ferroloop's API (``_ready_count()`` is ``len(loop._ready)``):
+    # * GatherTestsBase._run_loop drains the ready queue
+    #   ("while loop._ready: run_briefly(loop)");
+    # * test_log_destroyed_pending_task steps the loop with ``_run_once()`` and
+    #   checks ``len(loop._ready) == 0``; one iteration with public API is
+    #   test_utils.run_once (stop() queued behind the ready callbacks, then run);
+    # * test_issue46672 mocks ``BaseEventLoop.call_exception_handler`` on the class
+    #   and asserts the loop never called it: mock ferroloop's method as well.
+    if BASELINE:
+        return {}
+    from unittest import mock
+
     from test.test_asyncio import utils as test_utils
 
     def _run_loop(self, loop):
-        for _ in range(10):
+        while loop._ready_count():
             test_utils.run_briefly(loop)
 
     m.GatherTestsBase._run_loop = _run_loop
+
+    class ReadyQueueLength:
+        def __init__(self, loop):
+            self._loop = loop
+
+        def __len__(self):
+            return self._loop._ready_count()
+
+    log_destroyed_pending_task = m.BaseTaskTests.test_log_destroyed_pending_task
+
+    def test_log_destroyed_pending_task(self):
+        loop = self.loop
+        loop._run_once = lambda: test_utils.run_once(loop)
+        loop._ready = ReadyQueueLength(loop)
+        log_destroyed_pending_task(self)
+
+    m.BaseTaskTests.test_log_destroyed_pending_task = test_log_destroyed_pending_task
+
+    issue46672 = m.CoroutineGatherTests.test_issue46672
+
+    def test_issue46672(self):
+        with mock.patch.object(type(self.one_loop), 'call_exception_handler'):
+            issue46672(self)
+
+    m.CoroutineGatherTests.test_issue46672 = test_issue46672
     return {}
 
 
@@ -276,19 +309,86 @@ ADAPTERS = {
 }
 
 
+def virtual_time_loop_class():
+    """``test_utils.TestLoop``'s contract on a ferroloop loop, through ferroloop's
+    virtual clock (``_enable_virtual_time``): ``time()`` starts at 0 and moves only
+    when told; ``call_at``/``call_later`` record each deadline; after every loop
+    iteration (``_after_virtual_iteration``, where TestLoop extends ``_run_once``)
+    each recorded deadline is sent into the test's generator ``gen`` and the clock
+    advances by what it yields; the poll never sleeps; ``close()`` checks that
+    ``gen`` finished. TestLoop's fake selector and fd bookkeeping (``readers``,
+    ``assert_reader``...) are not reproduced: the tests that pass a generator use
+    none of it, and fds stay real (ferroloop's poller, with a zero timeout)."""
+    import ferroloop
+
+    class VirtualTimeTestLoop(ferroloop.Loop):
+        def __new__(cls, gen=None):
+            return super().__new__(cls)
+
+        def __init__(self, gen=None):
+            super().__init__()
+            if gen is None:
+                def gen():
+                    yield
+                self._check_on_close = False
+            else:
+                self._check_on_close = True
+            self._gen = gen()
+            next(self._gen)
+            self._timers = []
+            self._enable_virtual_time(0.0)
+
+        def advance_time(self, advance):
+            """Move test time forward."""
+            if advance:
+                self._advance_time(advance)
+
+        def close(self):
+            super().close()
+            if self._check_on_close:
+                try:
+                    self._gen.send(0)
+                except StopIteration:
+                    pass
+                else:  # pragma: no cover
+                    raise AssertionError("Time generator is not finished")
+
+        def call_at(self, when, callback, *args, context=None):
+            self._timers.append(when)
+            return super().call_at(when, callback, *args, context=context)
+
+        def call_later(self, delay, callback, *args, context=None):
+            # BaseEventLoop.call_later goes through call_at, so TestLoop records
+            # call_later deadlines too.
+            if delay is None:
+                raise TypeError('delay must not be None')
+            return self.call_at(self.time() + delay, callback, *args, context=context)
+
+        def _after_virtual_iteration(self):
+            for when in self._timers:
+                advance = self._gen.send(when)
+                self.advance_time(advance)
+            self._timers = []
+
+    VirtualTimeTestLoop.__module__ = __name__
+    return VirtualTimeTestLoop
+
+
 def patch_test_utils():
-    """``test_utils.TestCase.new_test_loop()`` without a time generator is the
-    stdlib's way to say "a loop" in test_tasks/test_futures: give ferroloop.
-    With a generator it is a virtual-time loop built on BaseEventLoop internals
-    (``_run_once``, a fake clock), which ferroloop does not emulate; those tests
-    keep the stdlib's TestLoop and are counted as stdlib-loop tests."""
+    """``test_utils.TestCase.new_test_loop()`` is the stdlib's way to say "a loop"
+    in test_tasks/test_futures: give ferroloop. With a time generator it is the
+    stdlib's virtual-time ``TestLoop`` (built on BaseEventLoop internals); ferroloop
+    gives the same contract with its virtual clock (``virtual_time_loop_class``)."""
     from test.test_asyncio import utils as test_utils
     original = test_utils.TestCase.new_test_loop
 
     def new_test_loop(self, gen=None):
-        if gen is not None:
+        if BASELINE:
             return original(self, gen)
-        loop = _new_loop()
+        if gen is not None:
+            loop = virtual_time_loop_class()(gen)
+        else:
+            loop = _new_loop()
         self.set_event_loop(loop)
         return loop
 

@@ -97,8 +97,6 @@ EXCLUDED = {
     'test_events.FerroloopEventLoopTests.test_timeout_rounding': "counts calls of the private BaseEventLoop._run_once and reads _selector",
     'test_base_events.FerroloopBaseEventLoopTests.test_default_exc_handler_broken': "subclasses base_events.BaseEventLoop itself, so runs on the stdlib loop",
     'test_base_events.FerroloopBaseEventLoopTests.test_create_task': "subclasses base_events.BaseEventLoop itself, so runs on the stdlib loop",
-    'test_tasks.*.test_log_destroyed_pending_task': "steps the loop with BaseEventLoop._run_once() and checks len(loop._ready)",
-    'test_tasks.CoroutineGatherTests.test_issue46672': "patches BaseEventLoop.call_exception_handler on the class",
 
     # ---- the stdlib's per-selector classes, replaced by ferroloop classes built from
     # ---- the same mixins (see ADAPTERS in _child.py)
@@ -503,7 +501,7 @@ def main(argv=None):
             total_loops[k] += run.loops[k]
     print(row('TOTAL', total, total_loops, elapsed))
     print('  fixed: listed in known_failures.txt but passing or gone now (fails the run: remove them)')
-    print('  tests on stdlib: tests that created a stdlib loop (test_tasks: the virtual-time TestLoop)')
+    print('  tests on stdlib: tests that created a stdlib loop (test_base_events.test_check_thread: a bystander BaseEventLoop)')
     print('  passed w/o ferroloop: passed tests that created no ferroloop loop (ABCs, mocks, stdlib loop)')
     zero = [n for n in sorted(runs) if runs[n].loops['ferroloop'] == 0
             and any(ev['status'] in STATUS_PASS for ev in runs[n].tests.values())]
