@@ -14,8 +14,10 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict};
 
-use crate::event_loop::LoopCore;
+use crate::event_loop::{IoOwner, LoopCore, Ready};
 use crate::handles::{format_callback_source, Handle};
+use crate::listener::Listener;
+use crate::transport::StreamTransportCore;
 
 /// asyncio caps one poll at a day, so a far-off or infinite deadline is still fine.
 const MAX_POLL_TIMEOUT: f64 = 24.0 * 3600.0;
@@ -94,10 +96,15 @@ fn run_once(slf: &Bound<'_, LoopCore>, core: &LoopCore, py: Python<'_>) -> PyRes
                 signals = poller::drain_nonblocking(r.fd);
                 continue;
             }
+            if let Some(owner) = s.io.get(&r.fd) {
+                // Edge-triggered and Rust-owned: queue the event itself, no re-arm.
+                s.ready.push_back(Ready::Io { owner: owner.clone_ref(py), readable: r.readable, writable: r.writable });
+                continue;
+            }
             for (wanted, table) in [(r.readable, &mut s.readers), (r.writable, &mut s.writers)] {
                 match table.get(&r.fd) {
                     Some(h) if wanted && h.get().is_cancelled() => dead_handles.extend(table.remove(&r.fd)),
-                    Some(h) if wanted => s.ready.push_back(h.clone_ref(py)),
+                    Some(h) if wanted => s.ready.push_back(Ready::Handle(h.clone_ref(py))),
                     _ => {}
                 }
             }
@@ -115,7 +122,7 @@ fn run_once(slf: &Bound<'_, LoopCore>, core: &LoopCore, py: Python<'_>) -> PyRes
             let timer = entry.0.bind(py);
             if timer.get().is_scheduled() {
                 timer.get().unschedule();
-                s.ready.push_back(timer.as_super().clone().unbind());
+                s.ready.push_back(Ready::Handle(timer.as_super().clone().unbind()));
             }
             dead_timers.push(entry);
         }
@@ -132,11 +139,13 @@ fn run_once(slf: &Bound<'_, LoopCore>, core: &LoopCore, py: Python<'_>) -> PyRes
 
     let debug = core.state.with(py, |s| s.debug);
     for _ in 0..ntodo {
-        let Some(handle) = core.state.with(py, |s| s.ready.pop_front()) else { break };
-        if handle.get().is_cancelled() {
-            continue;
+        let Some(item) = core.state.with(py, |s| s.ready.pop_front()) else { break };
+        if let Ready::Handle(h) = &item {
+            if h.get().is_cancelled() {
+                continue;
+            }
         }
-        run_handle(slf, py, &handle, debug)?;
+        run_handle(slf, py, &item, debug)?;
     }
     Ok(())
 }
@@ -149,37 +158,59 @@ fn poll(core: &LoopCore, timeout: Option<Duration>, fds: &mut Vec<ferroloop_core
     }
 }
 
-/// Runs one callback. `SystemExit` and `KeyboardInterrupt` propagate out of the loop
-/// (as in asyncio); anything else goes to the exception handler.
+/// Runs one ready entry: a callback, or an fd owner's I/O. `SystemExit` and
+/// `KeyboardInterrupt` propagate out of the loop (as in asyncio); anything else goes
+/// to the exception handler. Every callback of the loop passes through here.
 #[inline]
-fn run_handle(slf: &Bound<'_, LoopCore>, py: Python<'_>, handle: &Py<Handle>, debug: bool) -> PyResult<()> {
+fn run_handle(slf: &Bound<'_, LoopCore>, py: Python<'_>, item: &Ready, debug: bool) -> PyResult<()> {
+    let run = || match item {
+        Ready::Handle(handle) => handle.get().run(py),
+        Ready::Io { owner: IoOwner::Stream(t), readable, writable } => StreamTransportCore::on_io(t.bind(py), *readable, *writable),
+        Ready::Io { owner: IoOwner::Listener(l), readable, .. } => Listener::on_io(l.bind(py), *readable),
+    };
     let result = if debug {
         let t0 = clock::monotonic();
-        let r = handle.get().run(py);
+        let r = run();
         let took = clock::monotonic() - t0;
         let slow = slf.get().state.with(py, |s| s.slow_callback_duration);
         if took >= slow {
-            log_slow_callback(py, handle, took)?;
+            log_slow_callback(py, item, took)?;
         }
         r
     } else {
-        handle.get().run(py)
+        run()
     };
     match result {
         Ok(()) => Ok(()),
         Err(err) if err.is_instance_of::<PySystemExit>(py) || err.is_instance_of::<PyKeyboardInterrupt>(py) => Err(err),
-        Err(err) => report_callback_error(py, Some(slf.as_any()), handle.bind(py), err),
+        Err(err) => match item {
+            Ready::Handle(handle) => report_callback_error(py, Some(slf.as_any()), handle.bind(py), err),
+            Ready::Io { owner, .. } => report_io_error(py, slf.as_any(), owner.as_any().bind(py), err),
+        },
     }
+}
+
+/// An error escaping an fd owner's I/O handling (protocol errors are handled by the
+/// transport itself; this is the safety net).
+fn report_io_error(py: Python<'_>, event_loop: &Bound<'_, PyAny>, owner: &Bound<'_, PyAny>, err: PyErr) -> PyResult<()> {
+    let ctx = PyDict::new(py);
+    ctx.set_item("message", format!("Exception in I/O callback of {}", owner.repr()?))?;
+    ctx.set_item("exception", err.value(py))?;
+    event_loop.call_method1("call_exception_handler", (ctx,))?;
+    Ok(())
 }
 
 /// "Executing <Task ...> took 0.123 seconds", naming the task rather than its step
 /// method, through asyncio's own formatter.
-fn log_slow_callback(py: Python<'_>, handle: &Py<Handle>, took: f64) -> PyResult<()> {
+fn log_slow_callback(py: Python<'_>, item: &Ready, took: f64) -> PyResult<()> {
     static FORMAT_HANDLE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
     static LOGGER: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
     let format = FORMAT_HANDLE.import(py, "asyncio.base_events", "_format_handle")?;
     let logger = LOGGER.import(py, "asyncio.log", "logger")?;
-    let name = format.call1((handle.bind(py),))?;
+    let name = match item {
+        Ready::Handle(handle) => format.call1((handle.bind(py),))?,
+        Ready::Io { owner, .. } => owner.as_any().bind(py).repr()?.into_any(),
+    };
     logger.call_method1("warning", ("Executing %s took %.3f seconds", name, took))?;
     Ok(())
 }
@@ -218,6 +249,7 @@ pub fn drop_queued(core: &LoopCore, py: Python<'_>) {
             s.timers.drain(),
             std::mem::take(&mut s.readers),
             std::mem::take(&mut s.writers),
+            std::mem::take(&mut s.io),
         )
     });
     for entry in &dropped.1 {

@@ -3,11 +3,11 @@
 
 use std::os::fd::RawFd;
 
-use pyo3::exceptions::PyValueError;
+use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 
-use crate::event_loop::LoopCore;
+use crate::event_loop::{IoOwner, LoopCore};
 use crate::handles::Handle;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -31,8 +31,25 @@ pub fn fileobj_to_fd(obj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
     Ok(fd as RawFd)
 }
 
+/// asyncio's `_ensure_fd_no_transport`: an fd a transport owns takes no other
+/// callbacks (the transport reads and writes it itself).
+pub fn ensure_fd_no_transport(slf: &Bound<'_, LoopCore>, fd: RawFd) -> PyResult<()> {
+    let py = slf.py();
+    let owner = slf.get().state.with(py, |s| match s.io.get(&fd) {
+        Some(IoOwner::Stream(t)) => Some(t.clone_ref(py)),
+        _ => None,
+    });
+    if let Some(t) = owner {
+        let transport = t.get().owner(py);
+        let repr = transport.bind(py).repr()?;
+        return Err(PyRuntimeError::new_err(format!("File descriptor {fd} is used by transport {repr}")));
+    }
+    Ok(())
+}
+
 pub fn add(slf: &Bound<'_, LoopCore>, fileobj: &Bound<'_, PyAny>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>, dir: Direction) -> PyResult<()> {
     let fd = fileobj_to_fd(fileobj)?;
+    ensure_fd_no_transport(slf, fd)?;
     add_fd(slf, fd, callback, args, dir)
 }
 
@@ -41,6 +58,7 @@ pub fn add_fd(slf: &Bound<'_, LoopCore>, fd: RawFd, callback: Bound<'_, PyAny>, 
     let py = slf.py();
     let core = slf.get();
     core.check_closed(py)?;
+    ensure_fd_no_transport(slf, fd)?;
     // asyncio gives fd callbacks a copy of the current context.
     let ctx = crate::scheduling::context_or_copy(py, None)?;
     let handle = Py::new(py, Handle::new(callback.unbind(), args.unbind(), ctx, None))?;
@@ -63,6 +81,7 @@ pub fn remove(slf: &Bound<'_, LoopCore>, fileobj: &Bound<'_, PyAny>, dir: Direct
     let py = slf.py();
     let core = slf.get();
     let fd = fileobj_to_fd(fileobj)?;
+    ensure_fd_no_transport(slf, fd)?;
     let removed = core.state.with(py, |s| {
         if s.closed {
             return None;

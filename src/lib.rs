@@ -11,9 +11,11 @@ mod event_loop;
 mod fd_callbacks;
 mod gil_cell;
 mod handles;
+mod listener;
 mod scheduling;
 mod sendfile;
 mod sock;
+mod transport;
 
 use pyo3::prelude::*;
 
@@ -23,5 +25,7 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<handles::Handle>()?;
     m.add_class::<handles::TimerHandle>()?;
     m.add_class::<sock::SockOp>()?;
+    m.add_class::<transport::StreamTransportCore>()?;
+    m.add_class::<listener::Listener>()?;
     Ok(())
 }
