@@ -18,7 +18,7 @@ import sys
 from asyncio import base_events, constants, exceptions, staggered, tasks
 from asyncio.log import logger
 
-from ._transports import Server, _StreamTransport
+from ._transports import Server, _StreamTransport, make_listener
 
 _HAS_IPv6 = hasattr(socket, 'AF_INET6')
 _TLS_UNSUPPORTED = 'TLS is not supported yet'
@@ -39,6 +39,22 @@ class NetworkMixin:
             return [info]  # already a numeric address: no getaddrinfo
         return await self.getaddrinfo(host, port, family=family, type=type,
                                       proto=proto, flags=flags)
+
+    def _start_serving(self, protocol_factory, sock, sslcontext=None, server=None,
+                       backlog=100, ssl_handshake_timeout=None, ssl_shutdown_timeout=None):
+        listeners = self.__dict__.setdefault('_listeners', {})
+        listener = make_listener(self, sock, server, backlog)
+        listeners[sock.fileno()] = listener
+        listener.start()
+
+    def _stop_serving(self, sock):
+        fd = sock.fileno()
+        listener = self.__dict__.get('_listeners', {}).pop(fd, None)
+        if listener is not None:
+            listener.detach()
+        elif fd >= 0:
+            self.remove_reader(fd)
+        sock.close()
 
     def _make_socket_transport(self, sock, protocol, waiter=None, *, extra=None, server=None):
         return _StreamTransport(self, sock, protocol, waiter, extra, server)
@@ -221,7 +237,7 @@ class NetworkMixin:
                 for res in infos:
                     af, socktype, proto, canonname, sa = res
                     try:
-                        sock = socket.socket(af, socktype, proto)
+                        sock = base_events.socket.socket(af, socktype, proto)
                     except OSError:
                         if self.get_debug():
                             logger.warning('create_server() failed to create socket.socket(%r, %r, %r)',

@@ -130,6 +130,32 @@ class _StreamTransport(transports._FlowControlMixin):
             sock.close()
 
 
+def make_listener(loop, sock, server, backlog):
+    """The Rust accept loop of ``sock``, handing connections to ``server``."""
+
+    def on_error(exc):
+        if isinstance(exc, OSError) and exc.errno in _ACCEPT_RESOURCE_ERRORS:
+            # Out of fds or memory: report, stop accepting for a while (pending
+            # connections stay in the backlog) instead of spinning, then resume.
+            loop.call_exception_handler({
+                'message': 'socket.accept() out of system resource',
+                'exception': exc,
+                'socket': trsock.TransportSocket(sock),
+            })
+            listener.stop()
+            loop.call_later(constants.ACCEPT_RETRY_DELAY, resume)
+        else:
+            raise exc
+
+    def resume():
+        if server is None or (server._sockets is not None and server._serving):
+            listener.start()
+
+    on_accept = server._on_accept if server is not None else (lambda conn, addr: conn.close())
+    listener = Listener(loop, sock, on_accept, on_error, backlog)
+    return listener
+
+
 class Server(events.AbstractServer):
     """A listening server (``loop.create_server``/``create_unix_server``)."""
 
@@ -137,7 +163,6 @@ class Server(events.AbstractServer):
                  ssl_handshake_timeout, ssl_shutdown_timeout=None, *, unix_cleanup=None):
         self._loop = loop
         self._sockets = sockets
-        self._listeners = []
         self._clients = set()
         self._waiters = []
         self._protocol_factory = protocol_factory
@@ -178,10 +203,9 @@ class Server(events.AbstractServer):
         self._serving = True
         for sock in self._sockets:
             sock.listen(self._backlog)
-            listener = Listener(self._loop, sock, self._on_accept,
-                                self._make_error_handler(sock), self._backlog)
-            self._listeners.append(listener)
-            listener.start()
+            self._loop._start_serving(self._protocol_factory, sock, self._ssl_context, self,
+                                      self._backlog, self._ssl_handshake_timeout,
+                                      self._ssl_shutdown_timeout)
 
     def _on_accept(self, conn, addr):
         loop = self._loop
@@ -208,28 +232,6 @@ class Server(events.AbstractServer):
                 conn.close()
             loop.call_exception_handler(context)
 
-    def _make_error_handler(self, sock):
-        def on_error(exc):
-            if isinstance(exc, OSError) and exc.errno in _ACCEPT_RESOURCE_ERRORS:
-                # Out of fds or memory: report, stop accepting for a while (the
-                # pending connection stays in the backlog), then try again.
-                self._loop.call_exception_handler({
-                    'message': 'socket.accept() out of system resource',
-                    'exception': exc,
-                    'socket': trsock.TransportSocket(sock),
-                })
-                for listener in self._listeners:
-                    listener.stop()
-                self._loop.call_later(constants.ACCEPT_RETRY_DELAY, self._resume_accepting)
-            else:
-                raise exc
-        return on_error
-
-    def _resume_accepting(self):
-        if self._sockets is not None and self._serving:
-            for listener in self._listeners:
-                listener.start()
-
     def get_loop(self):
         return self._loop
 
@@ -247,11 +249,8 @@ class Server(events.AbstractServer):
         if sockets is None:
             return
         self._sockets = None
-        for listener in self._listeners:
-            listener.detach()
-        self._listeners = []
         for sock in sockets:
-            sock.close()
+            self._loop._stop_serving(sock)
         if self._unix_cleanup is not None:
             path, ino = self._unix_cleanup
             self._unix_cleanup = None
