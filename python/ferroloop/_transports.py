@@ -219,18 +219,20 @@ class Server(events.AbstractServer):
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
-            context = {
-                'message': 'Error on transport creation for incoming connection',
-                'exception': exc,
-            }
-            if protocol is not None:
-                context['protocol'] = protocol
             if transport is not None:
-                context['transport'] = transport
                 transport.close()
             else:
                 conn.close()
-            loop.call_exception_handler(context)
+            if loop.get_debug():  # asyncio reports these in debug mode only
+                context = {
+                    'message': 'Error on transport creation for incoming connection',
+                    'exception': exc,
+                }
+                if protocol is not None:
+                    context['protocol'] = protocol
+                if transport is not None:
+                    context['transport'] = transport
+                loop.call_exception_handler(context)
 
     def get_loop(self):
         return self._loop
