@@ -49,7 +49,6 @@ pub fn ensure_fd_no_transport(slf: &Bound<'_, LoopCore>, fd: RawFd) -> PyResult<
 
 pub fn add(slf: &Bound<'_, LoopCore>, fileobj: &Bound<'_, PyAny>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>, dir: Direction) -> PyResult<()> {
     let fd = fileobj_to_fd(fileobj)?;
-    ensure_fd_no_transport(slf, fd)?;
     add_fd(slf, fd, callback, args, dir)
 }
 

@@ -62,10 +62,9 @@ impl Listener {
             }
         }
         // `backlog` connections and maybe more waiting: no new edge will tell us.
-        let owner = IoOwner::Listener(slf.clone().unbind());
         me.event_loop.get().state.with(py, |s| {
             if !s.closed {
-                s.ready.push_back(Ready::Io { owner, readable: true, writable: false });
+                s.ready.push_back(Ready::Io { owner: IoOwner::Listener(slf.clone().unbind()), readable: true, writable: false });
             }
         });
         Ok(())
@@ -94,8 +93,6 @@ impl Listener {
             return Ok(());
         }
         let fd = me.fd;
-        let owner = IoOwner::Listener(slf.clone().unbind());
-        let queued = IoOwner::Listener(slf.clone().unbind());
         let replaced = me.event_loop.get().state.with(py, |s| -> PyResult<Option<IoOwner>> {
             if s.closed {
                 return Err(crate::handles::closed_error());
@@ -105,8 +102,8 @@ impl Listener {
             }
             let Some(reg) = s.registrar.as_mut() else { return Err(crate::handles::closed_error()) };
             reg.watch_owned(fd, false)?;
-            s.ready.push_back(Ready::Io { owner: queued, readable: true, writable: false });
-            Ok(s.io.insert(fd, owner))
+            s.ready.push_back(Ready::Io { owner: IoOwner::Listener(slf.clone().unbind()), readable: true, writable: false });
+            Ok(s.io.insert(fd, IoOwner::Listener(slf.clone().unbind())))
         })?;
         me.inner.with(py, |i| i.registered = true);
         drop(replaced);

@@ -119,10 +119,10 @@ impl StreamTransportCore {
     /// after a resume, or a read cut short by the fairness cap).
     fn queue_io(slf: &Bound<'_, Self>, readable: bool, writable: bool) {
         let py = slf.py();
-        let owner = IoOwner::Stream(slf.clone().unbind());
         slf.get().event_loop.get().state.with(py, |s| {
             if !s.closed {
-                s.ready.push_back(Ready::Io { owner, readable, writable });
+                // A new reference to a live object: nothing is freed in here.
+                s.ready.push_back(Ready::Io { owner: IoOwner::Stream(slf.clone().unbind()), readable, writable });
             }
         });
     }
@@ -550,7 +550,6 @@ impl StreamTransportCore {
         let py = slf.py();
         let me = slf.get();
         let fd = me.fd;
-        let owner = IoOwner::Stream(slf.clone().unbind());
         let replaced = me.event_loop.get().state.with(py, |s| -> PyResult<Option<IoOwner>> {
             if s.closed {
                 return Err(crate::handles::closed_error());
@@ -560,7 +559,7 @@ impl StreamTransportCore {
             }
             let Some(reg) = s.registrar.as_mut() else { return Err(crate::handles::closed_error()) };
             reg.watch_owned(fd, true)?;
-            Ok(s.io.insert(fd, owner))
+            Ok(s.io.insert(fd, IoOwner::Stream(slf.clone().unbind())))
         })?;
         me.state.with(py, |s| s.registered = true);
         drop(replaced);
