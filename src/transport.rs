@@ -46,6 +46,48 @@ const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
 
 static READ_SCRATCH: GilCell<Vec<u8>> = GilCell::new(Vec::new());
 
+extern "C" {
+    // Part of CPython's ABI on every supported version (pyo3-ffi keeps its binding
+    // private): shrink a fresh bytes object in place.
+    fn _PyBytes_Resize(bytes: *mut *mut pyo3::ffi::PyObject, newsize: pyo3::ffi::Py_ssize_t) -> std::os::raw::c_int;
+}
+
+/// One `recv` into a `bytes`. Small reads go through a reused scratch buffer and
+/// are copied out (no allocation of `MAX_READ` per read for a chatty protocol);
+/// when the previous read was large (`bulk`), the data is received straight into a
+/// fresh `bytes` which is then shrunk, saving the copy.
+fn recv_bytes<'py>(py: Python<'py>, fd: RawFd, bulk: bool) -> PyResult<std::io::Result<Bound<'py, PyBytes>>> {
+    if !bulk {
+        return Ok(READ_SCRATCH.with(py, |buf| {
+            if buf.len() < MAX_READ {
+                buf.resize(MAX_READ, 0);
+            }
+            sockio::recv(fd, &mut buf[..MAX_READ]).map(|n| PyBytes::new(py, &buf[..n]))
+        }));
+    }
+    // SAFETY: a new, uninitialised bytes object of MAX_READ bytes owned only here;
+    // recv fills its start, then it is shrunk to what was received (or released).
+    unsafe {
+        let mut obj = pyo3::ffi::PyBytes_FromStringAndSize(std::ptr::null(), MAX_READ as pyo3::ffi::Py_ssize_t);
+        if obj.is_null() {
+            return Err(PyErr::fetch(py));
+        }
+        let data = std::slice::from_raw_parts_mut(pyo3::ffi::PyBytes_AsString(obj) as *mut u8, MAX_READ);
+        match sockio::recv(fd, data) {
+            Ok(got) => {
+                if got != MAX_READ && _PyBytes_Resize(&mut obj, got as pyo3::ffi::Py_ssize_t) != 0 {
+                    return Err(PyErr::fetch(py)); // _PyBytes_Resize freed it
+                }
+                Ok(Ok(Bound::from_owned_ptr(py, obj).cast_into_unchecked()))
+            }
+            Err(e) => {
+                pyo3::ffi::Py_DECREF(obj);
+                Ok(Err(e))
+            }
+        }
+    }
+}
+
 pub struct TransportState {
     sock: Option<Py<PyAny>>,
     protocol: Option<Py<PyAny>>,
@@ -64,6 +106,8 @@ pub struct TransportState {
     reader_active: bool,
     registered: bool,
     protocol_paused: bool,
+    /// The last read was large: receive straight into a new `bytes` next time.
+    bulk: bool,
     high: usize,
     low: usize,
     empty_waiter: Option<Py<PyAny>>,
@@ -190,12 +234,12 @@ impl StreamTransportCore {
                     }
                 }
             } else {
-                let got = READ_SCRATCH.with(py, |buf| {
-                    if buf.len() < MAX_READ {
-                        buf.resize(MAX_READ, 0);
-                    }
-                    sockio::recv(me.fd, &mut buf[..MAX_READ]).map(|n| PyBytes::new(py, &buf[..n]))
-                });
+                let bulk = me.state.with(py, |s| s.bulk);
+                let got = recv_bytes(py, me.fd, bulk)?;
+                if let Ok(data) = &got {
+                    let bulk = data.as_bytes().len() >= MAX_READ / 2;
+                    me.state.with(py, |s| s.bulk = bulk);
+                }
                 match got {
                     Err(e) if sockio::would_block(&e) => return Ok(ReadEnd::Done),
                     Err(e) => {
@@ -538,6 +582,7 @@ impl StreamTransportCore {
                 reader_active: false,
                 registered: false,
                 protocol_paused: false,
+                bulk: false,
                 high: 64 * 1024,
                 low: 16 * 1024,
                 empty_waiter: None,
