@@ -185,7 +185,7 @@ fn run_handle(slf: &Bound<'_, LoopCore>, py: Python<'_>, item: &Ready, debug: bo
         Err(err) if err.is_instance_of::<PySystemExit>(py) || err.is_instance_of::<PyKeyboardInterrupt>(py) => Err(err),
         Err(err) => match item {
             Ready::Handle(handle) => report_callback_error(py, Some(slf.as_any()), handle.bind(py), err),
-            Ready::Io { owner, .. } => report_io_error(py, slf.as_any(), owner.as_any().bind(py), err),
+            Ready::Io { owner, .. } => report_io_error(py, slf.as_any(), owner.describe(py).bind(py), err),
         },
     }
 }
@@ -209,7 +209,7 @@ fn log_slow_callback(py: Python<'_>, item: &Ready, took: f64) -> PyResult<()> {
     let logger = LOGGER.import(py, "asyncio.log", "logger")?;
     let name = match item {
         Ready::Handle(handle) => format.call1((handle.bind(py),))?,
-        Ready::Io { owner, .. } => owner.as_any().bind(py).repr()?.into_any(),
+        Ready::Io { owner, .. } => owner.describe(py).bind(py).repr()?.into_any(),
     };
     logger.call_method1("warning", ("Executing %s took %.3f seconds", name, took))?;
     Ok(())

@@ -48,6 +48,14 @@ impl IoOwner {
         }
     }
 
+    /// What to name in logs: the transport object protocols see, or the listener.
+    pub fn describe(&self, py: Python<'_>) -> Py<PyAny> {
+        match self {
+            IoOwner::Stream(t) => t.get().owner(py),
+            IoOwner::Listener(l) => l.clone_ref(py).into_any(),
+        }
+    }
+
     pub fn as_any(&self) -> &Py<PyAny> {
         match self {
             IoOwner::Stream(t) => t.as_any(),

@@ -128,6 +128,11 @@ impl Listener {
         drop(removed);
     }
 
+    fn __repr__(&self, py: Python<'_>) -> String {
+        let state = if self.inner.with(py, |i| i.registered) { "accepting" } else { "idle" };
+        format!("<Listener fd={} {state}>", self.fd)
+    }
+
     fn is_accepting(&self, py: Python<'_>) -> bool {
         self.inner.with(py, |i| i.registered)
     }
