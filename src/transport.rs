@@ -40,7 +40,7 @@ use crate::sock::os_error;
 /// asyncio's `max_size` for one `recv` of a transport.
 const MAX_READ: usize = 256 * 1024;
 /// Reads per readiness event before the transport yields to other work.
-const MAX_READS_PER_EVENT: usize = 8;
+const MAX_READS_PER_EVENT: usize = 4;
 /// asyncio's `constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES`.
 const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
 

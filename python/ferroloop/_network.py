@@ -24,6 +24,13 @@ _HAS_IPv6 = hasattr(socket, 'AF_INET6')
 _TLS_UNSUPPORTED = 'TLS is not supported yet'
 
 
+def _check_ssl_socket(sock):
+    # base_events._check_ssl_socket, which older Pythons lack.
+    import ssl as _ssl
+    if isinstance(sock, _ssl.SSLSocket):
+        raise TypeError('Socket cannot be of type SSLSocket')
+
+
 def _no_tls(ssl):
     if ssl:
         raise NotImplementedError(_TLS_UNSUPPORTED)
@@ -128,7 +135,7 @@ class NetworkMixin:
         if ssl_shutdown_timeout is not None and not ssl:
             raise ValueError('ssl_shutdown_timeout is only meaningful with ssl')
         if sock is not None:
-            base_events._check_ssl_socket(sock)
+            _check_ssl_socket(sock)
         _no_tls(ssl)
         if happy_eyeballs_delay is not None and interleave is None:
             interleave = 1
@@ -212,7 +219,7 @@ class NetworkMixin:
         if ssl_shutdown_timeout is not None and ssl is None:
             raise ValueError('ssl_shutdown_timeout is only meaningful with ssl')
         if sock is not None:
-            base_events._check_ssl_socket(sock)
+            _check_ssl_socket(sock)
         _no_tls(ssl)
 
         if host is not None or port is not None:
@@ -293,7 +300,7 @@ class NetworkMixin:
         if ssl_shutdown_timeout is not None and not ssl:
             raise ValueError('ssl_shutdown_timeout is only meaningful with ssl')
         if sock is not None:
-            base_events._check_ssl_socket(sock)
+            _check_ssl_socket(sock)
         _no_tls(ssl)
         transport, protocol = await self._create_connection_transport(sock, protocol_factory)
         if self.get_debug():
