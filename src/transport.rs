@@ -528,9 +528,13 @@ impl StreamTransportCore {
         let me = slf.get();
         let total: usize = bufs.iter().map(|b| b.len()).sum();
         let mut sent = 0;
+        let mut blocked = true;
         if me.state.with(py, |s| s.wq.is_empty()) {
             match writebuf::send_vectored(me.fd, bufs) {
-                Ok(n) => sent = n,
+                Ok(n) => {
+                    sent = n;
+                    blocked = false;
+                }
                 Err(e) if sockio::would_block(&e) => {}
                 Err(e) => return Self::fatal_error(slf, os_error(&e), "Fatal write error on socket transport"),
             }
@@ -538,7 +542,7 @@ impl StreamTransportCore {
                 return Ok(());
             }
         }
-        me.state.with(py, |s| {
+        let flushed = me.state.with(py, |s| {
             let mut skip = sent;
             for b in bufs {
                 if skip >= b.len() {
@@ -548,7 +552,22 @@ impl StreamTransportCore {
                 s.wq.push(&b[skip..]);
                 skip = 0;
             }
+            // The socket took part of it without saying "would block" (more slices
+            // than one sendmsg carries, or a short send): keep going until it does,
+            // since only a full socket turning writable raises the next edge.
+            if blocked {
+                Ok(())
+            } else {
+                s.wq.flush(me.fd).map(drop)
+            }
         });
+        if let Err(e) = flushed {
+            me.state.with(py, |s| s.wq.clear());
+            return Self::fatal_error(slf, os_error(&e), "Fatal write error on socket transport");
+        }
+        if me.state.with(py, |s| s.wq.is_empty()) {
+            return Ok(());
+        }
         Self::maybe_pause_protocol(slf)
     }
 }

@@ -116,6 +116,22 @@ def test_large_transfers_both_ways(loop, size):
     run(loop, main(), timeout=60)
 
 
+def test_writelines_with_many_pieces(loop):
+    async def main():
+        server, addr = await start_echo_server(loop)
+        tr, pr = await loop.create_connection(lambda: Recorder(loop), *addr)
+        pieces = [b'%05d,' % i for i in range(3000)]  # more than one sendmsg carries
+        tr.writelines(pieces)
+        tr.writelines(iter([b'end']))
+        want = b''.join(pieces) + b'end'
+        await pr.wait_for_bytes(len(want))
+        assert bytes(pr.data) == want
+        tr.close()
+        await pr.lost
+        server.close()
+    run(loop, main())
+
+
 def test_buffered_protocol_large_transfer(loop):
     class Buffered(asyncio.BufferedProtocol):
         def __init__(self):
