@@ -218,6 +218,7 @@ impl StreamTransportCore {
                 let got = sockio::recv(me.fd, view.as_mut_slice());
                 drop(view);
                 match got {
+                    Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
                     Err(e) if sockio::would_block(&e) => return Ok(ReadEnd::Done),
                     Err(e) => {
                         Self::fatal_error(slf, os_error(&e), "Fatal read error on socket transport")?;
@@ -241,6 +242,9 @@ impl StreamTransportCore {
                     me.state.with(py, |s| s.bulk = bulk);
                 }
                 match got {
+                    // Interrupted is not "drained": with edge-triggered readiness
+                    // only EAGAIN may end the reading.
+                    Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
                     Err(e) if sockio::would_block(&e) => return Ok(ReadEnd::Done),
                     Err(e) => {
                         Self::fatal_error(slf, os_error(&e), "Fatal read error on socket transport")?;
@@ -535,6 +539,7 @@ impl StreamTransportCore {
                     sent = n;
                     blocked = false;
                 }
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => blocked = false,
                 Err(e) if sockio::would_block(&e) => {}
                 Err(e) => return Self::fatal_error(slf, os_error(&e), "Fatal write error on socket transport"),
             }

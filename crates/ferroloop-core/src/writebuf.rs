@@ -139,6 +139,8 @@ impl WriteQueue {
         while !self.is_empty() {
             let n = match send_vectored(fd, &self.slices()) {
                 Ok(n) => n,
+                // Edge-triggered callers must stop only on a real "would block".
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
                 Err(e) if crate::sockio::would_block(&e) => break,
                 Err(e) => return Err(e),
             };
