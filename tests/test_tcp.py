@@ -1045,3 +1045,90 @@ def test_sendfile_over_a_transport(loop):
                 await loop.sendfile(tr, f)
             server.close()
         run(loop, main())
+
+
+# ----- many connections, fairness, interrupts ------------------------------------------------
+
+def test_many_concurrent_connections(loop):
+    async def client(addr, i):
+        tr, pr = await loop.create_connection(lambda: Recorder(loop), *addr)
+        msg = (b'%d:' % i) * (1 + i % 97) * 50
+        tr.write(msg)
+        await pr.wait_for_bytes(len(msg))
+        assert bytes(pr.data) == msg
+        tr.close()
+        await pr.lost
+
+    async def main():
+        protos = []
+        server = await loop.create_server(lambda: protos.append(Recorder(loop, echo=True)) or protos[-1],
+                                          '127.0.0.1', 0, backlog=500)
+        addr = server.sockets[0].getsockname()
+        await asyncio.gather(*(client(addr, i) for i in range(200)))
+        for p in protos:
+            await p.lost
+        assert len(protos) == 200
+        server.close()
+        await server.wait_closed()
+    run(loop, main(), timeout=60)
+    assert loop.errors == []
+
+
+def test_a_flooding_peer_does_not_starve_other_callbacks(loop):
+    async def main():
+        sinks = []
+        server = await loop.create_server(lambda: sinks.append(Recorder(loop)) or sinks[-1], '127.0.0.1', 0)
+        tr, pr = await loop.create_connection(lambda: Recorder(loop), *server.sockets[0].getsockname())
+        await yield_n(3)
+        ticks = []
+
+        def tick():
+            ticks.append(len(sinks[0].data))
+            if len(ticks) < 20:
+                loop.call_soon(tick)
+
+        loop.call_soon(tick)
+        tr.write(payload(16 * MiB, 9))
+        await sinks[0].wait_for_bytes(16 * MiB)
+        # The ticker ran while the data was arriving, not only before and after.
+        assert len([t for t in ticks if 0 < t < 16 * MiB]) >= 2, ticks
+        tr.close()
+        await pr.lost
+        await sinks[0].lost
+        server.close()
+    run(loop, main())
+
+
+def test_system_exit_in_a_protocol_propagates(loop):
+    # SystemExit and KeyboardInterrupt leave the loop (KeyboardInterrupt would also
+    # stop pytest, so SystemExit stands for both).
+    class Exiting(Recorder):
+        def data_received(self, data):
+            raise SystemExit(3)
+
+    async def setup():
+        protos = []
+        server = await loop.create_server(lambda: protos.append(Exiting(loop)) or protos[-1], '127.0.0.1', 0)
+        tr, pr = await loop.create_connection(lambda: Recorder(loop), *server.sockets[0].getsockname())
+        await yield_n(3)
+        return server, tr, pr, protos
+
+    server, tr, pr, protos = run(loop, setup())
+
+    async def write_and_wait():
+        tr.write(b'x')
+        await loop.create_future()
+
+    with pytest.raises(SystemExit):
+        loop.run_until_complete(write_and_wait())
+    assert loop.errors == []
+    for task in asyncio.all_tasks(loop):
+        task.cancel()
+
+    async def cleanup():
+        tr.close()
+        await pr.lost
+        protos[0].transport.close()
+        await protos[0].lost
+        server.close()
+    run(loop, cleanup())
