@@ -147,7 +147,21 @@ fn run_once(slf: &Bound<'_, LoopCore>, core: &LoopCore, py: Python<'_>) -> PyRes
         }
         run_handle(slf, py, &item, debug)?;
     }
-    Ok(())
+    flush_deferred_writes(slf, py, debug)
+}
+
+/// Sends the writes transports collected during the batch: one `sendmsg` per
+/// transport per iteration however many `write()` calls it got.
+fn flush_deferred_writes(slf: &Bound<'_, LoopCore>, py: Python<'_>, debug: bool) -> PyResult<()> {
+    loop {
+        let pending = slf.get().state.with(py, |s| std::mem::take(&mut s.deferred_flush));
+        if pending.is_empty() {
+            return Ok(());
+        }
+        for t in pending {
+            run_handle(slf, py, &Ready::Flush(t), debug)?;
+        }
+    }
 }
 
 fn poll(core: &LoopCore, timeout: Option<Duration>, fds: &mut Vec<ferroloop_core::poller::Readiness>) -> std::io::Result<()> {
@@ -167,6 +181,7 @@ fn run_handle(slf: &Bound<'_, LoopCore>, py: Python<'_>, item: &Ready, debug: bo
         Ready::Handle(handle) => handle.get().run(py),
         Ready::Io { owner: IoOwner::Stream(t), readable, writable } => StreamTransportCore::on_io(t.bind(py), *readable, *writable),
         Ready::Io { owner: IoOwner::Listener(l), readable, .. } => Listener::on_io(l.bind(py), *readable),
+        Ready::Flush(t) => StreamTransportCore::flush_deferred(t.bind(py)),
     };
     let result = if debug {
         let t0 = clock::monotonic();
@@ -186,6 +201,7 @@ fn run_handle(slf: &Bound<'_, LoopCore>, py: Python<'_>, item: &Ready, debug: bo
         Err(err) => match item {
             Ready::Handle(handle) => report_callback_error(py, Some(slf.as_any()), handle.bind(py), err),
             Ready::Io { owner, .. } => report_io_error(py, slf.as_any(), owner.describe(py).bind(py), err),
+            Ready::Flush(t) => report_io_error(py, slf.as_any(), t.get().owner(py).bind(py), err),
         },
     }
 }
@@ -210,6 +226,7 @@ fn log_slow_callback(py: Python<'_>, item: &Ready, took: f64) -> PyResult<()> {
     let name = match item {
         Ready::Handle(handle) => format.call1((handle.bind(py),))?,
         Ready::Io { owner, .. } => owner.describe(py).bind(py).repr()?.into_any(),
+        Ready::Flush(t) => t.get().owner(py).bind(py).repr()?.into_any(),
     };
     logger.call_method1("warning", ("Executing %s took %.3f seconds", name, took))?;
     Ok(())
@@ -250,6 +267,7 @@ pub fn drop_queued(core: &LoopCore, py: Python<'_>) {
             std::mem::take(&mut s.readers),
             std::mem::take(&mut s.writers),
             std::mem::take(&mut s.io),
+            std::mem::take(&mut s.deferred_flush),
         )
     });
     for entry in &dropped.1 {

@@ -69,6 +69,8 @@ impl IoOwner {
 pub enum Ready {
     Handle(Py<Handle>),
     Io { owner: IoOwner, readable: bool, writable: bool },
+    /// Send what a transport's `write()` calls collected during the iteration.
+    Flush(Py<StreamTransportCore>),
 }
 
 /// Everything the loop mutates, behind one GIL-guarded cell.
@@ -79,6 +81,8 @@ pub struct LoopState {
     pub writers: HashMap<RawFd, Py<Handle>>,
     /// Fds owned by Rust I/O objects (transports, listeners).
     pub io: HashMap<RawFd, IoOwner>,
+    /// Transports with writes collected during this iteration, flushed at its end.
+    pub deferred_flush: Vec<Py<StreamTransportCore>>,
     pub registrar: Option<Registrar>,
     pub waker: Option<Waker>,
     /// Scratch buffer for poll results, kept to avoid an allocation per iteration.
@@ -122,6 +126,7 @@ impl LoopCore {
             match r {
                 Ready::Handle(h) => visit.call(h)?,
                 Ready::Io { owner, .. } => visit.call(owner.as_any())?,
+                Ready::Flush(t) => visit.call(t)?,
             }
         }
         for h in s.readers.values().chain(s.writers.values()) {
@@ -129,6 +134,9 @@ impl LoopCore {
         }
         for o in s.io.values() {
             visit.call(o.as_any())?;
+        }
+        for t in &s.deferred_flush {
+            visit.call(t)?;
         }
         for entry in s.timers.iter() {
             visit.call(&entry.0)?;
@@ -150,6 +158,7 @@ impl LoopCore {
                 readers: HashMap::new(),
                 writers: HashMap::new(),
                 io: HashMap::new(),
+                deferred_flush: Vec::new(),
                 registrar: Some(registrar),
                 waker: Some(waker),
                 ready_fds: Vec::with_capacity(64),

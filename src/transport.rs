@@ -41,6 +41,9 @@ use crate::sock::os_error;
 const MAX_READ: usize = 256 * 1024;
 /// Reads per readiness event before the transport yields to other work.
 const MAX_READS_PER_EVENT: usize = 4;
+/// Writes while the loop runs are collected up to this many bytes and sent at the
+/// end of the iteration; beyond, they are sent at once.
+const DEFER_MAX: usize = 64 * 1024;
 /// asyncio's `constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES`.
 const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
 
@@ -108,6 +111,9 @@ pub struct TransportState {
     protocol_paused: bool,
     /// The last read was large: receive straight into a new `bytes` next time.
     bulk: bool,
+    /// `wq` holds writes not tried yet: the loop flushes them at the end of the
+    /// current iteration (one `sendmsg` for a header and a body written apart).
+    deferred: bool,
     high: usize,
     low: usize,
     empty_waiter: Option<Py<PyAny>>,
@@ -526,11 +532,73 @@ impl StreamTransportCore {
         Ok(true)
     }
 
+    /// Collects a write for the end of the iteration when the loop is running and
+    /// the socket is not known to be full; false: send it now instead.
+    fn defer(slf: &Bound<'_, Self>, bufs: &[&[u8]], total: usize) -> PyResult<bool> {
+        let py = slf.py();
+        let me = slf.get();
+        let running = me.event_loop.get().state.with(py, |s| s.running && !s.closed);
+        if !running {
+            return Ok(false);
+        }
+        let (queued, overflow) = me.state.with(py, |s| {
+            let can = s.deferred || (s.wq.is_empty() && total < DEFER_MAX);
+            if !can {
+                return (None, false);
+            }
+            let first = !s.deferred;
+            for b in bufs {
+                s.wq.push(b);
+            }
+            s.deferred = true;
+            (Some(first), s.wq.len() >= DEFER_MAX.min(s.high.max(1)))
+        });
+        match queued {
+            None => Ok(false),
+            Some(first) => {
+                if first {
+                    me.event_loop.get().state.with(py, |s| s.deferred_flush.push(slf.clone().unbind()));
+                }
+                if overflow {
+                    Self::flush_deferred(slf)?;
+                }
+                Ok(true)
+            }
+        }
+    }
+
+    /// Sends the writes collected during this iteration (the loop calls this at the
+    /// end of its batch; methods whose result depends on it call it first).
+    pub fn flush_deferred(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let me = slf.get();
+        let live = me.state.with(py, |s| {
+            let was = std::mem::replace(&mut s.deferred, false);
+            // Already sent by a writable event, or dropped by an abort: done.
+            was && s.conn_lost == 0 && s.sock.is_some() && !s.wq.is_empty()
+        });
+        if !live {
+            return Ok(());
+        }
+        let result = me.state.with(py, |s| s.wq.flush(me.fd).map(|_| s.wq.is_empty()));
+        match result {
+            Err(e) => {
+                me.state.with(py, |s| s.wq.clear());
+                Self::fatal_error(slf, os_error(&e), "Fatal write error on socket transport")
+            }
+            Ok(true) => Self::on_drained(slf),
+            Ok(false) => Self::maybe_pause_protocol(slf),
+        }
+    }
+
     /// Sends `bufs` now if nothing is queued, queues what the kernel did not take.
     fn send_or_queue(slf: &Bound<'_, Self>, bufs: &[&[u8]]) -> PyResult<()> {
         let py = slf.py();
         let me = slf.get();
         let total: usize = bufs.iter().map(|b| b.len()).sum();
+        if Self::defer(slf, bufs, total)? {
+            return Ok(());
+        }
         let mut sent = 0;
         let mut blocked = true;
         if me.state.with(py, |s| s.wq.is_empty()) {
@@ -607,6 +675,7 @@ impl StreamTransportCore {
                 registered: false,
                 protocol_paused: false,
                 bulk: false,
+                deferred: false,
                 high: 64 * 1024,
                 low: 16 * 1024,
                 empty_waiter: None,
@@ -712,8 +781,10 @@ impl StreamTransportCore {
         Self::send_or_queue(slf, &slices)
     }
 
-    fn write_eof(&self, py: Python<'_>) -> PyResult<()> {
-        let shut = self.state.with(py, |s| {
+    fn write_eof(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        Self::flush_deferred(slf)?;
+        let shut = slf.get().state.with(py, |s| {
             if s.closing || s.eof {
                 return false;
             }
@@ -721,7 +792,7 @@ impl StreamTransportCore {
             s.wq.is_empty()
         });
         if shut {
-            writebuf::shutdown_write(self.fd).map_err(|e| os_error(&e))?;
+            writebuf::shutdown_write(slf.get().fd).map_err(|e| os_error(&e))?;
         }
         Ok(())
     }
@@ -731,10 +802,13 @@ impl StreamTransportCore {
     }
 
     fn close(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::flush_deferred(slf)?;
         Self::do_close(slf)
     }
 
     fn abort(slf: &Bound<'_, Self>) -> PyResult<()> {
+        // What write() accepted before abort() has been sent in asyncio.
+        Self::flush_deferred(slf)?;
         Self::force_close(slf, None)
     }
 
@@ -810,6 +884,7 @@ impl StreamTransportCore {
         if !(high >= low && low >= 0) {
             return Err(PyValueError::new_err(format!("high ({high}) must be >= low ({low}) must be >= 0")));
         }
+        Self::flush_deferred(slf)?;
         slf.get().state.with(slf.py(), |s| {
             s.high = high as usize;
             s.low = low as usize;
@@ -821,8 +896,10 @@ impl StreamTransportCore {
         self.state.with(py, |s| (s.low, s.high))
     }
 
-    fn get_write_buffer_size(&self, py: Python<'_>) -> usize {
-        self.state.with(py, |s| s.wq.len())
+    fn get_write_buffer_size(slf: &Bound<'_, Self>) -> PyResult<usize> {
+        // Pending writes count only once the socket refused them, as in asyncio.
+        Self::flush_deferred(slf)?;
+        Ok(slf.get().state.with(slf.py(), |s| s.wq.len()))
     }
 
     // ----- for the Python wrapper and loop.sendfile --------------------------------
@@ -871,6 +948,7 @@ impl StreamTransportCore {
     fn _make_empty_waiter(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
         let py = slf.py();
         let me = slf.get();
+        Self::flush_deferred(slf)?;
         if me.state.with(py, |s| s.empty_waiter.is_some()) {
             return Err(PyRuntimeError::new_err("Empty waiter is already set"));
         }

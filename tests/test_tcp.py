@@ -1132,3 +1132,43 @@ def test_system_exit_in_a_protocol_propagates(loop):
         await protos[0].lost
         server.close()
     run(loop, cleanup())
+
+
+def test_writes_then_abort_in_one_callback_still_send_the_data(loop):
+    async def main():
+        sinks = []
+        server = await loop.create_server(lambda: sinks.append(Recorder(loop)) or sinks[-1], '127.0.0.1', 0)
+        tr, pr = await loop.create_connection(lambda: Recorder(loop), *server.sockets[0].getsockname())
+        tr.write(b'header;')
+        tr.write(b'body')
+        assert tr.get_write_buffer_size() == 0  # the socket took it
+        tr.write(b';more')
+        tr.abort()
+        await pr.lost
+        await sinks[0].lost
+        assert bytes(sinks[0].data) == b'header;body;more'
+        server.close()
+    run(loop, main())
+
+
+def test_writes_outside_the_running_loop_are_sent(loop):
+    async def setup():
+        sinks = []
+        server = await loop.create_server(lambda: sinks.append(Recorder(loop)) or sinks[-1], '127.0.0.1', 0)
+        tr, pr = await loop.create_connection(lambda: Recorder(loop), *server.sockets[0].getsockname())
+        return server, sinks, tr, pr
+
+    server, sinks, tr, pr = run(loop, setup())
+    tr.write(b'written while the loop is stopped')
+    assert tr.get_write_buffer_size() == 0
+
+    async def finish():
+        await sinks[0].wait_for_bytes(33)
+        tr.write_eof()
+        await sinks[0].eof
+        tr.close()
+        await pr.lost
+        await sinks[0].lost
+        server.close()
+    run(loop, finish())
+    assert bytes(sinks[0].data) == b'written while the loop is stopped'
