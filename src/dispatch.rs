@@ -145,7 +145,12 @@ fn run_once(slf: &Bound<'_, LoopCore>, core: &LoopCore, py: Python<'_>) -> PyRes
                 continue;
             }
         }
-        run_handle(slf, py, &item, debug)?;
+        if let Err(e) = run_handle(slf, py, &item, debug) {
+            // Leaving the loop (SystemExit, KeyboardInterrupt): what was written
+            // during the batch is still sent, as the stdlib sent it at once.
+            let _ = flush_deferred_writes(slf, py, debug);
+            return Err(e);
+        }
     }
     flush_deferred_writes(slf, py, debug)
 }
@@ -279,6 +284,12 @@ pub fn drop_queued(core: &LoopCore, py: Python<'_>) {
 /// Closing: drop every queued callback and close the poller, the waker's eventfd and
 /// the signal socket registration.
 pub fn close(core: &LoopCore, py: Python<'_>) {
+    // Writes collected in an iteration that never finished still go out.
+    let pending = core.state.with(py, |s| std::mem::take(&mut s.deferred_flush));
+    for t in &pending {
+        t.get().flush_raw(py);
+    }
+    drop(pending);
     core.state.with(py, |s| s.closed = true);
     drop_queued(core, py);
     let owned = core.state.with(py, |s| (s.registrar.take(), s.waker.take(), s.signal_fd.take()));

@@ -591,6 +591,17 @@ impl StreamTransportCore {
         }
     }
 
+    /// The loop is closing: send what is queued as far as the socket takes it,
+    /// without calling the protocol.
+    pub fn flush_raw(&self, py: Python<'_>) {
+        self.state.with(py, |s| {
+            s.deferred = false;
+            if s.conn_lost == 0 && s.sock.is_some() {
+                let _ = s.wq.flush(self.fd);
+            }
+        });
+    }
+
     /// Sends `bufs` now if nothing is queued, queues what the kernel did not take.
     fn send_or_queue(slf: &Bound<'_, Self>, bufs: &[&[u8]]) -> PyResult<()> {
         let py = slf.py();
