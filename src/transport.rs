@@ -7,9 +7,17 @@
 //! reader callback. Running it (`on_io`) calls into this object directly: no Python
 //! `Handle` per event. Reads loop until `EAGAIN` (the poller reports an fd again only
 //! when it becomes ready again), up to a cap per event for fairness, after which the
-//! transport queues itself for the next iteration. Writes go straight to the socket;
-//! only what the kernel does not take is queued (`ferroloop_core::writebuf`), and
-//! flushed with one vectored `sendmsg` when the socket turns writable.
+//! transport queues itself for the next iteration.
+//!
+//! Writes made while the loop runs are collected and sent at the end of the
+//! iteration (`Ready::Flush`, one vectored `sendmsg` however many `write()` calls a
+//! protocol made: a header and a body written apart leave as one segment), up to
+//! `DEFER_MAX` bytes, beyond which they are sent at once. Everything whose result
+//! depends on what was sent (`get_write_buffer_size`, `close`, `abort`, `write_eof`,
+//! sendfile) sends the collected writes first, so what a protocol can observe is
+//! what asyncio's immediate send gives. Outside a running loop writes are sent at
+//! once. What the kernel does not take is queued (`ferroloop_core::writebuf`) and
+//! flushed when the socket turns writable.
 //!
 //! The Python class `ferroloop._transports._StreamTransport` (an `asyncio.Transport`)
 //! wraps this object: `asyncio.BaseTransport` has an instance slot (`_extra`), which
