@@ -176,7 +176,7 @@ class NetworkMixin:
             if sock is None:
                 exceptions = [exc for sub in exceptions for exc in sub]
                 try:
-                    if all_errors:
+                    if all_errors and sys.version_info >= (3, 11):  # ExceptionGroup is 3.11+
                         raise ExceptionGroup('create_connection failed', exceptions)
                     if len(exceptions) == 1:
                         raise exceptions[0]
