@@ -14,8 +14,10 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::PyDict;
 
-use crate::event_loop::LoopCore;
+use crate::event_loop::{IoOwner, LoopCore, Ready};
 use crate::handles::{format_callback_source, Handle};
+use crate::listener::Listener;
+use crate::transport::StreamTransportCore;
 
 /// asyncio caps one poll at a day, so a far-off or infinite deadline is still fine.
 const MAX_POLL_TIMEOUT: f64 = 24.0 * 3600.0;
@@ -97,10 +99,15 @@ fn run_once(slf: &Bound<'_, LoopCore>, core: &LoopCore, py: Python<'_>) -> PyRes
                 crate::signals::queue_arrived(s, py, r.fd);
                 continue;
             }
+            if let Some(owner) = s.io.get(&r.fd) {
+                // Edge-triggered and Rust-owned: queue the event itself, no re-arm.
+                s.ready.push_back(Ready::Io { owner: owner.clone_ref(py), readable: r.readable, writable: r.writable });
+                continue;
+            }
             for (wanted, table) in [(r.readable, &mut s.readers), (r.writable, &mut s.writers)] {
                 match table.get(&r.fd) {
                     Some(h) if wanted && h.get().is_cancelled() => dead_handles.extend(table.remove(&r.fd)),
-                    Some(h) if wanted => s.ready.push_back(h.clone_ref(py)),
+                    Some(h) if wanted => s.ready.push_back(Ready::Handle(h.clone_ref(py))),
                     _ => {}
                 }
             }
@@ -118,7 +125,7 @@ fn run_once(slf: &Bound<'_, LoopCore>, core: &LoopCore, py: Python<'_>) -> PyRes
             let timer = entry.0.bind(py);
             if timer.get().is_scheduled() {
                 timer.get().unschedule();
-                s.ready.push_back(timer.as_super().clone().unbind());
+                s.ready.push_back(Ready::Handle(timer.as_super().clone().unbind()));
             }
             dead_timers.push(entry);
         }
@@ -131,17 +138,39 @@ fn run_once(slf: &Bound<'_, LoopCore>, core: &LoopCore, py: Python<'_>) -> PyRes
 
     let (debug, virtual_time) = core.state.with(py, |s| (s.debug, s.virtual_now.is_some()));
     for _ in 0..ntodo {
-        let Some(handle) = core.state.with(py, |s| s.ready.pop_front()) else { break };
-        if handle.get().is_cancelled() {
-            continue;
+        let Some(item) = core.state.with(py, |s| s.ready.pop_front()) else { break };
+        if let Ready::Handle(h) = &item {
+            if h.get().is_cancelled() {
+                continue;
+            }
         }
-        run_handle(slf, py, &handle, debug)?;
+        if let Err(e) = run_handle(slf, py, &item, debug) {
+            // Leaving the loop (SystemExit, KeyboardInterrupt): what was written
+            // during the batch is still sent, as the stdlib sent it at once.
+            let _ = flush_deferred_writes(slf, py, debug);
+            return Err(e);
+        }
     }
+    flush_deferred_writes(slf, py, debug)?;
     if virtual_time {
         // Test support: the Python side feeds its time generator (see `_enable_virtual_time`).
         slf.call_method0(pyo3::intern!(py, "_after_virtual_iteration"))?;
     }
     Ok(())
+}
+
+/// Sends the writes transports collected during the batch: one `sendmsg` per
+/// transport per iteration however many `write()` calls it got.
+fn flush_deferred_writes(slf: &Bound<'_, LoopCore>, py: Python<'_>, debug: bool) -> PyResult<()> {
+    loop {
+        let pending = slf.get().state.with(py, |s| std::mem::take(&mut s.deferred_flush));
+        if pending.is_empty() {
+            return Ok(());
+        }
+        for t in pending {
+            run_handle(slf, py, &Ready::Flush(t), debug)?;
+        }
+    }
 }
 
 fn poll(core: &LoopCore, timeout: Option<Duration>, fds: &mut Vec<ferroloop_core::poller::Readiness>) -> std::io::Result<()> {
@@ -152,49 +181,80 @@ fn poll(core: &LoopCore, timeout: Option<Duration>, fds: &mut Vec<ferroloop_core
     }
 }
 
-/// Runs one callback. `SystemExit` and `KeyboardInterrupt` propagate out of the loop
-/// (as in asyncio); anything else goes to the exception handler.
+/// Runs one ready entry: a callback, or an fd owner's I/O. `SystemExit` and
+/// `KeyboardInterrupt` propagate out of the loop (as in asyncio); anything else goes
+/// to the exception handler. Every callback of the loop passes through here.
 #[inline]
-fn run_handle(slf: &Bound<'_, LoopCore>, py: Python<'_>, handle: &Py<Handle>, debug: bool) -> PyResult<()> {
+fn run_handle(slf: &Bound<'_, LoopCore>, py: Python<'_>, item: &Ready, debug: bool) -> PyResult<()> {
     if !debug {
-        return handle_result(slf, py, handle, handle.get().run(py));
+        return item_result(slf, py, item, run_item(py, item));
     }
-    // Debug mode, as asyncio: the handle is the loop's `_current_handle` while it
+    // Debug mode, as asyncio: a handle is the loop's `_current_handle` while it
     // runs (the default exception handler shows where it was created), errors are
     // reported first, and the time taken includes that report.
     let core = slf.get();
-    let previous = core.state.with(py, |s| s.current_handle.replace(handle.clone_ref(py)));
-    drop(previous); // outside the cell: dropping may run Python code
+    if let Ready::Handle(handle) = item {
+        let previous = core.state.with(py, |s| s.current_handle.replace(handle.clone_ref(py)));
+        drop(previous); // outside the cell: dropping may run Python code
+    }
     let t0 = core.state.with(py, |s| s.now());
-    let result = handle_result(slf, py, handle, handle.get().run(py));
+    let result = item_result(slf, py, item, run_item(py, item));
     let took = core.state.with(py, |s| s.now()) - t0;
     let previous = core.state.with(py, |s| s.current_handle.take());
     drop(previous);
     result?;
     let slow = core.state.with(py, |s| s.slow_callback_duration);
     if took >= slow {
-        log_slow_callback(py, handle, took)?;
+        log_slow_callback(py, item, took)?;
     }
     Ok(())
 }
 
-fn handle_result(slf: &Bound<'_, LoopCore>, py: Python<'_>, handle: &Py<Handle>, result: PyResult<()>) -> PyResult<()> {
+#[inline]
+fn run_item(py: Python<'_>, item: &Ready) -> PyResult<()> {
+    match item {
+        Ready::Handle(handle) => handle.get().run(py),
+        Ready::Io { owner: IoOwner::Stream(t), readable, writable } => StreamTransportCore::on_io(t.bind(py), *readable, *writable),
+        Ready::Io { owner: IoOwner::Listener(l), readable, .. } => Listener::on_io(l.bind(py), *readable),
+        Ready::Flush(t) => StreamTransportCore::flush_deferred(t.bind(py)),
+    }
+}
+
+fn item_result(slf: &Bound<'_, LoopCore>, py: Python<'_>, item: &Ready, result: PyResult<()>) -> PyResult<()> {
     match result {
         Ok(()) => Ok(()),
         Err(err) if err.is_instance_of::<PySystemExit>(py) || err.is_instance_of::<PyKeyboardInterrupt>(py) => Err(err),
-        Err(err) => report_callback_error(py, Some(slf.as_any()), handle.bind(py), err),
+        Err(err) => match item {
+            Ready::Handle(handle) => report_callback_error(py, Some(slf.as_any()), handle.bind(py), err),
+            Ready::Io { owner, .. } => report_io_error(py, slf.as_any(), owner.describe(py).bind(py), err),
+            Ready::Flush(t) => report_io_error(py, slf.as_any(), t.get().owner(py).bind(py), err),
+        },
     }
+}
+
+/// An error escaping an fd owner's I/O handling (protocol errors are handled by the
+/// transport itself; this is the safety net).
+fn report_io_error(py: Python<'_>, event_loop: &Bound<'_, PyAny>, owner: &Bound<'_, PyAny>, err: PyErr) -> PyResult<()> {
+    let ctx = PyDict::new(py);
+    ctx.set_item("message", format!("Exception in I/O callback of {}", owner.repr()?))?;
+    ctx.set_item("exception", err.value(py))?;
+    event_loop.call_method1("call_exception_handler", (ctx,))?;
+    Ok(())
 }
 
 /// "Executing <Task ...> took 0.123 seconds", naming the task rather than its step
 /// method, through asyncio's own formatter.
 /// The logger is looked up on `asyncio.base_events` at each call, where asyncio's
 /// loop finds it, so code patching `asyncio.base_events.logger` sees the report.
-fn log_slow_callback(py: Python<'_>, handle: &Py<Handle>, took: f64) -> PyResult<()> {
+fn log_slow_callback(py: Python<'_>, item: &Ready, took: f64) -> PyResult<()> {
     static FORMAT_HANDLE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
     let format = FORMAT_HANDLE.import(py, "asyncio.base_events", "_format_handle")?;
     let logger = py.import("asyncio.base_events")?.getattr("logger")?;
-    let name = format.call1((handle.bind(py),))?;
+    let name = match item {
+        Ready::Handle(handle) => format.call1((handle.bind(py),))?,
+        Ready::Io { owner, .. } => owner.describe(py).bind(py).repr()?.into_any(),
+        Ready::Flush(t) => t.get().owner(py).bind(py).repr()?.into_any(),
+    };
     logger.call_method1("warning", ("Executing %s took %.3f seconds", name, took))?;
     Ok(())
 }
@@ -237,6 +297,8 @@ pub fn drop_queued(core: &LoopCore, py: Python<'_>) {
             std::mem::take(&mut s.writers),
             std::mem::take(&mut s.signal_handlers),
             s.current_handle.take(),
+            std::mem::take(&mut s.io),
+            std::mem::take(&mut s.deferred_flush),
         )
     });
     for entry in &dropped.1 {
@@ -248,6 +310,12 @@ pub fn drop_queued(core: &LoopCore, py: Python<'_>) {
 /// Closing: drop every queued callback and close the poller, the waker's eventfd and
 /// the signal socket registration.
 pub fn close(core: &LoopCore, py: Python<'_>) {
+    // Writes collected in an iteration that never finished still go out.
+    let pending = core.state.with(py, |s| std::mem::take(&mut s.deferred_flush));
+    for t in &pending {
+        t.get().flush_raw(py);
+    }
+    drop(pending);
     core.state.with(py, |s| s.closed = true);
     drop_queued(core, py);
     let owned = core.state.with(py, |s| (s.registrar.take(), s.waker.take(), s.signal_fd.take()));

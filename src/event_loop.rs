@@ -18,7 +18,9 @@ use pyo3::types::PyTuple;
 
 use crate::gil_cell::GilCell;
 use crate::handles::{closed_error, Handle, TimerHandle};
+use crate::listener::Listener;
 use crate::sock::{self, SockOp};
+use crate::transport::StreamTransportCore;
 use crate::{dispatch, fd_callbacks, scheduling, signals};
 
 /// A timer in the heap. "Cancelled" for the heap means "no longer scheduled":
@@ -31,12 +33,56 @@ impl Cancellable for TimerEntry {
     }
 }
 
+/// A Rust object that owns an fd for its lifetime and handles its readiness
+/// itself (no Python `Handle` per event).
+pub enum IoOwner {
+    Stream(Py<StreamTransportCore>),
+    Listener(Py<Listener>),
+}
+
+impl IoOwner {
+    pub fn clone_ref(&self, py: Python<'_>) -> Self {
+        match self {
+            IoOwner::Stream(t) => IoOwner::Stream(t.clone_ref(py)),
+            IoOwner::Listener(l) => IoOwner::Listener(l.clone_ref(py)),
+        }
+    }
+
+    /// What to name in logs: the transport object protocols see, or the listener.
+    pub fn describe(&self, py: Python<'_>) -> Py<PyAny> {
+        match self {
+            IoOwner::Stream(t) => t.get().owner(py),
+            IoOwner::Listener(l) => l.clone_ref(py).into_any(),
+        }
+    }
+
+    pub fn as_any(&self) -> &Py<PyAny> {
+        match self {
+            IoOwner::Stream(t) => t.as_any(),
+            IoOwner::Listener(l) => l.as_any(),
+        }
+    }
+}
+
+/// One entry of the ready queue: a callback, or an I/O event for an fd owner,
+/// queued where asyncio would queue the fd's reader callback.
+pub enum Ready {
+    Handle(Py<Handle>),
+    Io { owner: IoOwner, readable: bool, writable: bool },
+    /// Send what a transport's `write()` calls collected during the iteration.
+    Flush(Py<StreamTransportCore>),
+}
+
 /// Everything the loop mutates, behind one GIL-guarded cell.
 pub struct LoopState {
-    pub ready: VecDeque<Py<Handle>>,
+    pub ready: VecDeque<Ready>,
     pub timers: TimerQueue<TimerEntry>,
     pub readers: HashMap<RawFd, Py<Handle>>,
     pub writers: HashMap<RawFd, Py<Handle>>,
+    /// Fds owned by Rust I/O objects (transports, listeners).
+    pub io: HashMap<RawFd, IoOwner>,
+    /// Transports with writes collected during this iteration, flushed at its end.
+    pub deferred_flush: Vec<Py<StreamTransportCore>>,
     pub registrar: Option<Registrar>,
     pub waker: Option<Waker>,
     /// Scratch buffer for poll results, kept to avoid an allocation per iteration.
@@ -94,6 +140,36 @@ impl LoopCore {
 
 #[pymethods]
 impl LoopCore {
+    // A callback that refers to its loop (`loop.call_soon(loop.stop)`) makes a cycle
+    // through the queues held here, so the collector must see them.
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        let Some(s) = self.state.get_for_traverse() else { return Ok(()) };
+        for r in s.ready.iter() {
+            match r {
+                Ready::Handle(h) => visit.call(h)?,
+                Ready::Io { owner, .. } => visit.call(owner.as_any())?,
+                Ready::Flush(t) => visit.call(t)?,
+            }
+        }
+        for h in s.readers.values().chain(s.writers.values()).chain(s.signal_handlers.values()).chain(s.current_handle.iter()) {
+            visit.call(h)?;
+        }
+        for o in s.io.values() {
+            visit.call(o.as_any())?;
+        }
+        for t in &s.deferred_flush {
+            visit.call(t)?;
+        }
+        for entry in s.timers.iter() {
+            visit.call(&entry.0)?;
+        }
+        Ok(())
+    }
+
+    fn __clear__(&self, py: Python<'_>) {
+        dispatch::drop_queued(self, py);
+    }
+
     #[new]
     fn new() -> PyResult<Self> {
         let (poller, registrar, waker) = poller::new()?;
@@ -103,6 +179,8 @@ impl LoopCore {
                 timers: TimerQueue::new(),
                 readers: HashMap::new(),
                 writers: HashMap::new(),
+                io: HashMap::new(),
+                deferred_flush: Vec::new(),
                 registrar: Some(registrar),
                 waker: Some(waker),
                 ready_fds: Vec::with_capacity(64),
@@ -121,23 +199,6 @@ impl LoopCore {
             poller: Mutex::new(Some(poller)),
             cancelled_timers: Arc::new(AtomicUsize::new(0)),
         })
-    }
-
-    /// Garbage collector support: callbacks often reference the loop (bound methods
-    /// of objects holding it), so an unclosed loop can sit in a cycle.
-    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        let Some(s) = self.state.get_for_traverse() else { return Ok(()) };
-        for h in s.ready.iter().chain(s.readers.values()).chain(s.writers.values()).chain(s.current_handle.iter()) {
-            visit.call(h)?;
-        }
-        for entry in s.timers.iter() {
-            visit.call(&entry.0)?;
-        }
-        Ok(())
-    }
-
-    fn __clear__(&self, py: Python<'_>) {
-        dispatch::drop_queued(self, py);
     }
 
     // ----- scheduling ---------------------------------------------------------------

@@ -5,11 +5,11 @@ use std::os::fd::RawFd;
 
 use std::ffi::CStr;
 
-use pyo3::exceptions::{PyOSError, PyValueError};
+use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 
-use crate::event_loop::LoopCore;
+use crate::event_loop::{IoOwner, LoopCore};
 use crate::handles::Handle;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -48,6 +48,22 @@ pub fn os_error(err: std::io::Error) -> PyErr {
     }
 }
 
+/// asyncio's `_ensure_fd_no_transport`: an fd a transport owns takes no other
+/// callbacks (the transport reads and writes it itself).
+pub fn ensure_fd_no_transport(slf: &Bound<'_, LoopCore>, fd: RawFd) -> PyResult<()> {
+    let py = slf.py();
+    let owner = slf.get().state.with(py, |s| match s.io.get(&fd) {
+        Some(IoOwner::Stream(t)) => Some(t.clone_ref(py)),
+        _ => None,
+    });
+    if let Some(t) = owner {
+        let transport = t.get().owner(py);
+        let repr = transport.bind(py).repr()?;
+        return Err(PyRuntimeError::new_err(format!("File descriptor {fd} is used by transport {repr}")));
+    }
+    Ok(())
+}
+
 pub fn add(slf: &Bound<'_, LoopCore>, fileobj: &Bound<'_, PyAny>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>, dir: Direction) -> PyResult<()> {
     let fd = fileobj_to_fd(fileobj)?;
     add_fd(slf, fd, callback, args, dir)
@@ -58,6 +74,7 @@ pub fn add_fd(slf: &Bound<'_, LoopCore>, fd: RawFd, callback: Bound<'_, PyAny>, 
     let py = slf.py();
     let core = slf.get();
     core.check_closed(py)?;
+    ensure_fd_no_transport(slf, fd)?;
     // asyncio gives fd callbacks a copy of the current context.
     let ctx = crate::scheduling::context_or_copy(py, None)?;
     let handle = Py::new(py, Handle::new(callback.unbind(), args.unbind(), ctx, None))?;
@@ -87,6 +104,7 @@ pub fn add_fd(slf: &Bound<'_, LoopCore>, fd: RawFd, callback: Bound<'_, PyAny>, 
 
 pub fn remove(slf: &Bound<'_, LoopCore>, fileobj: &Bound<'_, PyAny>, dir: Direction) -> PyResult<bool> {
     let fd = fileobj_to_fd(fileobj)?;
+    ensure_fd_no_transport(slf, fd)?;
     Ok(remove_if(slf, fd, dir, |_| true))
 }
 

@@ -11,10 +11,12 @@ mod event_loop;
 mod fd_callbacks;
 mod gil_cell;
 mod handles;
+mod listener;
 mod scheduling;
 mod signals;
 mod sendfile;
 mod sock;
+mod transport;
 
 use pyo3::prelude::*;
 
@@ -26,5 +28,7 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<handles::Handle>()?;
     m.add_class::<handles::TimerHandle>()?;
     m.add_class::<sock::SockOp>()?;
+    m.add_class::<transport::StreamTransportCore>()?;
+    m.add_class::<listener::Listener>()?;
     Ok(())
 }

@@ -94,7 +94,7 @@ pub fn check_thread(core: &LoopCore, py: Python<'_>) -> PyResult<()> {
 pub fn push_ready(core: &LoopCore, py: Python<'_>, handle: Handle) -> PyResult<Py<Handle>> {
     let handle = Py::new(py, handle)?;
     let queued = handle.clone_ref(py);
-    core.state.with(py, |s| s.ready.push_back(queued));
+    core.state.with(py, |s| s.ready.push_back(crate::event_loop::Ready::Handle(queued)));
     Ok(handle)
 }
 

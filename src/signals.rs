@@ -12,7 +12,7 @@ use ferroloop_core::poller;
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 
-use crate::event_loop::{LoopCore, LoopState};
+use crate::event_loop::{LoopCore, LoopState, Ready};
 use crate::handles::{closed_error, Handle};
 
 /// Watches the read end of the wakeup socket (`None`: stop watching).
@@ -70,7 +70,7 @@ pub fn queue_arrived(s: &mut LoopState, py: Python<'_>, fd: RawFd) {
     for signum in signums {
         if let Some(handle) = s.signal_handlers.get(&i32::from(signum)) {
             if !handle.get().is_cancelled() {
-                s.ready.push_back(handle.clone_ref(py));
+                s.ready.push_back(Ready::Handle(handle.clone_ref(py)));
             }
         }
     }

@@ -734,12 +734,22 @@ impl SockOp {
                 Err(err)
             }
             io @ Stage::Io { .. } => {
+                // C `Task` delivers our future's exception by throwing it into us:
+                // that is the operation failing, not being abandoned.
+                let own_failure = match &io {
+                    Stage::Io { fut, .. } => {
+                        let f = fut.bind(py);
+                        f.call_method0(intern!(py, "done"))?.is_truthy()? && !f.call_method0(intern!(py, "cancelled"))?.is_truthy()?
+                    }
+                    _ => false,
+                };
                 self.stage = io;
                 let err = match self.abandon_io(me) {
                     Ok(()) => err,
                     Err(e) => e,
                 };
                 let err = match &mut self.op {
+                    Op::Sendfile(sf) if own_failure => sf.on_error(py, err),
                     Op::Sendfile(sf) => sf.on_abandon(py, err),
                     _ => err,
                 };

@@ -1,8 +1,7 @@
 """CPython's own low-level socket tests (``test.test_asyncio.test_sock_lowlevel``'s
 ``BaseSockTestsMixin`` and ``test_sendfile``'s ``SockSendfileMixin``) run on ferroloop.
 
-Tests that need transports (``create_connection``/``create_server``) are out of scope
-for the sock_* layer and skipped here; the sendfile mixin's tests get a receiving
+The sendfile mixin's tests get a receiving
 side built from ``sock_accept``/``sock_recv`` instead of ``create_server``, with
 their assertions unchanged."""
 
@@ -16,16 +15,11 @@ tsl = pytest.importorskip('test.test_asyncio.test_sock_lowlevel')
 tsf = pytest.importorskip('test.test_asyncio.test_sendfile')
 test_utils = pytest.importorskip('test.test_asyncio.utils')
 
-NEEDS_TRANSPORTS = 'needs create_connection/create_server (transports), not sock_*'
 
 
 class TestFerroloopSockLowlevel(tsl.BaseSockTestsMixin, test_utils.TestCase):
     def create_event_loop(self):
         return ferroloop.new_event_loop()
-
-    @pytest.mark.skip(reason=NEEDS_TRANSPORTS)
-    def test_create_connection_sock(self):
-        pass
 
 
 class _SockReceiver:

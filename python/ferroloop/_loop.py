@@ -17,6 +17,7 @@ from asyncio import base_events, coroutines, events, futures, tasks
 from ._errors import ExceptionHandlerMixin
 from ._executor import ExecutorMixin
 from ._ferroloop import LoopCore
+from ._network import NetworkMixin
 from ._signals import SignalsMixin
 
 # asyncio's stack depth for coroutine origin tracking in debug mode.
@@ -43,7 +44,7 @@ def _run_until_complete_cb(fut):
     futures._get_loop(fut).stop()
 
 
-class Loop(SignalsMixin, ExecutorMixin, ExceptionHandlerMixin, LoopCore, asyncio.AbstractEventLoop):
+class Loop(NetworkMixin, SignalsMixin, ExecutorMixin, ExceptionHandlerMixin, LoopCore, asyncio.AbstractEventLoop):
     """An asyncio event loop whose core runs in Rust."""
 
     __module__ = "ferroloop"

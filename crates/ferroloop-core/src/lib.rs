@@ -12,3 +12,4 @@ pub mod clock;
 pub mod poller;
 pub mod sockio;
 pub mod timers;
+pub mod writebuf;

@@ -12,7 +12,7 @@
 //! loop thread with the GIL released; `Registrar` (interest changes) is used with the
 //! GIL held; `Waker` may be used from any thread.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -45,7 +45,7 @@ pub fn new() -> io::Result<(Poller, Registrar, Waker)> {
     let waker = mio::Waker::new(poll.registry(), WAKER_TOKEN)?;
     Ok((
         Poller { poll, events: Events::with_capacity(1024) },
-        Registrar { registry, interests: HashMap::new() },
+        Registrar { registry, interests: HashMap::new(), owned: HashSet::new() },
         Waker { inner: waker, armed: AtomicBool::new(false) },
     ))
 }
@@ -75,6 +75,9 @@ impl Poller {
 pub struct Registrar {
     registry: Registry,
     interests: HashMap<RawFd, Interest>,
+    /// Fds owned by Rust I/O objects (stream transports, listening sockets):
+    /// registered edge-triggered once, never re-armed, counted as watched.
+    owned: HashSet<RawFd>,
 }
 
 fn interest_of(readable: bool, writable: bool) -> Option<Interest> {
@@ -140,12 +143,35 @@ impl Registrar {
         let _ = self.registry.deregister(&mut SourceFd(&fd));
     }
 
+    /// Watches an fd a Rust I/O object drains until `EAGAIN` on every event
+    /// (stream transports: reading and writing; listeners: reading only).
+    /// Edge-triggered: an event is reported when the fd *becomes* ready, so the
+    /// owner must read (write) until the kernel says "would block", or queue
+    /// itself to try again, as it would otherwise never hear of that fd again.
+    pub fn watch_owned(&mut self, fd: RawFd, writable: bool) -> io::Result<()> {
+        let interest = if writable { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
+        let token = Token(fd as usize);
+        match self.registry.register(&mut SourceFd(&fd), token, interest) {
+            // Still registered from an fd number that was closed and reused.
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => self.registry.reregister(&mut SourceFd(&fd), token, interest)?,
+            other => other?,
+        }
+        self.owned.insert(fd);
+        Ok(())
+    }
+
+    pub fn unwatch_owned(&mut self, fd: RawFd) {
+        if self.owned.remove(&fd) {
+            let _ = self.registry.deregister(&mut SourceFd(&fd));
+        }
+    }
+
     pub fn is_watched(&self, fd: RawFd) -> bool {
-        self.interests.contains_key(&fd)
+        self.interests.contains_key(&fd) || self.owned.contains(&fd)
     }
 
     pub fn watched_count(&self) -> usize {
-        self.interests.len()
+        self.interests.len() + self.owned.len()
     }
 }
 
@@ -265,6 +291,29 @@ mod tests {
         assert_eq!(drain_nonblocking(a.as_raw_fd()), vec![2, 10, 15]);
         assert!(drain_nonblocking(a.as_raw_fd()).is_empty());
         reg.unwatch_internal(a.as_raw_fd());
+    }
+
+    #[test]
+    fn owned_fds_are_edge_triggered_and_counted() {
+        let (mut poller, mut reg, _waker) = new().unwrap();
+        let (a, mut b) = UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        reg.watch_owned(a.as_raw_fd(), true).unwrap();
+        assert_eq!(reg.watched_count(), 1);
+        let mut out = Vec::new();
+        poller.poll(Some(Duration::from_secs(5)), &mut out).unwrap();
+        assert_eq!(out, vec![Readiness { fd: a.as_raw_fd(), readable: false, writable: true }]);
+        out.clear();
+        poller.poll(Some(Duration::ZERO), &mut out).unwrap();
+        assert!(out.is_empty(), "edge-triggered: reported once");
+        b.write_all(b"x").unwrap();
+        poller.poll(Some(Duration::from_secs(5)), &mut out).unwrap();
+        assert!(out.len() == 1 && out[0].readable);
+        out.clear();
+        poller.poll(Some(Duration::ZERO), &mut out).unwrap();
+        assert!(out.is_empty(), "unread data is not reported again");
+        reg.unwatch_owned(a.as_raw_fd());
+        assert_eq!(reg.watched_count(), 0);
     }
 
     #[test]

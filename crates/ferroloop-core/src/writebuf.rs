@@ -1,0 +1,241 @@
+//! The write side of a stream transport, free of Python: a queue of pending bytes
+//! flushed with one vectored `sendmsg(2)` per attempt, plus `shutdown(SHUT_WR)`.
+//!
+//! A transport first tries to send what `write()` is given directly; only what the
+//! kernel did not take lands here. Small writes are coalesced into the tail chunk
+//! (so a stream of tiny writes does not become a long iovec list), large ones keep
+//! their own chunk. Sends use `MSG_NOSIGNAL | MSG_DONTWAIT`: a vanished peer gives
+//! `EPIPE` instead of killing the process, and a blocking socket never blocks.
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::RawFd;
+
+/// Chunks smaller than this are appended to the tail chunk instead of queued alone.
+const COALESCE_MAX: usize = 16 * 1024;
+/// iovecs per `sendmsg` (Linux `IOV_MAX` is 1024; a few dozen is plenty).
+const MAX_IOV: usize = 64;
+
+#[derive(Default, Debug)]
+pub struct WriteQueue {
+    chunks: VecDeque<Vec<u8>>,
+    /// Bytes of the head chunk already sent.
+    head_sent: usize,
+    len: usize,
+}
+
+/// One `sendmsg(2)` of the given slices, in order. Returns how much the kernel took.
+pub fn send_vectored(fd: RawFd, bufs: &[&[u8]]) -> io::Result<usize> {
+    let iov: Vec<libc::iovec> = bufs
+        .iter()
+        .filter(|b| !b.is_empty())
+        .take(MAX_IOV)
+        .map(|b| libc::iovec { iov_base: b.as_ptr() as *mut libc::c_void, iov_len: b.len() })
+        .collect();
+    if iov.is_empty() {
+        return Ok(0);
+    }
+    // SAFETY: a zeroed msghdr is valid (no name, no control data); `iov` outlives the
+    // call and every entry points to a live readable slice of the given length.
+    let ret = unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
+        msg.msg_iovlen = iov.len() as _;
+        libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT)
+    };
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret as usize)
+    }
+}
+
+/// `shutdown(fd, SHUT_WR)`: send end of file to the peer.
+pub fn shutdown_write(fd: RawFd) -> io::Result<()> {
+    // SAFETY: a plain syscall on an integer fd.
+    if unsafe { libc::shutdown(fd, libc::SHUT_WR) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+impl WriteQueue {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Pending bytes.
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Appends a copy of `data`.
+    pub fn push(&mut self, data: &[u8]) {
+        if data.is_empty() {
+            return;
+        }
+        self.len += data.len();
+        if data.len() < COALESCE_MAX {
+            // Never grow the head chunk while part of it is sent: only the tail,
+            // and only while it stays small.
+            let tail_ok = self.chunks.len() > 1 || self.head_sent == 0;
+            if let Some(tail) = self.chunks.back_mut() {
+                if tail.len() < COALESCE_MAX && tail_ok {
+                    tail.extend_from_slice(data);
+                    return;
+                }
+            }
+        }
+        self.chunks.push_back(data.to_vec());
+    }
+
+    pub fn clear(&mut self) {
+        self.chunks.clear();
+        self.head_sent = 0;
+        self.len = 0;
+    }
+
+    /// Marks `n` bytes from the front as sent.
+    pub fn consume(&mut self, mut n: usize) {
+        debug_assert!(n <= self.len);
+        n = n.min(self.len);
+        self.len -= n;
+        while n > 0 {
+            let head = self.chunks.front().expect("length accounted");
+            let left = head.len() - self.head_sent;
+            if n >= left {
+                n -= left;
+                self.chunks.pop_front();
+                self.head_sent = 0;
+            } else {
+                self.head_sent += n;
+                n = 0;
+            }
+        }
+    }
+
+    /// The pending bytes as slices, in order (the first possibly partly sent).
+    pub fn slices(&self) -> Vec<&[u8]> {
+        self.chunks
+            .iter()
+            .enumerate()
+            .map(|(i, c)| if i == 0 { &c[self.head_sent..] } else { &c[..] })
+            .take(MAX_IOV)
+            .collect()
+    }
+
+    /// Sends as much as the socket takes, until it would block or the queue is empty.
+    /// Returns the bytes sent; "would block" is not an error (the caller waits for
+    /// writability); any other error is returned with the queue left as it was after
+    /// the last successful send.
+    pub fn flush(&mut self, fd: RawFd) -> io::Result<usize> {
+        let mut total = 0;
+        while !self.is_empty() {
+            let n = match send_vectored(fd, &self.slices()) {
+                Ok(n) => n,
+                // Edge-triggered callers must stop only on a real "would block".
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                Err(e) if crate::sockio::would_block(&e) => break,
+                Err(e) => return Err(e),
+            };
+            self.consume(n);
+            total += n;
+            if n == 0 {
+                break;
+            }
+        }
+        Ok(total)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::net::UnixStream;
+
+    #[test]
+    fn push_consume_keeps_order_and_length() {
+        let mut q = WriteQueue::new();
+        q.push(b"hello ");
+        q.push(b"world");
+        q.push(&vec![b'x'; 40_000]);
+        q.push(b"!");
+        assert_eq!(q.len(), 6 + 5 + 40_000 + 1);
+        q.consume(3);
+        let joined: Vec<u8> = q.slices().concat();
+        assert_eq!(&joined[..8], b"lo world");
+        assert_eq!(joined.len(), q.len());
+        q.consume(8 + 40_000);
+        assert_eq!(q.slices().concat(), b"!");
+        q.consume(1);
+        assert!(q.is_empty());
+        assert!(q.slices().is_empty());
+    }
+
+    #[test]
+    fn the_partly_sent_head_is_not_extended() {
+        let mut q = WriteQueue::new();
+        q.push(b"abc");
+        q.consume(1);
+        q.push(b"def");
+        assert_eq!(q.slices().concat(), b"bcdef");
+    }
+
+    #[test]
+    fn flush_sends_until_full_and_loses_nothing() {
+        let (a, mut b) = UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        let mut q = WriteQueue::new();
+        let mut expected = Vec::new();
+        for i in 0..400u32 {
+            let chunk: Vec<u8> = (0..(i * 97 % 30_000 + 1)).map(|j| (i + j) as u8).collect();
+            expected.extend_from_slice(&chunk);
+            q.push(&chunk);
+        }
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 65536];
+        let mut rounds = 0;
+        while !q.is_empty() {
+            q.flush(a.as_raw_fd()).unwrap();
+            b.set_nonblocking(true).unwrap();
+            loop {
+                match b.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                    Err(_) => break,
+                }
+            }
+            rounds += 1;
+            assert!(rounds < 10_000);
+        }
+        assert_eq!(got, expected);
+    }
+
+    #[test]
+    fn flush_to_a_closed_peer_is_epipe() {
+        let (a, b) = UnixStream::pair().unwrap();
+        drop(b);
+        let mut q = WriteQueue::new();
+        q.push(b"data");
+        assert_eq!(q.flush(a.as_raw_fd()).unwrap_err().raw_os_error(), Some(libc::EPIPE));
+        assert_eq!(q.len(), 4);
+    }
+
+    #[test]
+    fn vectored_send_and_shutdown() {
+        let (a, mut b) = UnixStream::pair().unwrap();
+        assert_eq!(send_vectored(a.as_raw_fd(), &[b"ab", b"", b"cd"]).unwrap(), 4);
+        shutdown_write(a.as_raw_fd()).unwrap();
+        let mut got = Vec::new();
+        b.read_to_end(&mut got).unwrap();
+        assert_eq!(got, b"abcd");
+    }
+}

@@ -1,0 +1,310 @@
+"""The stream transport (TCP and Unix sockets) and the server object.
+
+``_StreamTransport`` is an ``asyncio.Transport`` whose work is done by the Rust
+``StreamTransportCore``. ``asyncio.BaseTransport`` declares an instance slot
+(``_extra``), so no class can have both it and a Rust class as bases (CPython
+refuses the layout); the transport holds its core instead, and exposes the core's
+methods as bound builtins stored in slots, so ``transport.write(data)`` is one
+slot read and one call into Rust, with no Python frame. It subclasses
+``transports._FlowControlMixin`` like asyncio's own socket transport, which
+``loop.sendfile``'s fallback protocol insists on.
+
+``Server`` is an ``asyncio.AbstractServer`` with the semantics of 3.13's
+``asyncio.Server`` (``wait_closed`` waits for every connection, ``close_clients``,
+``abort_clients``); its accept loops are Rust ``Listener`` objects."""
+
+import errno
+import os
+import socket
+import warnings
+
+from asyncio import constants, events, exceptions, futures, tasks, transports, trsock
+from asyncio.base_events import _set_nodelay
+from asyncio.log import logger
+
+from ._ferroloop import Listener, StreamTransportCore
+
+_CORE_METHODS = (
+    'write', 'writelines', 'write_eof', 'can_write_eof', 'close', 'abort',
+    'is_closing', 'is_reading', 'pause_reading', 'resume_reading',
+    'get_protocol', 'set_protocol', 'set_write_buffer_limits',
+    'get_write_buffer_limits', 'get_write_buffer_size',
+    '_make_empty_waiter', '_reset_empty_waiter',
+)
+
+_ACCEPT_RESOURCE_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+
+
+class _StreamTransport(transports._FlowControlMixin):
+    __slots__ = ('_core', '_server', '__weakref__') + _CORE_METHODS
+
+    _start_tls_compatible = True
+    _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
+
+    def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None):
+        transports.BaseTransport.__init__(self, extra)
+        self._extra['socket'] = trsock.TransportSocket(sock)
+        try:
+            self._extra['sockname'] = sock.getsockname()
+        except OSError:
+            self._extra['sockname'] = None
+        if 'peername' not in self._extra:
+            try:
+                self._extra['peername'] = sock.getpeername()
+            except OSError:
+                self._extra['peername'] = None
+        self._loop = loop
+        self._server = server
+        core = StreamTransportCore(loop, sock, protocol, self, server)
+        self._core = core
+        for name in _CORE_METHODS:
+            setattr(self, name, getattr(core, name))
+        _set_nodelay(sock)
+        core._register()
+        if server is not None:
+            server._attach(self)
+        loop.call_soon(protocol.connection_made, self)
+        # Reading starts once connection_made() has run, as in asyncio.
+        loop.call_soon(core._start_reading)
+        if waiter is not None:
+            loop.call_soon(futures._set_result_unless_cancelled, waiter, None)
+
+    @property
+    def _sock(self):
+        return self._core._sock
+
+    @property
+    def _sock_fd(self):
+        return self._core._sock_fd
+
+    @property
+    def _protocol(self):
+        return self._core.get_protocol()
+
+    @property
+    def _protocol_paused(self):
+        return self._core._protocol_paused
+
+    @property
+    def _closing(self):
+        return self._core._closing
+
+    @property
+    def _conn_lost(self):
+        return self._core._conn_lost
+
+    @property
+    def _paused(self):
+        return self._core._paused
+
+    @property
+    def _empty_waiter(self):
+        return self._core._empty_waiter
+
+    def _get_write_buffer_size(self):
+        return self._core.get_write_buffer_size()
+
+    def __repr__(self):
+        core = self._core
+        info = [type(self).__name__]
+        sock = core._sock
+        if sock is None:
+            info.append('closed')
+        elif core._closing:
+            info.append('closing')
+        info.append(f'fd={core._sock_fd}')
+        if sock is not None and not self._loop.is_closed():
+            info.append('read=polling' if core._reader_active else 'read=idle')
+            bufsize = core.get_write_buffer_size()
+            info.append(f"write=<{'polling' if bufsize else 'idle'}, bufsize={bufsize}>")
+        return '<{}>'.format(' '.join(info))
+
+    def __del__(self, _warn=warnings.warn):
+        try:
+            sock = self._core._sock
+        except AttributeError:
+            return
+        if sock is not None:
+            _warn(f'unclosed transport {self!r}', ResourceWarning, source=self)
+            self._core._detach_fd()
+            sock.close()
+
+
+def make_listener(loop, sock, server, backlog):
+    """The Rust accept loop of ``sock``, handing connections to ``server``."""
+
+    def on_error(exc):
+        if isinstance(exc, OSError) and exc.errno in _ACCEPT_RESOURCE_ERRORS:
+            # Out of fds or memory: report, stop accepting for a while (pending
+            # connections stay in the backlog) instead of spinning, then resume.
+            loop.call_exception_handler({
+                'message': 'socket.accept() out of system resource',
+                'exception': exc,
+                'socket': trsock.TransportSocket(sock),
+            })
+            listener.stop()
+            loop.call_later(constants.ACCEPT_RETRY_DELAY, resume)
+        else:
+            raise exc
+
+    def resume():
+        if server is None or (server._sockets is not None and server._serving):
+            listener.start()
+
+    on_accept = server._on_accept if server is not None else (lambda conn, addr: conn.close())
+    listener = Listener(loop, sock, on_accept, on_error, backlog)
+    return listener
+
+
+class Server(events.AbstractServer):
+    """A listening server (``loop.create_server``/``create_unix_server``)."""
+
+    def __init__(self, loop, sockets, protocol_factory, ssl_context, backlog,
+                 ssl_handshake_timeout, ssl_shutdown_timeout=None, *, unix_cleanup=None):
+        self._loop = loop
+        self._sockets = sockets
+        self._clients = set()
+        self._waiters = []
+        self._protocol_factory = protocol_factory
+        self._backlog = backlog
+        self._ssl_context = ssl_context
+        self._ssl_handshake_timeout = ssl_handshake_timeout
+        self._ssl_shutdown_timeout = ssl_shutdown_timeout
+        self._serving = False
+        self._serving_forever_fut = None
+        self._unix_cleanup = unix_cleanup
+
+    def __repr__(self):
+        return f'<{self.__class__.__name__} sockets={self.sockets!r}>'
+
+    # Called by transports of accepted connections.
+    def _attach(self, transport):
+        self._clients.add(transport)
+
+    def _detach(self, transport):
+        self._clients.discard(transport)
+        if not self._clients and self._sockets is None:
+            self._wakeup()
+
+    @property
+    def _active_count(self):
+        return len(self._clients)
+
+    def _wakeup(self):
+        waiters = self._waiters
+        self._waiters = None
+        for waiter in waiters or ():
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _start_serving(self):
+        if self._serving:
+            return
+        self._serving = True
+        for sock in self._sockets:
+            sock.listen(self._backlog)
+            self._loop._start_serving(self._protocol_factory, sock, self._ssl_context, self,
+                                      self._backlog, self._ssl_handshake_timeout,
+                                      self._ssl_shutdown_timeout)
+
+    def _on_accept(self, conn, addr):
+        loop = self._loop
+        if loop.get_debug():
+            logger.debug('%r got a new connection from %r: %r', self, addr, conn)
+        conn.setblocking(False)
+        protocol = transport = None
+        try:
+            protocol = self._protocol_factory()
+            transport = _StreamTransport(loop, conn, protocol, None, {'peername': addr}, self)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            if transport is not None:
+                transport.close()
+            else:
+                conn.close()
+            if loop.get_debug():  # asyncio reports these in debug mode only
+                context = {
+                    'message': 'Error on transport creation for incoming connection',
+                    'exception': exc,
+                }
+                if protocol is not None:
+                    context['protocol'] = protocol
+                if transport is not None:
+                    context['transport'] = transport
+                loop.call_exception_handler(context)
+
+    def get_loop(self):
+        return self._loop
+
+    def is_serving(self):
+        return self._serving
+
+    @property
+    def sockets(self):
+        if self._sockets is None:
+            return ()
+        return tuple(trsock.TransportSocket(s) for s in self._sockets)
+
+    def close(self):
+        sockets = self._sockets
+        if sockets is None:
+            return
+        self._sockets = None
+        for sock in sockets:
+            self._loop._stop_serving(sock)
+        if self._unix_cleanup is not None:
+            path, ino = self._unix_cleanup
+            self._unix_cleanup = None
+            try:
+                if os.stat(path).st_ino == ino:
+                    os.unlink(path)
+            except FileNotFoundError:
+                pass
+            except OSError as err:
+                logger.error('Unable to clean up listening UNIX socket %r: %r', path, err)
+        self._serving = False
+        if self._serving_forever_fut is not None and not self._serving_forever_fut.done():
+            self._serving_forever_fut.cancel()
+            self._serving_forever_fut = None
+        if not self._clients:
+            self._wakeup()
+
+    def close_clients(self):
+        for transport in list(self._clients):
+            transport.close()
+
+    def abort_clients(self):
+        for transport in list(self._clients):
+            transport.abort()
+
+    async def start_serving(self):
+        self._start_serving()
+        # Let the listeners pick up connections already waiting, as asyncio does.
+        await tasks.sleep(0)
+
+    async def serve_forever(self):
+        if self._serving_forever_fut is not None:
+            raise RuntimeError(f'server {self!r} is already being awaited on serve_forever()')
+        if self._sockets is None:
+            raise RuntimeError(f'server {self!r} is closed')
+        self._start_serving()
+        self._serving_forever_fut = self._loop.create_future()
+        try:
+            await self._serving_forever_fut
+        except exceptions.CancelledError:
+            try:
+                self.close()
+                await self.wait_closed()
+            finally:
+                raise
+        finally:
+            self._serving_forever_fut = None
+
+    async def wait_closed(self):
+        """Wait until the server is closed and every connection it accepted ended."""
+        if self._waiters is None:
+            return
+        waiter = self._loop.create_future()
+        self._waiters.append(waiter)
+        await waiter

@@ -1,0 +1,161 @@
+//! `Listener`: the accept loop of a listening socket, owned by the loop like a
+//! stream transport's fd (edge-triggered, `Ready::Io` entries in the ready queue, no
+//! Python `Handle` per event). Each readiness event accepts up to `backlog`
+//! connections (as asyncio's `_accept_connection` does) and hands each to the
+//! server's Python `on_accept(conn, addr)`, which builds the protocol and transport.
+//! Errors other than "would block"/"aborted" go to `on_error(exc)`: the server
+//! pauses accepting on EMFILE and friends, as asyncio does, instead of spinning.
+
+use std::os::fd::RawFd;
+
+use pyo3::exceptions::{PyBlockingIOError, PyConnectionAbortedError, PyInterruptedError, PyKeyboardInterrupt, PyRuntimeError, PySystemExit};
+use pyo3::gc::{PyTraverseError, PyVisit};
+use pyo3::intern;
+use pyo3::prelude::*;
+
+use crate::event_loop::{IoOwner, LoopCore, Ready};
+use crate::gil_cell::GilCell;
+
+#[pyclass(module = "ferroloop._ferroloop", frozen, weakref)]
+pub struct Listener {
+    fd: RawFd,
+    event_loop: Py<LoopCore>,
+    backlog: usize,
+    inner: GilCell<ListenerInner>,
+}
+
+struct ListenerInner {
+    sock: Option<Py<PyAny>>,
+    on_accept: Option<Py<PyAny>>,
+    on_error: Option<Py<PyAny>>,
+    registered: bool,
+}
+
+impl Listener {
+    pub fn on_io(slf: &Bound<'_, Self>, readable: bool) -> PyResult<()> {
+        let py = slf.py();
+        let me = slf.get();
+        if !readable {
+            return Ok(());
+        }
+        for _ in 0..me.backlog.max(1) {
+            let Some((sock, on_accept, on_error)) = me.inner.with(py, |i| {
+                if !i.registered {
+                    return None;
+                }
+                Some((i.sock.as_ref()?.clone_ref(py), i.on_accept.as_ref()?.clone_ref(py), i.on_error.as_ref()?.clone_ref(py)))
+            }) else {
+                return Ok(());
+            };
+            match sock.bind(py).call_method0(intern!(py, "accept")) {
+                Ok(pair) => {
+                    let (conn, addr) = (pair.get_item(0)?, pair.get_item(1)?);
+                    on_accept.bind(py).call1((conn, addr))?;
+                }
+                Err(e) if e.is_instance_of::<PyBlockingIOError>(py) || e.is_instance_of::<PyInterruptedError>(py) => return Ok(()),
+                Err(e) if e.is_instance_of::<PyConnectionAbortedError>(py) => continue,
+                Err(e) if e.is_instance_of::<PySystemExit>(py) || e.is_instance_of::<PyKeyboardInterrupt>(py) => return Err(e),
+                Err(e) => {
+                    on_error.bind(py).call1((e.into_value(py),))?;
+                    return Ok(());
+                }
+            }
+        }
+        // `backlog` connections and maybe more waiting: no new edge will tell us.
+        me.event_loop.get().state.with(py, |s| {
+            if !s.closed {
+                s.ready.push_back(Ready::Io { owner: IoOwner::Listener(slf.clone().unbind()), readable: true, writable: false });
+            }
+        });
+        Ok(())
+    }
+}
+
+#[pymethods]
+impl Listener {
+    #[new]
+    fn new(py: Python<'_>, event_loop: Bound<'_, LoopCore>, sock: Bound<'_, PyAny>, on_accept: Bound<'_, PyAny>, on_error: Bound<'_, PyAny>, backlog: usize) -> PyResult<Self> {
+        let fd: RawFd = sock.call_method0(intern!(py, "fileno"))?.extract()?;
+        Ok(Listener {
+            fd,
+            event_loop: event_loop.unbind(),
+            backlog,
+            inner: GilCell::new(ListenerInner { sock: Some(sock.unbind()), on_accept: Some(on_accept.unbind()), on_error: Some(on_error.unbind()), registered: false }),
+        })
+    }
+
+    /// Starts accepting (idempotent). Connections already waiting are picked up by
+    /// an attempt queued at once: an edge that happened before would not repeat.
+    fn start(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let me = slf.get();
+        if me.inner.with(py, |i| i.registered || i.sock.is_none()) {
+            return Ok(());
+        }
+        let fd = me.fd;
+        let replaced = me.event_loop.get().state.with(py, |s| -> PyResult<Option<IoOwner>> {
+            if s.closed {
+                return Err(crate::handles::closed_error());
+            }
+            if s.readers.contains_key(&fd) || s.writers.contains_key(&fd) {
+                return Err(PyRuntimeError::new_err(format!("File descriptor {fd} has reader or writer callbacks")));
+            }
+            let Some(reg) = s.registrar.as_mut() else { return Err(crate::handles::closed_error()) };
+            reg.watch_owned(fd, false)?;
+            s.ready.push_back(Ready::Io { owner: IoOwner::Listener(slf.clone().unbind()), readable: true, writable: false });
+            Ok(s.io.insert(fd, IoOwner::Listener(slf.clone().unbind())))
+        })?;
+        me.inner.with(py, |i| i.registered = true);
+        drop(replaced);
+        Ok(())
+    }
+
+    /// Stops accepting (idempotent); the socket stays open.
+    fn stop(&self, py: Python<'_>) {
+        if !self.inner.with(py, |i| std::mem::replace(&mut i.registered, false)) {
+            return;
+        }
+        let fd = self.fd;
+        let removed = self.event_loop.get().state.with(py, |s| {
+            if !matches!(s.io.get(&fd), Some(IoOwner::Listener(l)) if std::ptr::eq(l.get(), self)) {
+                return None;
+            }
+            if let Some(reg) = s.registrar.as_mut() {
+                reg.unwatch_owned(fd);
+            }
+            s.io.remove(&fd)
+        });
+        drop(removed);
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> String {
+        let state = if self.inner.with(py, |i| i.registered) { "accepting" } else { "idle" };
+        format!("<Listener fd={} {state}>", self.fd)
+    }
+
+    fn is_accepting(&self, py: Python<'_>) -> bool {
+        self.inner.with(py, |i| i.registered)
+    }
+
+    /// Stops accepting and drops the callbacks (the server is closing).
+    fn detach(&self, py: Python<'_>) {
+        self.stop(py);
+        let taken = self.inner.with(py, |i| (i.sock.take(), i.on_accept.take(), i.on_error.take()));
+        drop(taken);
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.event_loop)?;
+        if let Some(i) = self.inner.get_for_traverse() {
+            visit.call(&i.sock)?;
+            visit.call(&i.on_accept)?;
+            visit.call(&i.on_error)?;
+        }
+        Ok(())
+    }
+
+    fn __clear__(&self, py: Python<'_>) {
+        let taken = self.inner.with(py, |i| (i.sock.take(), i.on_accept.take(), i.on_error.take()));
+        drop(taken);
+    }
+}

@@ -1,0 +1,1022 @@
+//! `StreamTransportCore`: the Rust half of ferroloop's stream transport (TCP and
+//! Unix sockets), with the semantics of asyncio's `_SelectorSocketTransport`.
+//!
+//! The loop owns the socket's fd for the transport's lifetime (`LoopState.io`): it is
+//! registered edge-triggered for both directions, and each poll event becomes one
+//! `Ready::Io` entry in the ready queue, in the batch position asyncio would run the
+//! reader callback. Running it (`on_io`) calls into this object directly: no Python
+//! `Handle` per event. Reads loop until `EAGAIN` (the poller reports an fd again only
+//! when it becomes ready again), up to a cap per event for fairness, after which the
+//! transport queues itself for the next iteration.
+//!
+//! Writes made while the loop runs are collected and sent at the end of the
+//! iteration (`Ready::Flush`, one vectored `sendmsg` however many `write()` calls a
+//! protocol made: a header and a body written apart leave as one segment), up to
+//! `DEFER_MAX` bytes, beyond which they are sent at once. Everything whose result
+//! depends on what was sent (`get_write_buffer_size`, `close`, `abort`, `write_eof`,
+//! sendfile) sends the collected writes first, so what a protocol can observe is
+//! what asyncio's immediate send gives. Outside a running loop writes are sent at
+//! once. What the kernel does not take is queued (`ferroloop_core::writebuf`) and
+//! flushed when the socket turns writable.
+//!
+//! The Python class `ferroloop._transports._StreamTransport` (an `asyncio.Transport`)
+//! wraps this object: `asyncio.BaseTransport` has an instance slot (`_extra`), which
+//! makes a Python class with both as bases impossible (layout conflict), so the
+//! wrapper holds the core and exposes its methods as bound builtins in slots.
+//! Protocol callbacks get the wrapper (`owner`) as their transport.
+//!
+//! Every protocol callback's exception goes to the loop's exception handler with
+//! asyncio's context keys and closes the transport (`fatal_error`), except
+//! `SystemExit`/`KeyboardInterrupt`, which propagate out of the loop.
+
+use std::os::fd::RawFd;
+
+use ferroloop_core::sockio;
+use ferroloop_core::writebuf::{self, WriteQueue};
+use pyo3::exceptions::{PyKeyboardInterrupt, PyOSError, PyRuntimeError, PySystemExit, PyTypeError, PyValueError};
+use pyo3::gc::{PyTraverseError, PyVisit};
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyByteArray, PyBytes, PyDict, PyList, PyMemoryView, PyTuple};
+
+use crate::buffer::BufView;
+use crate::event_loop::{IoOwner, LoopCore, Ready};
+use crate::gil_cell::GilCell;
+use crate::sock::os_error;
+
+/// asyncio's `max_size` for one `recv` of a transport.
+const MAX_READ: usize = 256 * 1024;
+/// Reads per readiness event before the transport yields to other work.
+const MAX_READS_PER_EVENT: usize = 4;
+/// Writes while the loop runs are collected up to this many bytes and sent at the
+/// end of the iteration; beyond, they are sent at once.
+const DEFER_MAX: usize = 64 * 1024;
+/// asyncio's `constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES`.
+const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
+
+static READ_SCRATCH: GilCell<Vec<u8>> = GilCell::new(Vec::new());
+
+extern "C" {
+    // Part of CPython's ABI on every supported version (pyo3-ffi keeps its binding
+    // private): shrink a fresh bytes object in place.
+    fn _PyBytes_Resize(bytes: *mut *mut pyo3::ffi::PyObject, newsize: pyo3::ffi::Py_ssize_t) -> std::os::raw::c_int;
+}
+
+/// One `recv` into a `bytes`. Small reads go through a reused scratch buffer and
+/// are copied out (no allocation of `MAX_READ` per read for a chatty protocol);
+/// when the previous read was large (`bulk`), the data is received straight into a
+/// fresh `bytes` which is then shrunk, saving the copy.
+fn recv_bytes<'py>(py: Python<'py>, fd: RawFd, bulk: bool) -> PyResult<std::io::Result<Bound<'py, PyBytes>>> {
+    if !bulk {
+        return Ok(READ_SCRATCH.with(py, |buf| {
+            if buf.len() < MAX_READ {
+                buf.resize(MAX_READ, 0);
+            }
+            sockio::recv(fd, &mut buf[..MAX_READ]).map(|n| PyBytes::new(py, &buf[..n]))
+        }));
+    }
+    // SAFETY: a new, uninitialised bytes object of MAX_READ bytes owned only here;
+    // recv fills its start, then it is shrunk to what was received (or released).
+    unsafe {
+        let mut obj = pyo3::ffi::PyBytes_FromStringAndSize(std::ptr::null(), MAX_READ as pyo3::ffi::Py_ssize_t);
+        if obj.is_null() {
+            return Err(PyErr::fetch(py));
+        }
+        let data = std::slice::from_raw_parts_mut(pyo3::ffi::PyBytes_AsString(obj) as *mut u8, MAX_READ);
+        match sockio::recv(fd, data) {
+            Ok(got) => {
+                if got != MAX_READ && _PyBytes_Resize(&mut obj, got as pyo3::ffi::Py_ssize_t) != 0 {
+                    return Err(PyErr::fetch(py)); // _PyBytes_Resize freed it
+                }
+                Ok(Ok(Bound::from_owned_ptr(py, obj).cast_into_unchecked()))
+            }
+            Err(e) => {
+                pyo3::ffi::Py_DECREF(obj);
+                Ok(Err(e))
+            }
+        }
+    }
+}
+
+pub struct TransportState {
+    sock: Option<Py<PyAny>>,
+    protocol: Option<Py<PyAny>>,
+    /// The protocol is an `asyncio.BufferedProtocol` (reads go into its buffer).
+    buffered: bool,
+    protocol_connected: bool,
+    /// The Python transport object protocols see; dropped at connection lost.
+    owner: Option<Py<PyAny>>,
+    server: Option<Py<PyAny>>,
+    wq: WriteQueue,
+    closing: bool,
+    conn_lost: u32,
+    eof: bool,
+    paused: bool,
+    /// Reading is "registered" (asyncio: the fd has a reader).
+    reader_active: bool,
+    registered: bool,
+    protocol_paused: bool,
+    /// The last read was large: receive straight into a new `bytes` next time.
+    bulk: bool,
+    /// `wq` holds writes not tried yet: the loop flushes them at the end of the
+    /// current iteration (one `sendmsg` for a header and a body written apart).
+    deferred: bool,
+    high: usize,
+    low: usize,
+    empty_waiter: Option<Py<PyAny>>,
+}
+
+#[pyclass(module = "ferroloop._ferroloop", frozen, weakref)]
+pub struct StreamTransportCore {
+    fd: RawFd,
+    event_loop: Py<LoopCore>,
+    state: GilCell<TransportState>,
+}
+
+fn is_fatal(py: Python<'_>, err: &PyErr) -> bool {
+    err.is_instance_of::<PySystemExit>(py) || err.is_instance_of::<PyKeyboardInterrupt>(py)
+}
+
+fn logger(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
+    static LOGGER: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    LOGGER.import(py, "asyncio.log", "logger")
+}
+
+fn buffered_protocol_type(py: Python<'_>) -> PyResult<&Bound<'_, pyo3::types::PyType>> {
+    static T: PyOnceLock<Py<pyo3::types::PyType>> = PyOnceLock::new();
+    T.import(py, "asyncio.protocols", "BufferedProtocol")
+}
+
+/// What `on_io` should do after reading stopped.
+enum ReadEnd {
+    /// Would block, end of file handled, closed, or paused: nothing more.
+    Done,
+    /// The per-event cap was reached with data possibly left: try again next time.
+    Again,
+}
+
+impl StreamTransportCore {
+    fn loop_any<'py>(&self, py: Python<'py>) -> Bound<'py, PyAny> {
+        self.event_loop.bind(py).clone().into_any()
+    }
+
+    fn debug(&self, py: Python<'_>) -> bool {
+        self.event_loop.get().state.with(py, |s| s.debug)
+    }
+
+    pub fn owner(&self, py: Python<'_>) -> Py<PyAny> {
+        self.state.with(py, |s| s.owner.as_ref().map(|o| o.clone_ref(py))).unwrap_or_else(|| py.None())
+    }
+
+    fn protocol(&self, py: Python<'_>) -> Py<PyAny> {
+        self.state.with(py, |s| s.protocol.as_ref().map(|o| o.clone_ref(py))).unwrap_or_else(|| py.None())
+    }
+
+    /// Queues an I/O attempt for the next iteration (edge-triggered registration:
+    /// after a resume, or a read cut short by the fairness cap).
+    fn queue_io(slf: &Bound<'_, Self>, readable: bool, writable: bool) {
+        let py = slf.py();
+        slf.get().event_loop.get().state.with(py, |s| {
+            if !s.closed {
+                // A new reference to a live object: nothing is freed in here.
+                s.ready.push_back(Ready::Io { owner: IoOwner::Stream(slf.clone().unbind()), readable, writable });
+            }
+        });
+    }
+
+    fn call_soon(&self, py: Python<'_>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>) -> PyResult<()> {
+        crate::scheduling::call_soon(self.event_loop.bind(py), callback, args, None, "call_soon").map(drop)
+    }
+
+    /// Called by the loop when the fd is ready (or when we queued ourselves).
+    pub fn on_io(slf: &Bound<'_, Self>, readable: bool, writable: bool) -> PyResult<()> {
+        let py = slf.py();
+        let me = slf.get();
+        if readable && me.state.with(py, |s| s.reader_active && !s.paused && !s.closing && s.conn_lost == 0) {
+            if let ReadEnd::Again = Self::read_ready(slf)? {
+                Self::queue_io(slf, true, false);
+            }
+        }
+        if writable && me.state.with(py, |s| !s.wq.is_empty() && s.conn_lost == 0 && s.sock.is_some()) {
+            Self::write_ready(slf)?;
+        }
+        Ok(())
+    }
+
+    fn read_ready(slf: &Bound<'_, Self>) -> PyResult<ReadEnd> {
+        let py = slf.py();
+        let me = slf.get();
+        for _ in 0..MAX_READS_PER_EVENT {
+            let (go, buffered, protocol) = me.state.with(py, |s| {
+                let go = s.reader_active && !s.paused && !s.closing && s.conn_lost == 0;
+                (go, s.buffered, s.protocol.as_ref().map(|p| p.clone_ref(py)))
+            });
+            let Some(protocol) = protocol.filter(|_| go) else { return Ok(ReadEnd::Done) };
+            let protocol = protocol.bind(py);
+            if buffered {
+                let buf = match protocol.call_method1(intern!(py, "get_buffer"), (-1,)).and_then(|b| {
+                    if b.len()? == 0 {
+                        Err(PyRuntimeError::new_err("get_buffer() returned an empty buffer"))
+                    } else {
+                        Ok(b)
+                    }
+                }) {
+                    Ok(b) => b,
+                    Err(e) => return Self::callback_failed(slf, e, "Fatal error: protocol.get_buffer() call failed."),
+                };
+                let mut view = match BufView::get(&buf, true) {
+                    Ok(v) => v,
+                    Err(e) => return Self::callback_failed(slf, e, "Fatal error: protocol.get_buffer() call failed."),
+                };
+                let got = sockio::recv(me.fd, view.as_mut_slice());
+                drop(view);
+                match got {
+                    Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                    Err(e) if sockio::would_block(&e) => return Ok(ReadEnd::Done),
+                    Err(e) => {
+                        Self::fatal_error(slf, os_error(&e), "Fatal read error on socket transport")?;
+                        return Ok(ReadEnd::Done);
+                    }
+                    Ok(0) => {
+                        Self::on_eof(slf)?;
+                        return Ok(ReadEnd::Done);
+                    }
+                    Ok(n) => {
+                        if let Err(e) = protocol.call_method1(intern!(py, "buffer_updated"), (n,)) {
+                            return Self::callback_failed(slf, e, "Fatal error: protocol.buffer_updated() call failed.");
+                        }
+                    }
+                }
+            } else {
+                let bulk = me.state.with(py, |s| s.bulk);
+                let got = recv_bytes(py, me.fd, bulk)?;
+                if let Ok(data) = &got {
+                    let bulk = data.as_bytes().len() >= MAX_READ / 2;
+                    me.state.with(py, |s| s.bulk = bulk);
+                }
+                match got {
+                    // Interrupted is not "drained": with edge-triggered readiness
+                    // only EAGAIN may end the reading.
+                    Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                    Err(e) if sockio::would_block(&e) => return Ok(ReadEnd::Done),
+                    Err(e) => {
+                        Self::fatal_error(slf, os_error(&e), "Fatal read error on socket transport")?;
+                        return Ok(ReadEnd::Done);
+                    }
+                    Ok(data) if data.as_bytes().is_empty() => {
+                        Self::on_eof(slf)?;
+                        return Ok(ReadEnd::Done);
+                    }
+                    Ok(data) => {
+                        if let Err(e) = protocol.call_method1(intern!(py, "data_received"), (data,)) {
+                            return Self::callback_failed(slf, e, "Fatal error: protocol.data_received() call failed.");
+                        }
+                    }
+                }
+            }
+        }
+        Ok(ReadEnd::Again)
+    }
+
+    /// A protocol callback raised: propagate SystemExit/KeyboardInterrupt, else
+    /// report and close (asyncio's `_fatal_error`).
+    fn callback_failed(slf: &Bound<'_, Self>, err: PyErr, message: &str) -> PyResult<ReadEnd> {
+        if is_fatal(slf.py(), &err) {
+            return Err(err);
+        }
+        Self::fatal_error(slf, err, message)?;
+        Ok(ReadEnd::Done)
+    }
+
+    fn on_eof(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let me = slf.get();
+        if me.debug(py) {
+            logger(py)?.call_method1("debug", ("%r received EOF", me.owner(py)))?;
+        }
+        let protocol = me.protocol(py);
+        let keep_open = match protocol.bind(py).call_method0(intern!(py, "eof_received")) {
+            Ok(v) => v.is_truthy()?,
+            Err(e) => {
+                Self::callback_failed(slf, e, "Fatal error: protocol.eof_received() call failed.")?;
+                return Ok(());
+            }
+        };
+        if keep_open {
+            me.state.with(py, |s| s.reader_active = false);
+            Ok(())
+        } else {
+            Self::do_close(slf)
+        }
+    }
+
+    fn write_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let me = slf.get();
+        let result = me.state.with(py, |s| s.wq.flush(me.fd).map(|n| (n, s.wq.is_empty())));
+        match result {
+            Err(e) => {
+                me.state.with(py, |s| s.wq.clear());
+                let exc = os_error(&e);
+                let waiter_exc = exc.clone_ref(py);
+                Self::fatal_error(slf, exc, "Fatal write error on socket transport")?;
+                if let Some(w) = me.state.with(py, |s| s.empty_waiter.as_ref().map(|w| w.clone_ref(py))) {
+                    w.bind(py).call_method1(intern!(py, "set_exception"), (waiter_exc.into_value(py),))?;
+                }
+                Ok(())
+            }
+            Ok((n, empty)) => {
+                if n > 0 {
+                    Self::maybe_resume_protocol(slf)?;
+                }
+                if empty {
+                    Self::on_drained(slf)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The write buffer became empty: wake a sendfile waiting for it, finish a
+    /// pending close or write_eof.
+    fn on_drained(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let me = slf.get();
+        if let Some(w) = me.state.with(py, |s| s.empty_waiter.as_ref().map(|w| w.clone_ref(py))) {
+            w.bind(py).call_method1(intern!(py, "set_result"), (py.None(),))?;
+        }
+        let (closing, eof, conn_lost) = me.state.with(py, |s| (s.closing, s.eof, s.conn_lost));
+        if closing {
+            if conn_lost == 0 {
+                me.state.with(py, |s| s.conn_lost += 1);
+                Self::call_connection_lost(slf, py.None().into_bound(py))?;
+            }
+        } else if eof {
+            if let Err(e) = writebuf::shutdown_write(me.fd) {
+                Self::fatal_error(slf, os_error(&e), "Fatal write error on socket transport")?;
+            }
+        }
+        Ok(())
+    }
+
+    /// asyncio's `_fatal_error`: OSErrors are only logged in debug mode, anything
+    /// else goes to the exception handler; then the transport is closed at once.
+    pub fn fatal_error(slf: &Bound<'_, Self>, exc: PyErr, message: &str) -> PyResult<()> {
+        let py = slf.py();
+        let me = slf.get();
+        let owner = me.owner(py);
+        if exc.is_instance_of::<PyOSError>(py) {
+            if me.debug(py) {
+                let kwargs = PyDict::new(py);
+                kwargs.set_item("exc_info", exc.value(py))?;
+                logger(py)?.call_method("debug", ("%r: %s", owner, message), Some(&kwargs))?;
+            }
+        } else {
+            let ctx = PyDict::new(py);
+            ctx.set_item("message", message)?;
+            ctx.set_item("exception", exc.value(py))?;
+            ctx.set_item("transport", owner)?;
+            ctx.set_item("protocol", me.protocol(py))?;
+            me.loop_any(py).call_method1(intern!(py, "call_exception_handler"), (ctx,))?;
+        }
+        Self::force_close(slf, Some(exc))
+    }
+
+    fn force_close(slf: &Bound<'_, Self>, exc: Option<PyErr>) -> PyResult<()> {
+        let py = slf.py();
+        let go = slf.get().state.with(py, |s| {
+            if s.conn_lost > 0 {
+                return false;
+            }
+            s.wq.clear();
+            s.closing = true;
+            s.reader_active = false;
+            s.conn_lost += 1;
+            true
+        });
+        if go {
+            let exc = exc.map_or_else(|| py.None().into_bound(py), |e| e.into_value(py).into_bound(py).into_any());
+            let cb = slf.getattr(intern!(py, "_call_connection_lost"))?;
+            slf.get().call_soon(py, cb, PyTuple::new(py, [exc])?)?;
+        }
+        Ok(())
+    }
+
+    fn do_close(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let schedule = slf.get().state.with(py, |s| {
+            if s.closing {
+                return None;
+            }
+            s.closing = true;
+            s.reader_active = false;
+            if s.wq.is_empty() {
+                s.conn_lost += 1;
+                Some(())
+            } else {
+                None
+            }
+        });
+        if schedule.is_some() {
+            let cb = slf.getattr(intern!(py, "_call_connection_lost"))?;
+            slf.get().call_soon(py, cb, PyTuple::new(py, [py.None()])?)?;
+        }
+        Ok(())
+    }
+
+    /// Stops watching the fd (before the socket is closed: the number may be reused).
+    fn unregister(&self, py: Python<'_>) {
+        if !self.state.with(py, |s| std::mem::replace(&mut s.registered, false)) {
+            return;
+        }
+        let fd = self.fd;
+        let removed = self.event_loop.get().state.with(py, |s| {
+            let owned_by_us = matches!(s.io.get(&fd), Some(IoOwner::Stream(t)) if std::ptr::eq(t.get(), self));
+            if !owned_by_us {
+                return None;
+            }
+            if let Some(reg) = s.registrar.as_mut() {
+                reg.unwatch_owned(fd);
+            }
+            s.io.remove(&fd)
+        });
+        drop(removed);
+    }
+
+    fn call_connection_lost(slf: &Bound<'_, Self>, exc: Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        let me = slf.get();
+        let (connected, protocol) = me.state.with(py, |s| (s.protocol_connected, s.protocol.as_ref().map(|p| p.clone_ref(py))));
+        let result = match protocol {
+            Some(p) if connected => p.bind(py).call_method1(intern!(py, "connection_lost"), (exc,)).map(drop),
+            _ => Ok(()),
+        };
+        me.unregister(py);
+        let (sock, protocol, owner, server, waiter) = me.state.with(py, |s| {
+            (s.sock.take(), s.protocol.take(), s.owner.take(), s.server.take(), s.empty_waiter.take())
+        });
+        let close_result = match &sock {
+            Some(sock) => sock.bind(py).call_method0(intern!(py, "close")).map(drop),
+            None => Ok(()),
+        };
+        let detach_result = match (&server, &owner) {
+            (Some(server), Some(owner)) => server.bind(py).call_method1(intern!(py, "_detach"), (owner,)).map(drop),
+            _ => Ok(()),
+        };
+        drop((sock, protocol, owner, server, waiter));
+        result.and(close_result).and(detach_result)
+    }
+
+    fn maybe_pause_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let me = slf.get();
+        let pause = me.state.with(py, |s| {
+            if s.wq.len() <= s.high || s.protocol_paused {
+                return false;
+            }
+            s.protocol_paused = true;
+            true
+        });
+        if pause {
+            let protocol = me.protocol(py);
+            if let Err(e) = protocol.bind(py).call_method0(intern!(py, "pause_writing")) {
+                me.flow_control_failed(py, e, "protocol.pause_writing() failed")?;
+            }
+        }
+        Ok(())
+    }
+
+    fn maybe_resume_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let me = slf.get();
+        let resume = me.state.with(py, |s| {
+            if s.protocol_paused && s.wq.len() <= s.low {
+                s.protocol_paused = false;
+                true
+            } else {
+                false
+            }
+        });
+        if resume {
+            let protocol = me.protocol(py);
+            if let Err(e) = protocol.bind(py).call_method0(intern!(py, "resume_writing")) {
+                me.flow_control_failed(py, e, "protocol.resume_writing() failed")?;
+            }
+        }
+        Ok(())
+    }
+
+    fn flow_control_failed(&self, py: Python<'_>, err: PyErr, message: &str) -> PyResult<()> {
+        if is_fatal(py, &err) {
+            return Err(err);
+        }
+        let ctx = PyDict::new(py);
+        ctx.set_item("message", message)?;
+        ctx.set_item("exception", err.value(py))?;
+        ctx.set_item("transport", self.owner(py))?;
+        ctx.set_item("protocol", self.protocol(py))?;
+        self.loop_any(py).call_method1(intern!(py, "call_exception_handler"), (ctx,))?;
+        Ok(())
+    }
+
+    /// The checks `write()` makes before anything is sent; `Ok(false)`: drop the
+    /// data silently (the connection is lost).
+    fn check_writable(&self, py: Python<'_>, what: &str) -> PyResult<bool> {
+        let (eof, sendfile, conn_lost) = self.state.with(py, |s| (s.eof, s.empty_waiter.is_some(), s.conn_lost));
+        if eof {
+            return Err(PyRuntimeError::new_err(format!("Cannot call {what}() after write_eof()")));
+        }
+        if sendfile {
+            return Err(PyRuntimeError::new_err("unable to write; sendfile is in progress"));
+        }
+        if conn_lost > 0 {
+            if conn_lost >= LOG_THRESHOLD_FOR_CONNLOST_WRITES {
+                logger(py)?.call_method1("warning", ("socket.send() raised exception.",))?;
+            }
+            self.state.with(py, |s| s.conn_lost += 1);
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    /// Collects a write for the end of the iteration when the loop is running and
+    /// the socket is not known to be full; false: send it now instead.
+    fn defer(slf: &Bound<'_, Self>, bufs: &[&[u8]], total: usize) -> PyResult<bool> {
+        let py = slf.py();
+        let me = slf.get();
+        let running = me.event_loop.get().state.with(py, |s| s.running && !s.closed);
+        if !running {
+            return Ok(false);
+        }
+        let (queued, overflow) = me.state.with(py, |s| {
+            let can = s.deferred || (s.wq.is_empty() && total < DEFER_MAX);
+            if !can {
+                return (None, false);
+            }
+            let first = !s.deferred;
+            for b in bufs {
+                s.wq.push(b);
+            }
+            s.deferred = true;
+            (Some(first), s.wq.len() >= DEFER_MAX.min(s.high.max(1)))
+        });
+        match queued {
+            None => Ok(false),
+            Some(first) => {
+                if first {
+                    me.event_loop.get().state.with(py, |s| s.deferred_flush.push(slf.clone().unbind()));
+                }
+                if overflow {
+                    Self::flush_deferred(slf)?;
+                }
+                Ok(true)
+            }
+        }
+    }
+
+    /// Sends the writes collected during this iteration (the loop calls this at the
+    /// end of its batch; methods whose result depends on it call it first).
+    pub fn flush_deferred(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let me = slf.get();
+        let live = me.state.with(py, |s| {
+            let was = std::mem::replace(&mut s.deferred, false);
+            // Already sent by a writable event, or dropped by an abort: done.
+            was && s.conn_lost == 0 && s.sock.is_some() && !s.wq.is_empty()
+        });
+        if !live {
+            return Ok(());
+        }
+        let result = me.state.with(py, |s| s.wq.flush(me.fd).map(|_| s.wq.is_empty()));
+        match result {
+            Err(e) => {
+                me.state.with(py, |s| s.wq.clear());
+                Self::fatal_error(slf, os_error(&e), "Fatal write error on socket transport")
+            }
+            Ok(true) => Self::on_drained(slf),
+            Ok(false) => Self::maybe_pause_protocol(slf),
+        }
+    }
+
+    /// The loop is closing: send what is queued as far as the socket takes it,
+    /// without calling the protocol.
+    pub fn flush_raw(&self, py: Python<'_>) {
+        self.state.with(py, |s| {
+            s.deferred = false;
+            if s.conn_lost == 0 && s.sock.is_some() {
+                let _ = s.wq.flush(self.fd);
+            }
+        });
+    }
+
+    /// Sends `bufs` now if nothing is queued, queues what the kernel did not take.
+    fn send_or_queue(slf: &Bound<'_, Self>, bufs: &[&[u8]]) -> PyResult<()> {
+        let py = slf.py();
+        let me = slf.get();
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        if Self::defer(slf, bufs, total)? {
+            return Ok(());
+        }
+        let mut sent = 0;
+        let mut blocked = true;
+        if me.state.with(py, |s| s.wq.is_empty()) {
+            match writebuf::send_vectored(me.fd, bufs) {
+                Ok(n) => {
+                    sent = n;
+                    blocked = false;
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => blocked = false,
+                Err(e) if sockio::would_block(&e) => {}
+                Err(e) => return Self::fatal_error(slf, os_error(&e), "Fatal write error on socket transport"),
+            }
+            if sent == total {
+                return Ok(());
+            }
+        }
+        let flushed = me.state.with(py, |s| {
+            let mut skip = sent;
+            for b in bufs {
+                if skip >= b.len() {
+                    skip -= b.len();
+                    continue;
+                }
+                s.wq.push(&b[skip..]);
+                skip = 0;
+            }
+            // The socket took part of it without saying "would block" (more slices
+            // than one sendmsg carries, or a short send): keep going until it does,
+            // since only a full socket turning writable raises the next edge.
+            if blocked {
+                Ok(())
+            } else {
+                s.wq.flush(me.fd).map(drop)
+            }
+        });
+        if let Err(e) = flushed {
+            me.state.with(py, |s| s.wq.clear());
+            return Self::fatal_error(slf, os_error(&e), "Fatal write error on socket transport");
+        }
+        if me.state.with(py, |s| s.wq.is_empty()) {
+            return Ok(());
+        }
+        Self::maybe_pause_protocol(slf)
+    }
+}
+
+fn is_bytes_like(obj: &Bound<'_, PyAny>) -> bool {
+    obj.is_instance_of::<PyBytes>() || obj.is_instance_of::<PyByteArray>() || obj.is_instance_of::<PyMemoryView>()
+}
+
+#[pymethods]
+impl StreamTransportCore {
+    #[new]
+    #[pyo3(signature = (event_loop, sock, protocol, owner, server=None))]
+    fn new(py: Python<'_>, event_loop: Bound<'_, LoopCore>, sock: Bound<'_, PyAny>, protocol: Bound<'_, PyAny>, owner: Bound<'_, PyAny>, server: Option<Bound<'_, PyAny>>) -> PyResult<Self> {
+        let fd: RawFd = sock.call_method0(intern!(py, "fileno"))?.extract()?;
+        let buffered = protocol.is_instance(buffered_protocol_type(py)?)?;
+        Ok(StreamTransportCore {
+            fd,
+            event_loop: event_loop.unbind(),
+            state: GilCell::new(TransportState {
+                sock: Some(sock.unbind()),
+                protocol: Some(protocol.unbind()),
+                buffered,
+                protocol_connected: true,
+                owner: Some(owner.unbind()),
+                server: server.filter(|s| !s.is_none()).map(Bound::unbind),
+                wq: WriteQueue::new(),
+                closing: false,
+                conn_lost: 0,
+                eof: false,
+                paused: false,
+                reader_active: false,
+                registered: false,
+                protocol_paused: false,
+                bulk: false,
+                deferred: false,
+                high: 64 * 1024,
+                low: 16 * 1024,
+                empty_waiter: None,
+            }),
+        })
+    }
+
+    /// Hands the fd to the loop (edge-triggered, both directions).
+    fn _register(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let me = slf.get();
+        let fd = me.fd;
+        let replaced = me.event_loop.get().state.with(py, |s| -> PyResult<Option<IoOwner>> {
+            if s.closed {
+                return Err(crate::handles::closed_error());
+            }
+            if s.readers.contains_key(&fd) || s.writers.contains_key(&fd) {
+                return Err(PyRuntimeError::new_err(format!("File descriptor {fd} has reader or writer callbacks")));
+            }
+            let Some(reg) = s.registrar.as_mut() else { return Err(crate::handles::closed_error()) };
+            reg.watch_owned(fd, true)?;
+            Ok(s.io.insert(fd, IoOwner::Stream(slf.clone().unbind())))
+        })?;
+        me.state.with(py, |s| s.registered = true);
+        drop(replaced);
+        Ok(())
+    }
+
+    /// asyncio's `call_soon(self._add_reader, ...)` after `connection_made`.
+    fn _start_reading(slf: &Bound<'_, Self>) {
+        let py = slf.py();
+        let start = slf.get().state.with(py, |s| {
+            let go = !s.paused && !s.closing && !s.reader_active;
+            if go {
+                s.reader_active = true;
+            }
+            go
+        });
+        if start {
+            Self::queue_io(slf, true, false);
+        }
+    }
+
+    fn _call_connection_lost(slf: &Bound<'_, Self>, exc: Bound<'_, PyAny>) -> PyResult<()> {
+        Self::call_connection_lost(slf, exc)
+    }
+
+    fn write(slf: &Bound<'_, Self>, data: Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        if !is_bytes_like(&data) {
+            return Err(PyTypeError::new_err(format!(
+                "data argument must be a bytes-like object, not {}",
+                data.get_type().name()?.repr()?
+            )));
+        }
+        let view = BufView::get(&data, false)?;
+        if view.len() == 0 {
+            // asyncio checks write_eof and sendfile first, then ignores empty data.
+            let (eof, sendfile) = slf.get().state.with(py, |s| (s.eof, s.empty_waiter.is_some()));
+            if eof {
+                return Err(PyRuntimeError::new_err("Cannot call write() after write_eof()"));
+            }
+            if sendfile {
+                return Err(PyRuntimeError::new_err("unable to write; sendfile is in progress"));
+            }
+            return Ok(());
+        }
+        if !slf.get().check_writable(py, "write")? {
+            return Ok(());
+        }
+        Self::send_or_queue(slf, &[view.as_slice()])
+    }
+
+    fn writelines(slf: &Bound<'_, Self>, list_of_data: Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        let items: Vec<Bound<'_, PyAny>> = list_of_data.try_iter()?.collect::<PyResult<_>>()?;
+        let mut views = Vec::with_capacity(items.len());
+        for item in &items {
+            match BufView::get(item, false) {
+                Ok(v) => views.push(v),
+                Err(_) => {
+                    // The same TypeError as b''.join would raise.
+                    PyBytes::new(py, b"").call_method1("join", (PyList::new(py, &items)?,))?;
+                    return Err(PyTypeError::new_err("data argument must be a bytes-like object"));
+                }
+            }
+        }
+        let (eof, sendfile) = slf.get().state.with(py, |s| (s.eof, s.empty_waiter.is_some()));
+        if eof {
+            return Err(PyRuntimeError::new_err("Cannot call writelines() after write_eof()"));
+        }
+        if sendfile {
+            return Err(PyRuntimeError::new_err("unable to writelines; sendfile is in progress"));
+        }
+        let slices: Vec<&[u8]> = views.iter().map(|v| v.as_slice()).filter(|s| !s.is_empty()).collect();
+        if slices.is_empty() {
+            return Ok(());
+        }
+        if !slf.get().check_writable(py, "writelines")? {
+            return Ok(());
+        }
+        // One sendmsg carries up to 64 slices; the rest is queued and flushed by it.
+        Self::send_or_queue(slf, &slices)
+    }
+
+    fn write_eof(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        Self::flush_deferred(slf)?;
+        let shut = slf.get().state.with(py, |s| {
+            if s.closing || s.eof {
+                return false;
+            }
+            s.eof = true;
+            s.wq.is_empty()
+        });
+        if shut {
+            writebuf::shutdown_write(slf.get().fd).map_err(|e| os_error(&e))?;
+        }
+        Ok(())
+    }
+
+    fn can_write_eof(&self) -> bool {
+        true
+    }
+
+    fn close(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::flush_deferred(slf)?;
+        Self::do_close(slf)
+    }
+
+    fn abort(slf: &Bound<'_, Self>) -> PyResult<()> {
+        // What write() accepted before abort() has been sent in asyncio.
+        Self::flush_deferred(slf)?;
+        Self::force_close(slf, None)
+    }
+
+    fn is_closing(&self, py: Python<'_>) -> bool {
+        self.state.with(py, |s| s.closing)
+    }
+
+    fn is_reading(&self, py: Python<'_>) -> bool {
+        self.state.with(py, |s| !s.closing && !s.paused)
+    }
+
+    fn pause_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let me = slf.get();
+        let paused = me.state.with(py, |s| {
+            if s.closing || s.paused {
+                return false;
+            }
+            s.paused = true;
+            s.reader_active = false;
+            true
+        });
+        if paused && me.debug(py) {
+            logger(py)?.call_method1("debug", ("%r pauses reading", me.owner(py)))?;
+        }
+        Ok(())
+    }
+
+    fn resume_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let me = slf.get();
+        let resumed = me.state.with(py, |s| {
+            if s.closing || !s.paused {
+                return false;
+            }
+            s.paused = false;
+            s.reader_active = true;
+            true
+        });
+        if resumed {
+            // Data that arrived while paused raised no new edge: look now.
+            Self::queue_io(slf, true, false);
+            if me.debug(py) {
+                logger(py)?.call_method1("debug", ("%r resumes reading", me.owner(py)))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn get_protocol(&self, py: Python<'_>) -> Py<PyAny> {
+        self.protocol(py)
+    }
+
+    fn set_protocol(&self, py: Python<'_>, protocol: Bound<'_, PyAny>) -> PyResult<()> {
+        let buffered = protocol.is_instance(buffered_protocol_type(py)?)?;
+        let old = self.state.with(py, |s| {
+            s.buffered = buffered;
+            s.protocol_connected = true;
+            s.protocol.replace(protocol.unbind())
+        });
+        drop(old);
+        Ok(())
+    }
+
+    #[pyo3(signature = (high=None, low=None))]
+    fn set_write_buffer_limits(slf: &Bound<'_, Self>, high: Option<i64>, low: Option<i64>) -> PyResult<()> {
+        let high = match (high, low) {
+            (Some(h), _) => h,
+            (None, None) => 64 * 1024,
+            (None, Some(l)) => 4 * l,
+        };
+        let low = low.unwrap_or(high / 4);
+        if !(high >= low && low >= 0) {
+            return Err(PyValueError::new_err(format!("high ({high}) must be >= low ({low}) must be >= 0")));
+        }
+        Self::flush_deferred(slf)?;
+        slf.get().state.with(slf.py(), |s| {
+            s.high = high as usize;
+            s.low = low as usize;
+        });
+        Self::maybe_pause_protocol(slf)
+    }
+
+    fn get_write_buffer_limits(&self, py: Python<'_>) -> (usize, usize) {
+        self.state.with(py, |s| (s.low, s.high))
+    }
+
+    fn get_write_buffer_size(slf: &Bound<'_, Self>) -> PyResult<usize> {
+        // Pending writes count only once the socket refused them, as in asyncio.
+        Self::flush_deferred(slf)?;
+        Ok(slf.get().state.with(slf.py(), |s| s.wq.len()))
+    }
+
+    // ----- for the Python wrapper and loop.sendfile --------------------------------
+
+    #[getter]
+    fn _sock(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.state.with(py, |s| s.sock.as_ref().map(|o| o.clone_ref(py)))
+    }
+
+    #[getter]
+    fn _sock_fd(&self) -> RawFd {
+        self.fd
+    }
+
+    #[getter]
+    fn _closing(&self, py: Python<'_>) -> bool {
+        self.state.with(py, |s| s.closing)
+    }
+
+    #[getter]
+    fn _conn_lost(&self, py: Python<'_>) -> u32 {
+        self.state.with(py, |s| s.conn_lost)
+    }
+
+    #[getter]
+    fn _paused(&self, py: Python<'_>) -> bool {
+        self.state.with(py, |s| s.paused)
+    }
+
+    #[getter]
+    fn _protocol_paused(&self, py: Python<'_>) -> bool {
+        self.state.with(py, |s| s.protocol_paused)
+    }
+
+    #[getter]
+    fn _reader_active(&self, py: Python<'_>) -> bool {
+        self.state.with(py, |s| s.reader_active && !s.paused && !s.closing)
+    }
+
+    #[getter]
+    fn _empty_waiter(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.state.with(py, |s| s.empty_waiter.as_ref().map(|o| o.clone_ref(py)))
+    }
+
+    /// asyncio's `_make_empty_waiter` (loop.sendfile waits for the buffer to drain).
+    fn _make_empty_waiter(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
+        let py = slf.py();
+        let me = slf.get();
+        Self::flush_deferred(slf)?;
+        if me.state.with(py, |s| s.empty_waiter.is_some()) {
+            return Err(PyRuntimeError::new_err("Empty waiter is already set"));
+        }
+        let waiter = me.loop_any(py).call_method0(intern!(py, "create_future"))?;
+        let empty = me.state.with(py, |s| {
+            s.empty_waiter = Some(waiter.clone().unbind());
+            s.wq.is_empty()
+        });
+        if empty {
+            waiter.call_method1(intern!(py, "set_result"), (py.None(),))?;
+        }
+        Ok(waiter.unbind())
+    }
+
+    fn _reset_empty_waiter(&self, py: Python<'_>) {
+        let old = self.state.with(py, |s| s.empty_waiter.take());
+        drop(old);
+    }
+
+    /// `loop.sendfile`: hand the fd to `sock_sendfile` (its own fd callbacks) ...
+    fn _detach_fd(&self, py: Python<'_>) {
+        self.unregister(py);
+    }
+
+    /// ... and take it back, looking at once for what happened meanwhile.
+    fn _reattach_fd(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let alive = slf.get().state.with(py, |s| s.sock.is_some() && s.conn_lost == 0 && !s.registered);
+        if alive && !slf.get().event_loop.get().state.with(py, |s| s.closed) {
+            Self::_register(slf)?;
+            Self::queue_io(slf, true, true);
+        }
+        Ok(())
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.event_loop)?;
+        if let Some(s) = self.state.get_for_traverse() {
+            visit.call(&s.sock)?;
+            visit.call(&s.protocol)?;
+            visit.call(&s.owner)?;
+            visit.call(&s.server)?;
+            visit.call(&s.empty_waiter)?;
+        }
+        Ok(())
+    }
+
+    fn __clear__(&self, py: Python<'_>) {
+        let taken = self.state.with(py, |s| (s.protocol.take(), s.owner.take(), s.server.take(), s.empty_waiter.take()));
+        drop(taken);
+    }
+}
