@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use ferroloop_core::poller::{self, Poller, Readiness, Registrar, Waker};
 use ferroloop_core::timers::{Cancellable, TimerQueue};
 use pyo3::gc::PyVisit;
+use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::PyTraverseError;
 use pyo3::types::PyTuple;
@@ -126,6 +127,24 @@ pub struct LoopCore {
     pub poller: Mutex<Option<Poller>>,
     /// Shared with every `TimerHandle`: how many were cancelled while scheduled.
     pub cancelled_timers: Arc<AtomicUsize>,
+}
+
+impl LoopState {
+    /// Hands `fd` to a Rust owner (a transport or listener), edge-triggered; refused
+    /// when the loop is closed or the fd has Python callbacks. Returns the owner it
+    /// replaced, to be dropped after the state borrow (the caller still holds a
+    /// reference to `owner`, so dropping it on error here frees nothing).
+    pub fn register_owner(&mut self, fd: RawFd, owner: IoOwner, writable: bool) -> PyResult<Option<IoOwner>> {
+        if self.closed {
+            return Err(closed_error());
+        }
+        if self.readers.contains_key(&fd) || self.writers.contains_key(&fd) {
+            return Err(PyRuntimeError::new_err(format!("File descriptor {fd} has reader or writer callbacks")));
+        }
+        let Some(reg) = self.registrar.as_mut() else { return Err(closed_error()) };
+        reg.watch_owned(fd, writable)?;
+        Ok(self.io.insert(fd, owner))
+    }
 }
 
 impl LoopCore {

@@ -8,7 +8,7 @@
 
 use std::os::fd::RawFd;
 
-use pyo3::exceptions::{PyBlockingIOError, PyConnectionAbortedError, PyInterruptedError, PyKeyboardInterrupt, PyRuntimeError, PySystemExit};
+use pyo3::exceptions::{PyBlockingIOError, PyConnectionAbortedError, PyInterruptedError, PyKeyboardInterrupt, PySystemExit};
 use pyo3::gc::{PyTraverseError, PyVisit};
 use pyo3::intern;
 use pyo3::prelude::*;
@@ -93,17 +93,11 @@ impl Listener {
             return Ok(());
         }
         let fd = me.fd;
-        let replaced = me.event_loop.get().state.with(py, |s| -> PyResult<Option<IoOwner>> {
-            if s.closed {
-                return Err(crate::handles::closed_error());
-            }
-            if s.readers.contains_key(&fd) || s.writers.contains_key(&fd) {
-                return Err(PyRuntimeError::new_err(format!("File descriptor {fd} has reader or writer callbacks")));
-            }
-            let Some(reg) = s.registrar.as_mut() else { return Err(crate::handles::closed_error()) };
-            reg.watch_owned(fd, false)?;
+        let replaced = me.event_loop.get().state.with(py, |s| {
+            let replaced = s.register_owner(fd, IoOwner::Listener(slf.clone().unbind()), false)?;
+            // A connection may already be waiting: try accepting at once.
             s.ready.push_back(Ready::Io { owner: IoOwner::Listener(slf.clone().unbind()), readable: true, writable: false });
-            Ok(s.io.insert(fd, IoOwner::Listener(slf.clone().unbind())))
+            Ok::<_, PyErr>(replaced)
         })?;
         me.inner.with(py, |i| i.registered = true);
         drop(replaced);

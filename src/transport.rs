@@ -707,17 +707,7 @@ impl StreamTransportCore {
         let py = slf.py();
         let me = slf.get();
         let fd = me.fd;
-        let replaced = me.event_loop.get().state.with(py, |s| -> PyResult<Option<IoOwner>> {
-            if s.closed {
-                return Err(crate::handles::closed_error());
-            }
-            if s.readers.contains_key(&fd) || s.writers.contains_key(&fd) {
-                return Err(PyRuntimeError::new_err(format!("File descriptor {fd} has reader or writer callbacks")));
-            }
-            let Some(reg) = s.registrar.as_mut() else { return Err(crate::handles::closed_error()) };
-            reg.watch_owned(fd, true)?;
-            Ok(s.io.insert(fd, IoOwner::Stream(slf.clone().unbind())))
-        })?;
+        let replaced = me.event_loop.get().state.with(py, |s| s.register_owner(fd, IoOwner::Stream(slf.clone().unbind()), true))?;
         me.state.with(py, |s| s.registered = true);
         drop(replaced);
         Ok(())

@@ -643,18 +643,22 @@ BAD_CONNECTION_ARGS = [
 
 @pytest.mark.parametrize('kwargs,exc_type,message', BAD_CONNECTION_ARGS)
 def test_create_connection_bad_arguments(loop, kwargs, exc_type, message):
+    check_bad_arguments(loop, loop.create_connection, kwargs, exc_type, message)
+
+
+def check_bad_arguments(loop, method, kwargs, exc_type, message):
+    """``method(asyncio.Protocol, **kwargs)`` raises ``exc_type`` with a message
+    starting with ``message``; 'SOCK'/'UDP' stand for a fresh stream/datagram socket."""
     kwargs = dict(kwargs)
     socks = []
-    if kwargs.get('sock') == 'SOCK':
-        socks.append(socket.socket())
-        kwargs['sock'] = socks[-1]
-    elif kwargs.get('sock') == 'UDP':
-        socks.append(socket.socket(type=socket.SOCK_DGRAM))
+    kinds = {'SOCK': socket.SOCK_STREAM, 'UDP': socket.SOCK_DGRAM}
+    if kwargs.get('sock') in kinds:
+        socks.append(socket.socket(type=kinds[kwargs['sock']]))
         kwargs['sock'] = socks[-1]
 
     async def main():
         with pytest.raises(exc_type) as e:
-            await loop.create_connection(asyncio.Protocol, **kwargs)
+            await method(asyncio.Protocol, **kwargs)
         assert str(e.value).startswith(message)
     try:
         run(loop, main())
@@ -691,24 +695,7 @@ BAD_SERVER_ARGS = [
 
 @pytest.mark.parametrize('kwargs,exc_type,message', BAD_SERVER_ARGS)
 def test_create_server_bad_arguments(loop, kwargs, exc_type, message):
-    kwargs = dict(kwargs)
-    socks = []
-    if kwargs.get('sock') == 'SOCK':
-        socks.append(socket.socket())
-        kwargs['sock'] = socks[-1]
-    elif kwargs.get('sock') == 'UDP':
-        socks.append(socket.socket(type=socket.SOCK_DGRAM))
-        kwargs['sock'] = socks[-1]
-
-    async def main():
-        with pytest.raises(exc_type) as e:
-            await loop.create_server(asyncio.Protocol, **kwargs)
-        assert str(e.value).startswith(message)
-    try:
-        run(loop, main())
-    finally:
-        for s in socks:
-            s.close()
+    check_bad_arguments(loop, loop.create_server, kwargs, exc_type, message)
 
 
 def test_bind_error_message(loop):

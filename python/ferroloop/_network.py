@@ -31,6 +31,14 @@ def _check_ssl_socket(sock):
         raise TypeError('Socket cannot be of type SSLSocket')
 
 
+def _check_ssl_only_args(has_ssl, ssl_handshake_timeout, ssl_shutdown_timeout):
+    """asyncio's rule: the TLS timeouts may only be given together with TLS."""
+    if ssl_handshake_timeout is not None and not has_ssl:
+        raise ValueError('ssl_handshake_timeout is only meaningful with ssl')
+    if ssl_shutdown_timeout is not None and not has_ssl:
+        raise ValueError('ssl_shutdown_timeout is only meaningful with ssl')
+
+
 def _no_tls(ssl):
     if ssl:
         raise NotImplementedError(_TLS_UNSUPPORTED)
@@ -130,10 +138,7 @@ class NetworkMixin:
             if not host:
                 raise ValueError('You must set server_hostname when using ssl without a host')
             server_hostname = host
-        if ssl_handshake_timeout is not None and not ssl:
-            raise ValueError('ssl_handshake_timeout is only meaningful with ssl')
-        if ssl_shutdown_timeout is not None and not ssl:
-            raise ValueError('ssl_shutdown_timeout is only meaningful with ssl')
+        _check_ssl_only_args(ssl, ssl_handshake_timeout, ssl_shutdown_timeout)
         if sock is not None:
             _check_ssl_socket(sock)
         _no_tls(ssl)
@@ -214,10 +219,7 @@ class NetworkMixin:
         """Create a TCP server listening on ``host``/``port`` (or ``sock``)."""
         if isinstance(ssl, bool):
             raise TypeError('ssl argument must be an SSLContext or None')
-        if ssl_handshake_timeout is not None and ssl is None:
-            raise ValueError('ssl_handshake_timeout is only meaningful with ssl')
-        if ssl_shutdown_timeout is not None and ssl is None:
-            raise ValueError('ssl_shutdown_timeout is only meaningful with ssl')
+        _check_ssl_only_args(ssl is not None, ssl_handshake_timeout, ssl_shutdown_timeout)
         if sock is not None:
             _check_ssl_socket(sock)
         _no_tls(ssl)
@@ -295,10 +297,7 @@ class NetworkMixin:
         """Wrap an already accepted stream socket in a transport/protocol pair."""
         if sock.type != socket.SOCK_STREAM:
             raise ValueError(f'A Stream Socket was expected, got {sock!r}')
-        if ssl_handshake_timeout is not None and not ssl:
-            raise ValueError('ssl_handshake_timeout is only meaningful with ssl')
-        if ssl_shutdown_timeout is not None and not ssl:
-            raise ValueError('ssl_shutdown_timeout is only meaningful with ssl')
+        _check_ssl_only_args(ssl, ssl_handshake_timeout, ssl_shutdown_timeout)
         if sock is not None:
             _check_ssl_socket(sock)
         _no_tls(ssl)
@@ -321,10 +320,7 @@ class NetworkMixin:
         else:
             if server_hostname is not None:
                 raise ValueError('server_hostname is only meaningful with ssl')
-            if ssl_handshake_timeout is not None:
-                raise ValueError('ssl_handshake_timeout is only meaningful with ssl')
-            if ssl_shutdown_timeout is not None:
-                raise ValueError('ssl_shutdown_timeout is only meaningful with ssl')
+            _check_ssl_only_args(False, ssl_handshake_timeout, ssl_shutdown_timeout)
         _no_tls(ssl)
         if path is not None:
             if sock is not None:
@@ -354,10 +350,7 @@ class NetworkMixin:
         removed when the server closes, if it is still the one we bound."""
         if isinstance(ssl, bool):
             raise TypeError('ssl argument must be an SSLContext or None')
-        if ssl_handshake_timeout is not None and not ssl:
-            raise ValueError('ssl_handshake_timeout is only meaningful with ssl')
-        if ssl_shutdown_timeout is not None and not ssl:
-            raise ValueError('ssl_shutdown_timeout is only meaningful with ssl')
+        _check_ssl_only_args(ssl, ssl_handshake_timeout, ssl_shutdown_timeout)
         _no_tls(ssl)
 
         if path is not None:
