@@ -8,6 +8,7 @@ Python-level handlers (``KeyboardInterrupt``, ``asyncio.Runner``'s SIGINT handle
 run promptly even when the signal was delivered to another thread."""
 
 import errno
+import os
 import signal
 import socket
 import sys
@@ -23,6 +24,27 @@ def _sighandler_noop(signum, frame):
     the wakeup fd."""
 
 
+# Write ends of every loop's wakeup socket, by fd. A forked child inherits the
+# wakeup fd: left in place, the child's signals would be written into its
+# parent's loop. The child starts with no wakeup fd instead, as with a fresh
+# interpreter, and can run loops of its own.
+_wakeup_write_fds = set()
+
+
+def _forget_parent_wakeup_fd():
+    try:
+        current = signal.set_wakeup_fd(-1)
+        if current not in _wakeup_write_fds:
+            signal.set_wakeup_fd(current)
+    except ValueError:
+        pass  # forked from a thread other than the main one: nothing to undo here
+    _wakeup_write_fds.clear()
+
+
+if hasattr(os, 'register_at_fork'):
+    os.register_at_fork(after_in_child=_forget_parent_wakeup_fd)
+
+
 class SignalsMixin:
     _signal_handlers = None
     _wakeup_socks = None
@@ -35,6 +57,7 @@ class SignalsMixin:
             wsock.setblocking(False)
             self._wakeup_socks = (rsock, wsock)
             self._watch_signal_fd(rsock.fileno())
+            _wakeup_write_fds.add(wsock.fileno())
         return self._wakeup_socks[1].fileno()
 
     def _install_wakeup_fd(self):
@@ -67,6 +90,7 @@ class SignalsMixin:
             return
         rsock, wsock = self._wakeup_socks
         self._wakeup_socks = None
+        _wakeup_write_fds.discard(wsock.fileno())
         if not self.is_closed():
             self._watch_signal_fd(None)
         try:
