@@ -345,13 +345,31 @@ class NetworkMixin:
             sock.setblocking(False)
         return await self._create_connection_transport(sock, protocol_factory)
 
-    async def create_unix_server(self, protocol_factory, path=None, *, sock=None,
-                                 backlog=100, ssl=None, ssl_handshake_timeout=None,
-                                 ssl_shutdown_timeout=None, start_serving=True,
-                                 cleanup_socket=True):
-        """Listen on a Unix stream socket (a filesystem path, or an abstract name
-        starting with a NUL). With ``cleanup_socket`` (3.13), the socket file is
-        removed when the server closes, if it is still the one we bound."""
+    if sys.version_info >= (3, 13):
+        async def create_unix_server(self, protocol_factory, path=None, *, sock=None,
+                                     backlog=100, ssl=None, ssl_handshake_timeout=None,
+                                     ssl_shutdown_timeout=None, start_serving=True,
+                                     cleanup_socket=True):
+            """Listen on a Unix stream socket (a filesystem path, or an abstract name
+            starting with a NUL). With ``cleanup_socket`` (the default), the socket
+            file is removed when the server closes, if it is still the one bound."""
+            return await self._create_unix_server(
+                protocol_factory, path, sock, backlog, ssl, ssl_handshake_timeout,
+                ssl_shutdown_timeout, start_serving, cleanup_socket)
+    else:
+        async def create_unix_server(self, protocol_factory, path=None, *, sock=None,
+                                     backlog=100, ssl=None, ssl_handshake_timeout=None,
+                                     ssl_shutdown_timeout=None, start_serving=True):
+            """Listen on a Unix stream socket (a filesystem path, or an abstract name
+            starting with a NUL). Before 3.13, asyncio leaves the socket file in place
+            when the server closes (and has no ``cleanup_socket``): so does this."""
+            return await self._create_unix_server(
+                protocol_factory, path, sock, backlog, ssl, ssl_handshake_timeout,
+                ssl_shutdown_timeout, start_serving, False)
+
+    async def _create_unix_server(self, protocol_factory, path, sock, backlog, ssl,
+                                  ssl_handshake_timeout, ssl_shutdown_timeout,
+                                  start_serving, cleanup_socket):
         if isinstance(ssl, bool):
             raise TypeError('ssl argument must be an SSLContext or None')
         if ssl_handshake_timeout is not None and not ssl:
