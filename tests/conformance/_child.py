@@ -112,8 +112,8 @@ def _make(module, name, bases, **attrs):
 def adapt_events(m):
     # EventLoopTestsMixin is the stdlib's per-loop suite. The stdlib's Unix
     # classes add UnixEventLoopTestsMixin, which only wires asyncio's own child
-    # watcher into the policy for the stdlib's subprocess implementation;
-    # ferroloop's policy (like uvloop's) has no child watchers.
+    # watcher into the policy for the stdlib's subprocess implementation, which
+    # ferroloop does not use.
     from test.test_asyncio import utils as test_utils
 
     def create_event_loop(self):
