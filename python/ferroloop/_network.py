@@ -423,6 +423,30 @@ class NetworkMixin:
             await tasks.sleep(0)
         return server
 
+    # ----- TLS upgrade --------------------------------------------------------------
+
+    async def start_tls(self, transport, protocol, sslcontext, *, server_side=False,
+                        server_hostname=None, ssl_handshake_timeout=None,
+                        ssl_shutdown_timeout=None):
+        """Upgrade ``transport`` to TLS: not supported yet. asyncio's argument
+        checks, then the upgrade fails the way a failed asyncio handshake does: the
+        transport is closed (the peer sees EOF instead of waiting for a handshake)
+        and the error is raised."""
+        import ssl as _ssl
+        if not isinstance(sslcontext, _ssl.SSLContext):
+            raise TypeError(f'sslcontext is expected to be an instance of ssl.SSLContext, '
+                            f'got {sslcontext!r}')
+        if not getattr(transport, '_start_tls_compatible', False):
+            raise TypeError(f'transport {transport!r} is not supported by start_tls()')
+        if ssl_handshake_timeout is not None and ssl_handshake_timeout <= 0:
+            raise ValueError(f'ssl_handshake_timeout should be a positive number, '
+                             f'got {ssl_handshake_timeout}')
+        if ssl_shutdown_timeout is not None and ssl_shutdown_timeout <= 0:
+            raise ValueError(f'ssl_shutdown_timeout should be a positive number, '
+                             f'got {ssl_shutdown_timeout}')
+        transport.close()
+        raise NotImplementedError(_TLS_UNSUPPORTED)
+
     # ----- sendfile -----------------------------------------------------------------
 
     async def sendfile(self, transport, file, offset=0, count=None, *, fallback=True):
