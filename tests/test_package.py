@@ -4,6 +4,7 @@ EventLoopPolicy / asyncio.Runner, ``python -m ferroloop``, and no monkeypatching
 import asyncio
 import importlib.metadata
 import os
+import sys
 import textwrap
 import warnings
 
@@ -152,6 +153,43 @@ def test_event_loop_policy(restore_policy):
     finally:
         loop.close()
     assert repr(policy) == '<ferroloop.EventLoopPolicy>'
+
+
+@pytest.mark.skipif(not hasattr(asyncio, 'set_child_watcher') or sys.platform == 'win32',
+                    reason='asyncio has child watchers on Unix before 3.14')
+@pytest.mark.parametrize('policy_kind', ['asyncio', 'ferroloop'])
+def test_child_watcher_setup_and_teardown_like_test_events(restore_policy, policy_kind):
+    # Regression: test_events.GetEventLoopTestsMixin.setUp patches asyncio.events'
+    # running-loop functions, then calls asyncio.set_child_watcher(). ferroloop's
+    # policy raised NotImplementedError there, so tearDown never restored the patched
+    # functions and every later gather() in the process found no running loop
+    # ("got Future attached to a different loop"). The policy stores child watchers
+    # as asyncio's Unix default policy does.
+    policy = (asyncio.DefaultEventLoopPolicy() if policy_kind == 'asyncio'
+              else ferroloop.EventLoopPolicy())
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', DeprecationWarning)  # watchers: 3.12+
+        asyncio.set_event_loop_policy(policy)
+        loop = asyncio.new_event_loop()
+        try:
+            asyncio.set_event_loop(loop)
+            watcher = asyncio.SafeChildWatcher()
+            watcher.attach_loop(loop)
+            asyncio.set_child_watcher(watcher)
+            assert asyncio.get_child_watcher() is watcher
+
+            async def main():
+                return await asyncio.gather(asyncio.sleep(0, 'a'), asyncio.sleep(0, 'b'))
+            assert loop.run_until_complete(main()) == ['a', 'b']
+
+            asyncio.set_child_watcher(None)
+            assert watcher._loop is None  # closed: detached from the loop
+            default = asyncio.get_child_watcher()  # made on demand, as asyncio does
+            assert isinstance(default, asyncio.AbstractChildWatcher)
+            asyncio.set_child_watcher(None)
+        finally:
+            loop.close()
+            asyncio.set_event_loop(None)
 
 
 def test_import_does_not_monkeypatch():

@@ -3,14 +3,17 @@ start_unix_server) unchanged on ferroloop's transports: every case on the stdlib
 loop and on ferroloop with the same assertions."""
 
 import asyncio
+import gc
 import hashlib
 import os
+import re
 import socket
 import tempfile
+import warnings
 
 import pytest
 
-from net_helpers import loop, run  # noqa: F401
+from net_helpers import LOOPS, loop, run  # noqa: F401
 
 MiB = 1024 * 1024
 
@@ -178,3 +181,102 @@ def test_connection_refused_through_streams(loop):
         with pytest.raises(ConnectionRefusedError):
             await asyncio.open_connection('127.0.0.1', port)
     run(loop, main())
+
+
+# ----- ResourceWarnings of unclosed streams, compared with the stdlib loop --------------
+
+def _warning_kinds(caught):
+    """The ResourceWarnings caught, as loop-independent kinds, sorted."""
+    kinds = []
+    for w in caught:
+        if not issubclass(w.category, ResourceWarning):
+            continue
+        msg = str(w.message)
+        m = re.match(r'unclosed transport|unclosed <(socket\.socket|StreamWriter)|loop is closed', msg)
+        kinds.append(m.group(0) if m else msg)
+    return sorted(kinds)
+
+
+def _collect_warnings():
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always', ResourceWarning)
+        gc.collect()
+    return _warning_kinds(caught)
+
+
+def _unclosed_writer_warnings(kind):
+    # CPython's test_streams.test_unclosed_resource_warnings: one StreamWriter
+    # dropped unclosed gives exactly one warning, from StreamWriter.__del__ (which
+    # closes the transport, so the transport and its socket stay quiet).
+    lp = LOOPS[kind]()
+    asyncio.set_event_loop(lp)
+
+    async def handler(reader, writer):
+        await reader.readline()
+        writer.write(b'hello\n')
+        writer.close()
+
+    async def main():
+        server = await asyncio.start_server(handler, '127.0.0.1', 0)
+        rd, wr = await asyncio.open_connection(*server.sockets[0].getsockname()[:2])
+        wr.write(b'hi\n')
+        assert await rd.read() == b'hello\n'
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter('always', ResourceWarning)
+            del wr
+            gc.collect()
+        server.close()
+        await server.wait_closed()
+        await asyncio.sleep(0)
+        return _warning_kinds(caught)
+
+    try:
+        return lp.run_until_complete(main()), _collect_warnings()
+    finally:
+        asyncio.set_event_loop(None)
+        lp.close()
+
+
+def _abandoned_connection_warnings(kind):
+    # A connection abandoned by a failing coroutine (CPython's test_start_tls on a
+    # loop without start_tls): collected after the loop closed, in a cycle with the
+    # traceback. asyncio warns for its socket, transport and StreamWriter (and
+    # those of the server side before 3.13).
+    lp = LOOPS[kind]()
+    asyncio.set_event_loop(lp)
+
+    async def main():
+        accepted = lp.create_future()
+        server = await asyncio.start_server(lambda r, w: accepted.set_result(None),
+                                            '127.0.0.1', 0)
+        try:
+            rd, wr = await asyncio.open_connection(*server.sockets[0].getsockname()[:2])
+            raise ZeroDivisionError
+        except ZeroDivisionError as exc:
+            error = exc
+        await accepted
+        server.close()
+        return error
+
+    gc.disable()
+    try:
+        error = lp.run_until_complete(main())
+        asyncio.set_event_loop(None)
+        lp.close()
+        del error
+        return _collect_warnings()
+    finally:
+        gc.enable()
+
+
+def test_unclosed_writer_warns_once_like_asyncio():
+    expected = (['unclosed <StreamWriter'], [])
+    assert _unclosed_writer_warnings('asyncio') == expected
+    assert _unclosed_writer_warnings('ferroloop') == expected
+
+
+def test_abandoned_connection_warnings_like_asyncio():
+    stdlib = _abandoned_connection_warnings('asyncio')
+    # The client's three; the server side's too before 3.13.
+    assert set(stdlib) == {'loop is closed', 'unclosed <socket.socket', 'unclosed transport'}
+    assert _abandoned_connection_warnings('ferroloop') == stdlib

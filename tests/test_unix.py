@@ -79,10 +79,28 @@ def test_pathlike_and_abstract_names(loop, sock_path):
     run(loop, main())
 
 
-def test_socket_file_is_removed_on_close(loop, sock_path):
-    if not is_ferroloop(loop) and sys.version_info < (3, 13):
-        pytest.skip('cleanup_socket is 3.13+ in the stdlib')
+@pytest.mark.skipif(sys.version_info >= (3, 13), reason='3.13+ removes the socket file')
+def test_socket_file_is_left_on_close_before_3_13(loop, sock_path):
+    # asyncio before 3.13 never removes the file and has no cleanup_socket.
+    async def main():
+        server = await loop.create_unix_server(asyncio.Protocol, sock_path)
+        server.close()
+        await server.wait_closed()
+        assert os.path.exists(sock_path)
+        with socket.socket(socket.AF_UNIX) as sock:  # a socket bound by the caller too
+            os.unlink(sock_path)
+            sock.bind(sock_path)
+            server = await loop.create_unix_server(asyncio.Protocol, sock=sock)
+            server.close()
+            await server.wait_closed()
+        assert os.path.exists(sock_path)
+        with pytest.raises(TypeError, match='cleanup_socket'):
+            await loop.create_unix_server(asyncio.Protocol, sock_path, cleanup_socket=False)
+    run(loop, main())
 
+
+@pytest.mark.skipif(sys.version_info < (3, 13), reason='cleanup_socket is 3.13+')
+def test_socket_file_is_removed_on_close(loop, sock_path):
     async def main():
         server = await loop.create_unix_server(asyncio.Protocol, sock_path)
         assert os.path.exists(sock_path)

@@ -10,6 +10,7 @@
 
 import asyncio
 import sys
+import threading
 import warnings
 from asyncio import events
 
@@ -75,7 +76,58 @@ def _run_without_runner(main, debug):
 _BasePolicy = getattr(events, 'BaseDefaultEventLoopPolicy', None) or events._BaseDefaultEventLoopPolicy
 
 
-class EventLoopPolicy(_BasePolicy):
+class _ChildWatcherPolicyMixin:
+    """The child-watcher half of asyncio's Unix default policy (3.8 to 3.13):
+    ``asyncio.get_child_watcher()``/``set_child_watcher()`` store the watcher, and
+    ``set_event_loop()`` in the main thread attaches it to the new loop. Code (and
+    test suites) that configure a watcher must not fail half-way on ferroloop's
+    policy; ferroloop's own loops do not need the watcher."""
+
+    _watcher = None
+
+    def _init_watcher(self):
+        from asyncio import unix_events
+        with events._lock:
+            if self._watcher is None:
+                can_use_pidfd = getattr(unix_events, 'can_use_pidfd', None)  # 3.12+
+                if can_use_pidfd is not None and can_use_pidfd():
+                    self._watcher = unix_events.PidfdChildWatcher()
+                else:
+                    self._watcher = unix_events.ThreadedChildWatcher()
+
+    def set_event_loop(self, loop):
+        super().set_event_loop(loop)
+        if self._watcher is not None and threading.current_thread() is threading.main_thread():
+            self._watcher.attach_loop(loop)
+
+    def get_child_watcher(self):
+        if self._watcher is None:
+            self._init_watcher()
+        if sys.version_info >= (3, 12):
+            warnings._deprecated('get_child_watcher',
+                                 '{name!r} is deprecated as of Python 3.12 and will be '
+                                 'removed in Python {remove}.', remove=(3, 14))
+        return self._watcher
+
+    def set_child_watcher(self, watcher):
+        from asyncio import unix_events
+        assert watcher is None or isinstance(watcher, unix_events.AbstractChildWatcher)
+        if self._watcher is not None:
+            self._watcher.close()
+        self._watcher = watcher
+        if sys.version_info >= (3, 12):
+            warnings._deprecated('set_child_watcher',
+                                 '{name!r} is deprecated as of Python 3.12 and will be '
+                                 'removed in Python {remove}.', remove=(3, 14))
+
+
+# Where asyncio's default policy has child watchers (Unix, before 3.14).
+_HAS_CHILD_WATCHERS = sys.platform != 'win32' and sys.version_info < (3, 14)
+_PolicyBases = ((_ChildWatcherPolicyMixin, _BasePolicy) if _HAS_CHILD_WATCHERS
+                else (_BasePolicy,))
+
+
+class EventLoopPolicy(*_PolicyBases):
     """An event loop policy whose loops are ferroloop loops."""
 
     def _loop_factory(self):

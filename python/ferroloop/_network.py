@@ -341,13 +341,31 @@ class NetworkMixin:
             sock.setblocking(False)
         return await self._create_connection_transport(sock, protocol_factory)
 
-    async def create_unix_server(self, protocol_factory, path=None, *, sock=None,
-                                 backlog=100, ssl=None, ssl_handshake_timeout=None,
-                                 ssl_shutdown_timeout=None, start_serving=True,
-                                 cleanup_socket=True):
-        """Listen on a Unix stream socket (a filesystem path, or an abstract name
-        starting with a NUL). With ``cleanup_socket`` (3.13), the socket file is
-        removed when the server closes, if it is still the one we bound."""
+    if sys.version_info >= (3, 13):
+        async def create_unix_server(self, protocol_factory, path=None, *, sock=None,
+                                     backlog=100, ssl=None, ssl_handshake_timeout=None,
+                                     ssl_shutdown_timeout=None, start_serving=True,
+                                     cleanup_socket=True):
+            """Listen on a Unix stream socket (a filesystem path, or an abstract name
+            starting with a NUL). With ``cleanup_socket`` (the default), the socket
+            file is removed when the server closes, if it is still the one bound."""
+            return await self._create_unix_server(
+                protocol_factory, path, sock, backlog, ssl, ssl_handshake_timeout,
+                ssl_shutdown_timeout, start_serving, cleanup_socket)
+    else:
+        async def create_unix_server(self, protocol_factory, path=None, *, sock=None,
+                                     backlog=100, ssl=None, ssl_handshake_timeout=None,
+                                     ssl_shutdown_timeout=None, start_serving=True):
+            """Listen on a Unix stream socket (a filesystem path, or an abstract name
+            starting with a NUL). Before 3.13, asyncio leaves the socket file in place
+            when the server closes (and has no ``cleanup_socket``): so does this."""
+            return await self._create_unix_server(
+                protocol_factory, path, sock, backlog, ssl, ssl_handshake_timeout,
+                ssl_shutdown_timeout, start_serving, False)
+
+    async def _create_unix_server(self, protocol_factory, path, sock, backlog, ssl,
+                                  ssl_handshake_timeout, ssl_shutdown_timeout,
+                                  start_serving, cleanup_socket):
         if isinstance(ssl, bool):
             raise TypeError('ssl argument must be an SSLContext or None')
         _check_ssl_only_args(ssl, ssl_handshake_timeout, ssl_shutdown_timeout)
@@ -397,6 +415,30 @@ class NetworkMixin:
             server._start_serving()
             await tasks.sleep(0)
         return server
+
+    # ----- TLS upgrade --------------------------------------------------------------
+
+    async def start_tls(self, transport, protocol, sslcontext, *, server_side=False,
+                        server_hostname=None, ssl_handshake_timeout=None,
+                        ssl_shutdown_timeout=None):
+        """Upgrade ``transport`` to TLS: not supported yet. asyncio's argument
+        checks, then the upgrade fails the way a failed asyncio handshake does: the
+        transport is closed (the peer sees EOF instead of waiting for a handshake)
+        and the error is raised."""
+        import ssl as _ssl
+        if not isinstance(sslcontext, _ssl.SSLContext):
+            raise TypeError(f'sslcontext is expected to be an instance of ssl.SSLContext, '
+                            f'got {sslcontext!r}')
+        if not getattr(transport, '_start_tls_compatible', False):
+            raise TypeError(f'transport {transport!r} is not supported by start_tls()')
+        if ssl_handshake_timeout is not None and ssl_handshake_timeout <= 0:
+            raise ValueError(f'ssl_handshake_timeout should be a positive number, '
+                             f'got {ssl_handshake_timeout}')
+        if ssl_shutdown_timeout is not None and ssl_shutdown_timeout <= 0:
+            raise ValueError(f'ssl_shutdown_timeout should be a positive number, '
+                             f'got {ssl_shutdown_timeout}')
+        transport.close()
+        raise NotImplementedError(_TLS_UNSUPPORTED)
 
     # ----- sendfile -----------------------------------------------------------------
 

@@ -378,8 +378,6 @@ MISSING_FEATURE = {
     'subprocess_shell': 'needs subprocesses',
     'connect_read_pipe': 'needs pipe transports',
     'connect_write_pipe': 'needs pipe transports',
-    'set_child_watcher': "asyncio.set_child_watcher() in setUp: ferroloop's policy has no child watchers (as uvloop's)",
-    'get_child_watcher': "asyncio.get_child_watcher(): ferroloop's policy has no child watchers (as uvloop's)",
 }
 _EVENTS_FRAME = re.compile(r'asyncio[/\\]events\.py", line \d+, in (\w+)$')
 
