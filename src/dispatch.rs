@@ -122,10 +122,9 @@ fn run_once(slf: &Bound<'_, LoopCore>, core: &LoopCore, py: Python<'_>) -> PyRes
 
         let end_time = if s.timers.is_empty() { f64::NEG_INFINITY } else { s.now() + clock::resolution() };
         while let Some(entry) = s.timers.pop_due(end_time) {
-            let timer = entry.0.bind(py);
-            if timer.get().is_scheduled() {
-                timer.get().unschedule();
-                s.ready.push_back(Ready::Handle(timer.as_super().clone().unbind()));
+            // A cancelled timer's slot is already empty.
+            if let Some(handle) = entry.0.unschedule(py) {
+                s.ready.push_back(Ready::Handle(handle));
             }
             dead_timers.push(entry);
         }
@@ -301,10 +300,8 @@ pub fn drop_queued(core: &LoopCore, py: Python<'_>) {
             std::mem::take(&mut s.deferred_flush),
         )
     });
-    for entry in &dropped.1 {
-        entry.0.get().unschedule();
-    }
-    drop(dropped);
+    let timer_handles: Vec<_> = dropped.1.iter().filter_map(|entry| entry.0.unschedule(py)).collect();
+    drop((dropped, timer_handles));
 }
 
 /// Closing: drop every queued callback and close the poller, the waker's eventfd and

@@ -18,7 +18,7 @@ use pyo3::PyTraverseError;
 use pyo3::types::PyTuple;
 
 use crate::gil_cell::GilCell;
-use crate::handles::{closed_error, Handle, TimerHandle};
+use crate::handles::{Handle, TimerHandle, TimerSlot, closed_error};
 use crate::listener::Listener;
 use crate::sock::{self, SockOp};
 use crate::transport::StreamTransportCore;
@@ -26,11 +26,11 @@ use crate::{dispatch, fd_callbacks, scheduling, signals};
 
 /// A timer in the heap. "Cancelled" for the heap means "no longer scheduled":
 /// `TimerHandle.cancel()` clears the flag, and a popped timer is out of the heap.
-pub struct TimerEntry(pub Py<TimerHandle>);
+pub struct TimerEntry(pub Arc<TimerSlot>);
 
 impl Cancellable for TimerEntry {
     fn is_cancelled(&self) -> bool {
-        !self.0.get().is_scheduled()
+        !self.0.is_scheduled()
     }
 }
 
@@ -180,7 +180,7 @@ impl LoopCore {
             visit.call(t)?;
         }
         for entry in s.timers.iter() {
-            visit.call(&entry.0)?;
+            visit.call(entry.0.handle_for_traverse())?;
         }
         Ok(())
     }

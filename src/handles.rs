@@ -255,33 +255,60 @@ impl Handle {
     }
 }
 
-/// A handle with a deadline. `cancel()` also tells the loop, through a counter it
-/// shares with the loop's timer queue, so the queue knows when to purge.
-#[pyclass(module = "ferroloop", extends = Handle, frozen)]
-pub struct TimerHandle {
-    when: f64,
+/// What the loop's timer heap holds for one timer: the handle, only while it is
+/// scheduled. Cancelling empties the slot, so a cancelled timer waiting to be
+/// purged keeps this small Rust allocation alive, not the handle with its context
+/// (garbage-collected objects: a million of them made every collection slow).
+pub struct TimerSlot {
     scheduled: AtomicBool,
-    cancelled_timers: Arc<AtomicUsize>,
+    handle: GilCell<Option<Py<Handle>>>,
 }
 
-impl TimerHandle {
-    pub fn new(when: f64, cancelled_timers: Arc<AtomicUsize>) -> Self {
-        TimerHandle { when, scheduled: AtomicBool::new(true), cancelled_timers }
-    }
-
+impl TimerSlot {
     #[inline]
     pub fn is_scheduled(&self) -> bool {
         self.scheduled.load(Ordering::Relaxed)
     }
 
-    #[inline]
-    pub fn when_value(&self) -> f64 {
-        self.when
+    /// Takes the handle out of the heap's reach (it fired, was cancelled, or the
+    /// loop dropped it). Drop the result after any state borrow ends.
+    pub fn unschedule(&self, py: Python<'_>) -> Option<Py<Handle>> {
+        if !self.scheduled.swap(false, Ordering::Relaxed) {
+            return None;
+        }
+        self.handle.with(py, Option::take)
     }
 
-    /// The timer left the heap (it fired or was dropped).
-    pub fn unschedule(&self) {
-        self.scheduled.store(false, Ordering::Relaxed);
+    /// For the loop's `__traverse__`.
+    pub fn handle_for_traverse(&self) -> Option<&Py<Handle>> {
+        self.handle.get_for_traverse().and_then(Option::as_ref)
+    }
+}
+
+/// A handle with a deadline. `cancel()` also tells the loop, through a counter it
+/// shares with the loop's timer queue, so the queue knows when to purge.
+#[pyclass(module = "ferroloop", extends = Handle, frozen)]
+pub struct TimerHandle {
+    when: f64,
+    slot: Arc<TimerSlot>,
+    cancelled_timers: Arc<AtomicUsize>,
+}
+
+impl TimerHandle {
+    /// A timer and the slot for the heap, which `fill_slot` then points at it.
+    pub fn new(when: f64, cancelled_timers: Arc<AtomicUsize>) -> (Self, Arc<TimerSlot>) {
+        let slot = Arc::new(TimerSlot { scheduled: AtomicBool::new(true), handle: GilCell::new(None) });
+        (TimerHandle { when, slot: slot.clone(), cancelled_timers }, slot)
+    }
+
+    pub fn fill_slot(slf: &Bound<'_, Self>) {
+        let handle = slf.as_super().clone().unbind();
+        slf.get().slot.handle.with(slf.py(), |h| *h = Some(handle));
+    }
+
+    #[inline]
+    pub fn is_scheduled(&self) -> bool {
+        self.slot.is_scheduled()
     }
 }
 
@@ -296,10 +323,16 @@ impl TimerHandle {
         if base.get().is_cancelled() {
             return Ok(());
         }
-        if slf.get().scheduled.swap(false, Ordering::Relaxed) {
-            slf.get().cancelled_timers.fetch_add(1, Ordering::Relaxed);
+        let py = slf.py();
+        let me = slf.get();
+        let was_scheduled = me.slot.is_scheduled();
+        let unscheduled = me.slot.unschedule(py);
+        if was_scheduled {
+            me.cancelled_timers.fetch_add(1, Ordering::Relaxed);
         }
-        base.get().cancel_with_repr(slf.py(), slf.as_any())
+        let result = base.get().cancel_with_repr(py, slf.as_any());
+        drop(unscheduled); // a reference to ourselves, not the last one
+        result
     }
 
     #[getter]
@@ -309,7 +342,7 @@ impl TimerHandle {
 
     #[getter]
     fn _scheduled(&self) -> bool {
-        self.scheduled.load(Ordering::Relaxed)
+        self.is_scheduled()
     }
 
     /// `hash(when)`, as asyncio defines it (Python's float hash, not the bits).

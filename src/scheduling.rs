@@ -144,12 +144,14 @@ fn schedule_at(slf: &Bound<'_, LoopCore>, when: f64, callback: Bound<'_, PyAny>,
     let core = slf.get();
     let tb = check_and_trace(core, py, &callback, method, false, depth)?;
     let ctx = context_or_copy(py, context)?;
-    let init = PyClassInitializer::from(Handle::new(callback.unbind(), args.unbind(), ctx, tb))
-        .add_subclass(TimerHandle::new(when, core.cancelled_timers.clone()));
-    let timer = Py::new(py, init)?;
+    let (timer, slot) = TimerHandle::new(when, core.cancelled_timers.clone());
+    let init = PyClassInitializer::from(Handle::new(callback.unbind(), args.unbind(), ctx, tb)).add_subclass(timer);
+    let timer = Bound::new(py, init)?;
+    TimerHandle::fill_slot(&timer);
+    let timer = timer.unbind();
     // asyncio fires a NaN deadline at once (its comparisons with NaN are false).
     let key = if when.is_nan() { f64::NEG_INFINITY } else { when };
-    let entry = TimerEntry(timer.clone_ref(py));
+    let entry = TimerEntry(slot);
     core.state.with(py, |s| s.timers.push(key, entry));
     Ok(timer)
 }
