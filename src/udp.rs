@@ -218,12 +218,13 @@ impl DatagramTransportCore {
                 loop {
                     match dgram::recvfrom(self.fd, &mut buf[..MAX_SIZE]) {
                         Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
-                        other => break other.map(|(n, addr)| (buf[..n].to_vec(), addr)),
+                        // A bytes object runs no Python code to be made.
+                        other => break other.map(|(n, addr)| (PyBytes::new(py, &buf[..n]), addr)),
                     }
                 }
             });
             return match got {
-                Ok((data, addr)) => Ok(Ok(Some((PyBytes::new(py, &data).into_any(), py_address(py, &addr)?)))),
+                Ok((data, addr)) => Ok(Ok(Some((data.into_any(), py_address(py, &addr)?)))),
                 Err(e) if sockio::would_block(&e) => Ok(Ok(None)),
                 Err(e) => Ok(Err(SendErr::Os(os_error(&e)))),
             };
