@@ -106,7 +106,10 @@ fn logger(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
     LOGGER.import(py, "asyncio.log", "logger")
 }
 
-/// The outcome of one send attempt.
+/// A received datagram and its sender's address.
+type Datagram<'py> = (Bound<'py, PyAny>, Bound<'py, PyAny>);
+
+/// What failed in one send or receive attempt.
 enum SendErr {
     WouldBlock,
     /// An OSError: for `error_received`.
@@ -208,8 +211,8 @@ impl DatagramTransportCore {
         Ok(())
     }
 
-    /// One receive: `Ok(None)` would block.
-    fn recv_one<'py>(&self, py: Python<'py>) -> PyResult<Result<Option<(Bound<'py, PyAny>, Bound<'py, PyAny>)>, SendErr>> {
+    /// One receive: `Ok(Ok(None))` would block.
+    fn recv_one<'py>(&self, py: Python<'py>) -> PyResult<Result<Option<Datagram<'py>>, SendErr>> {
         if self.native {
             let got = RECV_SCRATCH.with(py, |buf| {
                 if buf.len() < MAX_SIZE {

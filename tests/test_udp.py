@@ -7,6 +7,7 @@ Loopback delivers a datagram into the receiver's queue during ``sendto`` itself,
 sleeping."""
 
 import asyncio
+import gc
 import os
 import socket
 import sys
@@ -649,3 +650,16 @@ def test_abort_drops_queued_datagrams(loop):
                 assert 0 < len(got) < 100 and got == [b'%d' % i for i in range(len(got))]
 
     run(loop, main())
+
+
+def test_unclosed_transport_warns_and_closes_its_socket(loop):
+    async def main():
+        tr, pr = await loop.create_datagram_endpoint(lambda: Proto(loop), local_addr=('127.0.0.1', 0))
+        return tr.get_extra_info('socket'), tr
+
+    sock, tr = run(loop, main())
+    loop.close()  # the loop's poller no longer refers to the transport
+    with pytest.warns(ResourceWarning, match='unclosed transport'):
+        del tr
+        gc.collect()
+    assert sock.fileno() == -1
