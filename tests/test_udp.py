@@ -618,6 +618,11 @@ def test_flow_control_and_close_with_queued_datagrams(loop):
                     got.append(await loop.sock_recv(peer, 1000))
                 assert got == sent
                 assert await pr.lost is None
+                if PY313 and not isinstance(loop, ferroloop.Loop):
+                    # asyncio 3.13.0 counts 8 header bytes per datagram queued but
+                    # not per datagram sent: its buffer size never drops back, and
+                    # resume_writing is never called.
+                    return
                 assert pr.resumed == 1
                 assert pr.events == ['made', 'pause', 'resume', 'lost']
                 assert tr.get_write_buffer_size() == 0
