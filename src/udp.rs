@@ -339,6 +339,11 @@ impl DatagramTransportCore {
                 }
                 Err(SendErr::Os(exc)) => {
                     drop(target);
+                    // The rest waits for no new edge (the socket is writable): look
+                    // again next iteration, as asyncio's writer callback would.
+                    if me.state.with(py, |s| !s.buffer.is_empty()) {
+                        Self::queue_io(slf, false, true);
+                    }
                     return me.error_received(py, exc);
                 }
                 Err(SendErr::Other(exc)) => {

@@ -685,3 +685,32 @@ def test_unclosed_transport_warns_and_closes_its_socket(loop):
         del tr
         gc.collect()
     assert sock.fileno() == -1
+
+
+def test_send_errors_on_queued_datagrams_each_reach_error_received(loop):
+    """The peer goes away while datagrams are queued: each queued datagram's send
+    fails and is reported, one per loop iteration, as asyncio's writer does."""
+    errors = collect_errors(loop)
+
+    async def main():
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, 'peer')
+            peer = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            peer.bind(path)
+            tr, pr = await loop.create_datagram_endpoint(
+                lambda: Proto(loop), remote_addr=path, family=socket.AF_UNIX)
+            for i in range(100):
+                tr.sendto(b'%04d' % i)
+            per_datagram = 4 + (8 if PY313 else 0)
+            queued = tr.get_write_buffer_size() // per_datagram
+            assert queued > 0
+            peer.close()
+            await pr.wait_for(queued)
+            assert len(pr.errors) == queued
+            assert all(isinstance(e, OSError) for e in pr.errors)
+            assert not tr.is_closing()
+            tr.close()
+            assert await pr.lost is None
+
+    run(loop, main())
+    assert errors == []
