@@ -18,6 +18,7 @@ use crate::event_loop::{IoOwner, LoopCore, Ready};
 use crate::handles::{format_callback_source, Handle};
 use crate::listener::Listener;
 use crate::transport::StreamTransportCore;
+use crate::udp::DatagramTransportCore;
 
 /// asyncio caps one poll at a day, so a far-off or infinite deadline is still fine.
 const MAX_POLL_TIMEOUT: f64 = 24.0 * 3600.0;
@@ -215,6 +216,7 @@ fn run_item(py: Python<'_>, item: &Ready) -> PyResult<()> {
         Ready::Handle(handle) => handle.get().run(py),
         Ready::Io { owner: IoOwner::Stream(t), readable, writable } => StreamTransportCore::on_io(t.bind(py), *readable, *writable),
         Ready::Io { owner: IoOwner::Listener(l), readable, .. } => Listener::on_io(l.bind(py), *readable),
+        Ready::Io { owner: IoOwner::Datagram(t), readable, writable } => DatagramTransportCore::on_io(t.bind(py), *readable, *writable),
         Ready::Flush(t) => StreamTransportCore::flush_deferred(t.bind(py)),
     }
 }

@@ -22,6 +22,7 @@ use crate::handles::{Handle, TimerHandle, TimerSlot, closed_error};
 use crate::listener::Listener;
 use crate::sock::{self, SockOp};
 use crate::transport::StreamTransportCore;
+use crate::udp::DatagramTransportCore;
 use crate::{dispatch, fd_callbacks, scheduling, signals};
 
 /// A timer in the heap. "Cancelled" for the heap means "no longer scheduled":
@@ -39,6 +40,7 @@ impl Cancellable for TimerEntry {
 pub enum IoOwner {
     Stream(Py<StreamTransportCore>),
     Listener(Py<Listener>),
+    Datagram(Py<DatagramTransportCore>),
 }
 
 impl IoOwner {
@@ -46,6 +48,7 @@ impl IoOwner {
         match self {
             IoOwner::Stream(t) => IoOwner::Stream(t.clone_ref(py)),
             IoOwner::Listener(l) => IoOwner::Listener(l.clone_ref(py)),
+            IoOwner::Datagram(t) => IoOwner::Datagram(t.clone_ref(py)),
         }
     }
 
@@ -54,6 +57,7 @@ impl IoOwner {
         match self {
             IoOwner::Stream(t) => t.get().owner(py),
             IoOwner::Listener(l) => l.clone_ref(py).into_any(),
+            IoOwner::Datagram(t) => t.get().owner(py),
         }
     }
 
@@ -61,6 +65,7 @@ impl IoOwner {
         match self {
             IoOwner::Stream(t) => t.as_any(),
             IoOwner::Listener(l) => l.as_any(),
+            IoOwner::Datagram(t) => t.as_any(),
         }
     }
 }

@@ -53,11 +53,11 @@ pub fn os_error(err: std::io::Error) -> PyErr {
 pub fn ensure_fd_no_transport(slf: &Bound<'_, LoopCore>, fd: RawFd) -> PyResult<()> {
     let py = slf.py();
     let owner = slf.get().state.with(py, |s| match s.io.get(&fd) {
-        Some(IoOwner::Stream(t)) => Some(t.clone_ref(py)),
+        Some(o @ (IoOwner::Stream(_) | IoOwner::Datagram(_))) => Some(o.clone_ref(py)),
         _ => None,
     });
     if let Some(t) = owner {
-        let transport = t.get().owner(py);
+        let transport = t.describe(py);
         let repr = transport.bind(py).repr()?;
         return Err(PyRuntimeError::new_err(format!("File descriptor {fd} is used by transport {repr}")));
     }

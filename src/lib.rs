@@ -3,7 +3,8 @@
 //! Modules by asyncio concept: `handles` (Handle, TimerHandle), `scheduling`
 //! (call_soon/call_later), `dispatch` (the loop iteration), `fd_callbacks`
 //! (add_reader/add_writer), `sock` and `sendfile` (the `sock_*` coroutines), `buffer`
-//! (Python buffers as bytes), `event_loop` (the class that lists the Rust API).
+//! (Python buffers as bytes), `transport`/`listener` (streams), `udp` (datagram
+//! transports), `event_loop` (the class that lists the Rust API).
 
 mod buffer;
 mod dispatch;
@@ -17,6 +18,7 @@ mod signals;
 mod sendfile;
 mod sock;
 mod transport;
+mod udp;
 
 use pyo3::prelude::*;
 
@@ -30,5 +32,6 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<sock::SockOp>()?;
     m.add_class::<transport::StreamTransportCore>()?;
     m.add_class::<listener::Listener>()?;
+    m.add_class::<udp::DatagramTransportCore>()?;
     Ok(())
 }

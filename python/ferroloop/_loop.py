@@ -4,8 +4,9 @@ The ready queue, timers, polling, dispatch and fd callbacks are Rust
 (``_ferroloop.LoopCore``); this class adds what is Python by nature: the lifecycle
 around the Rust run loop (running-loop registration, async generator hooks,
 coroutine origin tracking), futures and tasks, and the concept mixins (exception
-handler, executor and DNS, signals). It subclasses ``asyncio.AbstractEventLoop`` so
-``isinstance`` checks hold, and nothing of ``BaseEventLoop``."""
+handler, executor and DNS, signals, stream and datagram endpoints). It subclasses
+``asyncio.AbstractEventLoop`` so ``isinstance`` checks hold, and nothing of
+``BaseEventLoop``."""
 
 import asyncio
 import sys
@@ -19,6 +20,7 @@ from ._executor import ExecutorMixin
 from ._ferroloop import LoopCore
 from ._network import NetworkMixin
 from ._signals import SignalsMixin
+from ._udp import DatagramMixin
 
 # asyncio's stack depth for coroutine origin tracking in debug mode.
 _DEBUG_STACK_DEPTH = 10
@@ -44,7 +46,7 @@ def _run_until_complete_cb(fut):
     futures._get_loop(fut).stop()
 
 
-class Loop(NetworkMixin, SignalsMixin, ExecutorMixin, ExceptionHandlerMixin, LoopCore, asyncio.AbstractEventLoop):
+class Loop(NetworkMixin, DatagramMixin, SignalsMixin, ExecutorMixin, ExceptionHandlerMixin, LoopCore, asyncio.AbstractEventLoop):
     """An asyncio event loop whose core runs in Rust."""
 
     __module__ = "ferroloop"

@@ -9,6 +9,7 @@
 //! callback is.
 
 pub mod clock;
+pub mod dgram;
 pub mod poller;
 pub mod sockio;
 pub mod timers;

@@ -1,0 +1,270 @@
+"""Datagram endpoints: ``loop.create_datagram_endpoint`` with asyncio's arguments,
+checks and error messages, and the datagram transport.
+
+``_DatagramTransport`` is an ``asyncio.DatagramTransport`` (and an
+``asyncio.Transport``, as asyncio's own is) whose work is done by the Rust
+``DatagramTransportCore``; like the stream transport it holds its core and exposes
+the core's methods as bound builtins in slots (see ``_transports``)."""
+
+import os
+import socket
+import stat
+import sys
+import warnings
+
+from asyncio import base_events, futures, transports, trsock
+from asyncio.log import logger
+
+from ._ferroloop import DatagramTransportCore
+
+_CORE_METHODS = (
+    'sendto', 'close', 'abort', 'is_closing', 'is_reading', 'pause_reading',
+    'resume_reading', 'get_protocol', 'set_protocol', 'set_write_buffer_limits',
+    'get_write_buffer_limits', 'get_write_buffer_size',
+)
+
+# 3.13 sends empty datagrams and counts 8 header bytes per queued datagram.
+_PY313 = sys.version_info >= (3, 13)
+
+
+class _DatagramTransport(transports._FlowControlMixin, transports.DatagramTransport):
+    __slots__ = ('_core', '__weakref__') + _CORE_METHODS
+
+    max_size = 256 * 1024
+
+    def __init__(self, loop, sock, protocol, address=None, waiter=None, extra=None):
+        transports.BaseTransport.__init__(self, extra)
+        self._extra['socket'] = trsock.TransportSocket(sock)
+        try:
+            self._extra['sockname'] = sock.getsockname()
+        except OSError:
+            self._extra['sockname'] = None
+        if 'peername' not in self._extra:
+            try:
+                self._extra['peername'] = sock.getpeername()
+            except OSError:
+                self._extra['peername'] = None
+        self._loop = loop
+        core = DatagramTransportCore(loop, sock, protocol, self, address,
+                                     bool(self._extra['peername']), _PY313, 8 if _PY313 else 0)
+        self._core = core
+        for name in _CORE_METHODS:
+            setattr(self, name, getattr(core, name))
+        core._register()
+        loop.call_soon(protocol.connection_made, self)
+        # Reading starts once connection_made() has run, as in asyncio.
+        loop.call_soon(core._start_reading)
+        if waiter is not None:
+            loop.call_soon(futures._set_result_unless_cancelled, waiter, None)
+
+    @property
+    def _sock(self):
+        return self._core._sock
+
+    @property
+    def _sock_fd(self):
+        return self._core._sock_fd
+
+    @property
+    def _address(self):
+        return self._core._address
+
+    @property
+    def _protocol(self):
+        return self._core.get_protocol()
+
+    @property
+    def _protocol_paused(self):
+        return self._core._protocol_paused
+
+    @property
+    def _closing(self):
+        return self._core._closing
+
+    @property
+    def _conn_lost(self):
+        return self._core._conn_lost
+
+    @property
+    def _paused(self):
+        return self._core._paused
+
+    def _get_write_buffer_size(self):
+        return self._core.get_write_buffer_size()
+
+    def __repr__(self):
+        core = self._core
+        info = [type(self).__name__]
+        sock = core._sock
+        if sock is None:
+            info.append('closed')
+        elif core._closing:
+            info.append('closing')
+        info.append(f'fd={core._sock_fd}')
+        if sock is not None and not self._loop.is_closed():
+            info.append('read=polling' if core._reader_active else 'read=idle')
+            bufsize = core.get_write_buffer_size()
+            info.append(f"write=<{'polling' if bufsize else 'idle'}, bufsize={bufsize}>")
+        return '<{}>'.format(' '.join(info))
+
+    def __del__(self, _warn=warnings.warn):
+        try:
+            sock = self._core._sock
+        except AttributeError:
+            return
+        if sock is not None:
+            _warn(f'unclosed transport {self!r}', ResourceWarning, source=self)
+            self._core._detach_fd()
+            sock.close()
+
+
+_unset = object()
+
+
+class DatagramMixin:
+
+    def _make_datagram_transport(self, sock, protocol, address=None, waiter=None, extra=None):
+        return _DatagramTransport(self, sock, protocol, address, waiter, extra)
+
+    if sys.version_info >= (3, 11):
+        async def create_datagram_endpoint(self, protocol_factory, local_addr=None,
+                                           remote_addr=None, *, family=0, proto=0, flags=0,
+                                           reuse_port=None, allow_broadcast=None, sock=None):
+            """Create a datagram endpoint; return ``(transport, protocol)``."""
+            return await self._create_datagram_endpoint(
+                protocol_factory, local_addr, remote_addr, family, proto, flags,
+                reuse_port, allow_broadcast, sock)
+    else:
+        async def create_datagram_endpoint(self, protocol_factory, local_addr=None,
+                                           remote_addr=None, *, family=0, proto=0, flags=0,
+                                           reuse_address=_unset, reuse_port=None,
+                                           allow_broadcast=None, sock=None):
+            """Create a datagram endpoint; return ``(transport, protocol)``."""
+            return await self._create_datagram_endpoint(
+                protocol_factory, local_addr, remote_addr, family, proto, flags,
+                reuse_port, allow_broadcast, sock, reuse_address)
+
+    async def _create_datagram_endpoint(self, protocol_factory, local_addr, remote_addr,
+                                        family, proto, flags, reuse_port, allow_broadcast,
+                                        sock, reuse_address=_unset):
+        if sock is not None:
+            if sys.version_info >= (3, 13):
+                if sock.type == socket.SOCK_STREAM:
+                    raise ValueError(f'A datagram socket was expected, got {sock!r}')
+            elif sock.type != socket.SOCK_DGRAM:
+                raise ValueError(f'A UDP Socket was expected, got {sock!r}')
+            if (local_addr or remote_addr or family or proto or flags or
+                    (reuse_address is not _unset and reuse_address) or
+                    reuse_port or allow_broadcast):
+                opts = dict(local_addr=local_addr, remote_addr=remote_addr,
+                            family=family, proto=proto, flags=flags)
+                if reuse_address is not _unset:
+                    opts['reuse_address'] = reuse_address
+                opts.update(reuse_port=reuse_port, allow_broadcast=allow_broadcast)
+                problems = ', '.join(f'{k}={v}' for k, v in opts.items() if v)
+                raise ValueError(f'socket modifier keyword arguments can not be used '
+                                 f'when sock is specified. ({problems})')
+            sock.setblocking(False)
+            r_addr = None
+        else:
+            if not (local_addr or remote_addr):
+                if family == 0:
+                    raise ValueError('unexpected address family')
+                addr_pairs_info = (((family, proto), (None, None)),)
+            elif hasattr(socket, 'AF_UNIX') and family == socket.AF_UNIX:
+                for addr in (local_addr, remote_addr):
+                    if addr is not None and not isinstance(addr, str):
+                        raise TypeError('string is expected')
+                if local_addr and local_addr[0] not in (0, '\x00'):
+                    try:
+                        if stat.S_ISSOCK(os.stat(local_addr).st_mode):
+                            os.remove(local_addr)
+                    except FileNotFoundError:
+                        pass
+                    except OSError as err:
+                        logger.error('Unable to check or remove stale UNIX socket %r: %r',
+                                     local_addr, err)
+                addr_pairs_info = (((family, proto), (local_addr, remote_addr)),)
+            else:
+                # Addresses joined by (family, proto), in resolution order.
+                addr_infos = {}
+                for idx, addr in ((0, local_addr), (1, remote_addr)):
+                    if addr is not None:
+                        if sys.version_info >= (3, 11):
+                            if not (isinstance(addr, tuple) and len(addr) == 2):
+                                raise TypeError('2-tuple is expected')
+                        else:
+                            assert isinstance(addr, tuple) and len(addr) == 2, '2-tuple is expected'
+                        infos = await self._ensure_resolved(
+                            addr, family=family, type=socket.SOCK_DGRAM, proto=proto,
+                            flags=flags, loop=self)
+                        if not infos:
+                            raise OSError('getaddrinfo() returned empty list')
+                        for fam, _, pro, _, address in infos:
+                            key = (fam, pro)
+                            if key not in addr_infos:
+                                addr_infos[key] = [None, None]
+                            addr_infos[key][idx] = address
+                # Each given address needs an entry for the (family, proto) pair.
+                addr_pairs_info = [
+                    (key, addr_pair) for key, addr_pair in addr_infos.items()
+                    if not ((local_addr and addr_pair[0] is None) or
+                            (remote_addr and addr_pair[1] is None))]
+                if not addr_pairs_info:
+                    raise ValueError('can not get address information')
+
+            if reuse_address is not _unset:  # 3.10 (bpo-37228)
+                if reuse_address:
+                    raise ValueError('Passing `reuse_address=True` is no longer supported, '
+                                     'as the usage of SO_REUSEPORT in UDP poses a '
+                                     'significant security concern.')
+                warnings.warn('The *reuse_address* parameter has been deprecated as of '
+                              '3.5.10 and is scheduled for removal in 3.11.',
+                              DeprecationWarning, stacklevel=3)
+
+            exceptions = []
+            for (family, proto), (local_address, remote_address) in addr_pairs_info:
+                sock = None
+                r_addr = None
+                try:
+                    sock = socket.socket(family=family, type=socket.SOCK_DGRAM, proto=proto)
+                    if reuse_port:
+                        base_events._set_reuseport(sock)
+                    if allow_broadcast:
+                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+                    sock.setblocking(False)
+                    if local_addr:
+                        sock.bind(local_address)
+                    if remote_addr:
+                        if not allow_broadcast:
+                            await self.sock_connect(sock, remote_address)
+                        r_addr = remote_address
+                except OSError as exc:
+                    if sock is not None:
+                        sock.close()
+                    exceptions.append(exc)
+                except:
+                    if sock is not None:
+                        sock.close()
+                    raise
+                else:
+                    break
+            else:
+                raise exceptions[0]
+
+        protocol = protocol_factory()
+        waiter = self.create_future()
+        transport = self._make_datagram_transport(sock, protocol, r_addr, waiter)
+        if self.get_debug():
+            if local_addr:
+                logger.info('Datagram endpoint local_addr=%r remote_addr=%r created: (%r, %r)',
+                            local_addr, remote_addr, transport, protocol)
+            else:
+                logger.debug('Datagram endpoint remote_addr=%r created: (%r, %r)',
+                             remote_addr, transport, protocol)
+        try:
+            await waiter
+        except:
+            transport.close()
+            raise
+        return transport, protocol
