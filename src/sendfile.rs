@@ -23,10 +23,10 @@ use pyo3::gc::{PyTraverseError, PyVisit};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyByteArray, PyInt, PySlice};
+use pyo3::types::{PyByteArray, PyInt};
 
 use crate::fd_callbacks::Direction;
-use crate::sock::{check_nonblocking, os_error, Attempt, Op, SockOp, Step};
+use crate::sock::{check_nonblocking, os_error, slice, Attempt, Op, SockOp, Step};
 
 /// asyncio's `constants.SENDFILE_FALLBACK_READBUFFER_SIZE`, read when a fallback
 /// starts as the stdlib does (tests and applications tune it).
@@ -344,7 +344,7 @@ fn next_read(op: &mut SockOp, me: &Bound<'_, PyAny>) -> PyResult<Step> {
         }
     }
     let memoryview = py.import("builtins")?.getattr("memoryview")?;
-    let view = memoryview.call1((buf.bind(py),))?.get_item(PySlice::new(py, 0, blocksize as isize, 1))?;
+    let view = memoryview.call1((buf.bind(py),))?.get_item(slice(py, None, Some(blocksize as isize))?)?;
     let readinto = sf.file.bind(py).getattr(intern!(py, "readinto"))?;
     let reading = event_loop.call_method1(intern!(py, "run_in_executor"), (py.None(), readinto, &view))?;
     sf.phase = Phase::FallbackRead { buf, view: view.unbind(), blocksize };
@@ -371,7 +371,7 @@ pub fn after_delegate(op: &mut SockOp, me: &Bound<'_, PyAny>, v: Bound<'_, PyAny
                 return finish(op, py); // end of file
             }
             let read: u64 = v.extract()?;
-            let chunk = view.bind(py).get_item(PySlice::new(py, 0, read as isize, 1))?;
+            let chunk = view.bind(py).get_item(slice(py, None, Some(read as isize))?)?;
             sf.phase = Phase::FallbackSend { buf, view, blocksize, read };
             let sending = event_loop.call_method1(intern!(py, "sock_sendall"), (sock, chunk))?;
             op.delegate(me, sending)

@@ -218,6 +218,30 @@ pub fn raw_fileno(sock: &Bound<'_, PyAny>) -> PyResult<RawFd> {
     sock.call_method0(intern!(sock.py(), "fileno"))?.extract()
 }
 
+/// `slice(start, stop)` with step None, each bound None when not given, as Python's
+/// `x[start:stop]` builds it.
+///
+/// Not `PySlice::new`: PyO3 0.30's passes three fresh ints (`PyLong_FromSsize_t`)
+/// to `PySlice_New`, which takes references of its own and does not steal them, so
+/// every call leaked its ints. Those above 256 are real allocations (36 bytes for
+/// the `isize::MAX` of an open-ended slice): one per `sock_connect` to an IP
+/// address, per partial send of a socket-method `sock_sendall`, per block of a
+/// `sock_sendfile` fallback.
+pub fn slice(py: Python<'_>, start: Option<isize>, stop: Option<isize>) -> PyResult<Bound<'_, PySlice>> {
+    let start = start.map(|v| v.into_pyobject(py)).transpose()?;
+    let stop = stop.map(|v| v.into_pyobject(py)).transpose()?;
+    let ptr = |b: &Option<Bound<'_, pyo3::types::PyInt>>| b.as_ref().map_or(std::ptr::null_mut(), |b| b.as_ptr());
+    // SAFETY: the GIL is held; `start` and `stop` are live ints (or NULL, which
+    // PySlice_New reads as None) that it only borrows, taking references of its own,
+    // while we keep ours and drop them at the end of this function. It returns a new
+    // reference to a `slice` object, or NULL with an exception set, which
+    // `from_owned_ptr_or_err` turns into the error, so the cast to PySlice is exact.
+    unsafe {
+        let obj = pyo3::ffi::PySlice_New(ptr(&start), ptr(&stop), std::ptr::null_mut());
+        Ok(Bound::from_owned_ptr_or_err(py, obj)?.cast_into_unchecked())
+    }
+}
+
 fn stop_iteration(value: Py<PyAny>) -> PyErr {
     PyStopIteration::new_err((value,))
 }
@@ -598,7 +622,7 @@ impl SockOp {
                     }
                 } else {
                     let mv = memview.as_ref().expect("pinned while waiting").bind(py);
-                    let rest = mv.get_item(PySlice::new(py, *pos as isize, isize::MAX, 1))?;
+                    let rest = mv.get_item(slice(py, Some(*pos as isize), None)?)?;
                     match method_attempt(py, sock.call_method1(intern!(py, "send"), (rest,)))? {
                         Some(n) => {
                             *pos += n.bind(py).extract::<usize>()?;
@@ -654,12 +678,12 @@ impl SockOp {
         }
         // asyncio's _ensure_resolved(address, family=, type=, proto=).
         let (stype, proto) = (sock.getattr(intern!(py, "type"))?, sock.getattr(intern!(py, "proto"))?);
-        let head = address.get_item(PySlice::new(py, 0, 2, 1))?;
+        let head = address.get_item(slice(py, None, Some(2))?)?;
         let parts: Vec<Bound<'_, PyAny>> = head.try_iter()?.collect::<PyResult<_>>()?;
         let [host, port] = <[Bound<'_, PyAny>; 2]>::try_from(parts).map_err(|p| {
             PyValueError::new_err(format!("not enough values to unpack (expected 2, got {})", p.len()))
         })?;
-        let rest = address.get_item(PySlice::new(py, 2, isize::MAX, 1))?;
+        let rest = address.get_item(slice(py, Some(2), None)?)?;
         let mut args = vec![host.clone(), port.clone(), family.into_pyobject(py)?.into_any(), stype.clone(), proto.clone()];
         args.extend(rest.try_iter()?.collect::<PyResult<Vec<_>>>()?);
         let ipaddr_info = IPADDR_INFO.import(py, "asyncio.base_events", "_ipaddr_info")?;
