@@ -68,9 +68,8 @@ fn run_once(slf: &Bound<'_, LoopCore>, core: &LoopCore, py: Python<'_>) -> PyRes
         // With work queued and no fd to watch, polling could only find the signal
         // socket, and pending signals are checked below anyway: skip the syscall.
         // (Unless signal handlers are installed: their numbers arrive on that socket.)
-        let skip_poll = timeout == Some(Duration::ZERO)
-            && s.signal_handlers.is_empty()
-            && s.registrar.as_ref().is_none_or(|r| r.watched_count() == 0);
+        let skip_poll =
+            timeout == Some(Duration::ZERO) && s.signal_handlers.is_empty() && s.registrar.as_ref().is_none_or(|r| r.watched_count() == 0);
         (timeout, skip_poll, std::mem::take(&mut s.ready_fds), purged)
     });
     drop(purged);
@@ -262,7 +261,12 @@ fn log_slow_callback(py: Python<'_>, item: &Ready, took: f64) -> PyResult<()> {
 
 /// Sends a callback's exception to the loop's exception handler with asyncio's
 /// context keys. Without a loop (a handle run by hand), the running loop is used.
-pub fn report_callback_error(py: Python<'_>, event_loop: Option<&Bound<'_, PyAny>>, handle: &Bound<'_, Handle>, err: PyErr) -> PyResult<()> {
+pub fn report_callback_error(
+    py: Python<'_>,
+    event_loop: Option<&Bound<'_, PyAny>>,
+    handle: &Bound<'_, Handle>,
+    err: PyErr,
+) -> PyResult<()> {
     let event_loop = match event_loop {
         Some(l) => l.clone(),
         None => py.import("asyncio")?.call_method0("get_event_loop")?,

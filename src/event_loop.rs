@@ -11,14 +11,14 @@ use std::sync::{Arc, Mutex};
 
 use ferroloop_core::poller::{self, Poller, Readiness, Registrar, Waker};
 use ferroloop_core::timers::{Cancellable, TimerQueue};
-use pyo3::gc::PyVisit;
 use pyo3::exceptions::PyRuntimeError;
+use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
-use pyo3::PyTraverseError;
 use pyo3::types::PyTuple;
+use pyo3::PyTraverseError;
 
 use crate::gil_cell::GilCell;
-use crate::handles::{Handle, TimerHandle, TimerSlot, closed_error};
+use crate::handles::{closed_error, Handle, TimerHandle, TimerSlot};
 use crate::listener::Listener;
 use crate::sock::{self, SockOp};
 use crate::transport::StreamTransportCore;
@@ -74,7 +74,11 @@ impl IoOwner {
 /// queued where asyncio would queue the fd's reader callback.
 pub enum Ready {
     Handle(Py<Handle>),
-    Io { owner: IoOwner, readable: bool, writable: bool },
+    Io {
+        owner: IoOwner,
+        readable: bool,
+        writable: bool,
+    },
     /// Send what a transport's `write()` calls collected during the iteration.
     Flush(Py<StreamTransportCore>),
 }
@@ -234,22 +238,44 @@ impl LoopCore {
     }
 
     #[pyo3(signature = (callback, *args, context=None))]
-    fn call_soon(slf: &Bound<'_, Self>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>, context: Option<Bound<'_, PyAny>>) -> PyResult<Py<Handle>> {
+    fn call_soon(
+        slf: &Bound<'_, Self>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+        context: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Py<Handle>> {
         scheduling::call_soon(slf, callback, args, context, "call_soon")
     }
 
     #[pyo3(signature = (callback, *args, context=None))]
-    fn call_soon_threadsafe(slf: &Bound<'_, Self>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>, context: Option<Bound<'_, PyAny>>) -> PyResult<Py<Handle>> {
+    fn call_soon_threadsafe(
+        slf: &Bound<'_, Self>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+        context: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Py<Handle>> {
         scheduling::call_soon_threadsafe(slf, callback, args, context)
     }
 
     #[pyo3(signature = (delay, callback, *args, context=None))]
-    fn call_later(slf: &Bound<'_, Self>, delay: Option<Bound<'_, PyAny>>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>, context: Option<Bound<'_, PyAny>>) -> PyResult<Py<TimerHandle>> {
+    fn call_later(
+        slf: &Bound<'_, Self>,
+        delay: Option<Bound<'_, PyAny>>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+        context: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Py<TimerHandle>> {
         scheduling::call_later(slf, delay, callback, args, context)
     }
 
     #[pyo3(signature = (when, callback, *args, context=None))]
-    fn call_at(slf: &Bound<'_, Self>, when: Option<Bound<'_, PyAny>>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>, context: Option<Bound<'_, PyAny>>) -> PyResult<Py<TimerHandle>> {
+    fn call_at(
+        slf: &Bound<'_, Self>,
+        when: Option<Bound<'_, PyAny>>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+        context: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Py<TimerHandle>> {
         scheduling::call_at(slf, when, callback, args, context)
     }
 
@@ -350,7 +376,12 @@ impl LoopCore {
     }
 
     #[pyo3(signature = (sock, buf, nbytes=None))]
-    fn sock_recvfrom_into(slf: &Bound<'_, Self>, sock: Bound<'_, PyAny>, buf: Bound<'_, PyAny>, nbytes: Option<Bound<'_, PyAny>>) -> PyResult<Py<SockOp>> {
+    fn sock_recvfrom_into(
+        slf: &Bound<'_, Self>,
+        sock: Bound<'_, PyAny>,
+        buf: Bound<'_, PyAny>,
+        nbytes: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Py<SockOp>> {
         let nbytes = nbytes.unwrap_or_else(|| 0u8.into_pyobject(slf.py()).expect("small int").into_any());
         sock::recvfrom_into(slf, sock, buf, nbytes)
     }
@@ -359,7 +390,12 @@ impl LoopCore {
         sock::sendall(slf, sock, data)
     }
 
-    fn sock_sendto(slf: &Bound<'_, Self>, sock: Bound<'_, PyAny>, data: Bound<'_, PyAny>, address: Bound<'_, PyAny>) -> PyResult<Py<SockOp>> {
+    fn sock_sendto(
+        slf: &Bound<'_, Self>,
+        sock: Bound<'_, PyAny>,
+        data: Bound<'_, PyAny>,
+        address: Bound<'_, PyAny>,
+    ) -> PyResult<Py<SockOp>> {
         sock::sendto(slf, sock, data, address)
     }
 
@@ -374,7 +410,14 @@ impl LoopCore {
     /// `offset`/`count` are kept as given: asyncio validates them at the first step,
     /// with messages that show the value (`offset=None` is a TypeError, not 0).
     #[pyo3(signature = (sock, file, offset=SockArg::Default, count=None, *, fallback=SockArg::Default))]
-    fn sock_sendfile(slf: &Bound<'_, Self>, sock: Bound<'_, PyAny>, file: Bound<'_, PyAny>, offset: SockArg<'_>, count: Option<Bound<'_, PyAny>>, fallback: SockArg<'_>) -> PyResult<Py<SockOp>> {
+    fn sock_sendfile(
+        slf: &Bound<'_, Self>,
+        sock: Bound<'_, PyAny>,
+        file: Bound<'_, PyAny>,
+        offset: SockArg<'_>,
+        count: Option<Bound<'_, PyAny>>,
+        fallback: SockArg<'_>,
+    ) -> PyResult<Py<SockOp>> {
         let py = slf.py();
         let offset = offset.or(|| 0u8.into_pyobject(py).expect("small int").into_any());
         let count = count.unwrap_or_else(|| py.None().into_bound(py));

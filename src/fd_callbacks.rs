@@ -22,10 +22,9 @@ pub enum Direction {
 pub fn fileobj_to_fd(obj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
     let fd: i64 = match obj.extract::<i64>() {
         Ok(fd) => fd,
-        Err(_) => obj
-            .call_method0("fileno")
-            .and_then(|f| f.extract::<i64>())
-            .map_err(|_| PyValueError::new_err(format!("Invalid file object: {}", obj.repr().map(|r| r.to_string()).unwrap_or_default())))?,
+        Err(_) => obj.call_method0("fileno").and_then(|f| f.extract::<i64>()).map_err(|_| {
+            PyValueError::new_err(format!("Invalid file object: {}", obj.repr().map(|r| r.to_string()).unwrap_or_default()))
+        })?,
     };
     if fd < 0 || fd > RawFd::MAX as i64 {
         return Err(PyValueError::new_err(format!("Invalid file descriptor: {fd}")));
@@ -64,7 +63,13 @@ pub fn ensure_fd_no_transport(slf: &Bound<'_, LoopCore>, fd: RawFd) -> PyResult<
     Ok(())
 }
 
-pub fn add(slf: &Bound<'_, LoopCore>, fileobj: &Bound<'_, PyAny>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>, dir: Direction) -> PyResult<()> {
+pub fn add(
+    slf: &Bound<'_, LoopCore>,
+    fileobj: &Bound<'_, PyAny>,
+    callback: Bound<'_, PyAny>,
+    args: Bound<'_, PyTuple>,
+    dir: Direction,
+) -> PyResult<()> {
     let fd = fileobj_to_fd(fileobj)?;
     add_fd(slf, fd, callback, args, dir)
 }

@@ -15,9 +15,9 @@ use pyo3::exceptions::PyRuntimeError;
 use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
 use pyo3::pyclass::CompareOp;
-use pyo3::PyTraverseError;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBool, PyFloat, PyTuple};
+use pyo3::PyTraverseError;
 
 use crate::gil_cell::GilCell;
 
@@ -54,8 +54,7 @@ impl Handle {
     /// to report; the loop decides what propagates.
     #[inline]
     pub fn run(&self, py: Python<'_>) -> PyResult<()> {
-        let Some((callback, args)) =
-            self.inner.with(py, |i| Some((i.callback.as_ref()?.clone_ref(py), i.args.as_ref()?.clone_ref(py))))
+        let Some((callback, args)) = self.inner.with(py, |i| Some((i.callback.as_ref()?.clone_ref(py), i.args.as_ref()?.clone_ref(py))))
         else {
             return Ok(()); // cancelled while queued
         };

@@ -74,13 +74,25 @@ impl Listener {
 #[pymethods]
 impl Listener {
     #[new]
-    fn new(py: Python<'_>, event_loop: Bound<'_, LoopCore>, sock: Bound<'_, PyAny>, on_accept: Bound<'_, PyAny>, on_error: Bound<'_, PyAny>, backlog: usize) -> PyResult<Self> {
+    fn new(
+        py: Python<'_>,
+        event_loop: Bound<'_, LoopCore>,
+        sock: Bound<'_, PyAny>,
+        on_accept: Bound<'_, PyAny>,
+        on_error: Bound<'_, PyAny>,
+        backlog: usize,
+    ) -> PyResult<Self> {
         let fd: RawFd = sock.call_method0(intern!(py, "fileno"))?.extract()?;
         Ok(Listener {
             fd,
             event_loop: event_loop.unbind(),
             backlog,
-            inner: GilCell::new(ListenerInner { sock: Some(sock.unbind()), on_accept: Some(on_accept.unbind()), on_error: Some(on_error.unbind()), registered: false }),
+            inner: GilCell::new(ListenerInner {
+                sock: Some(sock.unbind()),
+                on_accept: Some(on_accept.unbind()),
+                on_error: Some(on_error.unbind()),
+                registered: false,
+            }),
         })
     }
 

@@ -34,7 +34,14 @@ pub fn context_or_copy(py: Python<'_>, context: Option<Bound<'_, PyAny>>) -> PyR
 pub const HANDLE_STACK_DEPTH: usize = 8;
 pub const CALL_LATER_STACK_DEPTH: usize = 7;
 
-fn check_and_trace(core: &LoopCore, py: Python<'_>, callback: &Bound<'_, PyAny>, method: &str, threadsafe: bool, depth: usize) -> PyResult<Option<Py<PyAny>>> {
+fn check_and_trace(
+    core: &LoopCore,
+    py: Python<'_>,
+    callback: &Bound<'_, PyAny>,
+    method: &str,
+    threadsafe: bool,
+    depth: usize,
+) -> PyResult<Option<Py<PyAny>>> {
     let (closed, debug) = core.state.with(py, |s| (s.closed, s.debug));
     if closed {
         return Err(closed_error());
@@ -58,10 +65,7 @@ fn check_callback(py: Python<'_>, callback: &Bound<'_, PyAny>, method: &str) -> 
         return Err(PyTypeError::new_err(format!("coroutines cannot be used with {method}()")));
     }
     if !callback.is_callable() {
-        return Err(PyTypeError::new_err(format!(
-            "a callable object was expected by {method}(), got {}",
-            callback.repr()?
-        )));
+        return Err(PyTypeError::new_err(format!("a callable object was expected by {method}(), got {}", callback.repr()?)));
     }
     Ok(())
 }
@@ -82,9 +86,9 @@ pub fn current_thread_id() -> u64 {
 
 pub fn check_thread(core: &LoopCore, py: Python<'_>) -> PyResult<()> {
     match core.state.with(py, |s| s.thread_id) {
-        Some(id) if id != current_thread_id() => Err(PyRuntimeError::new_err(
-            "Non-thread-safe operation invoked on an event loop other than the current one",
-        )),
+        Some(id) if id != current_thread_id() => {
+            Err(PyRuntimeError::new_err("Non-thread-safe operation invoked on an event loop other than the current one"))
+        }
         _ => Ok(()),
     }
 }
@@ -98,7 +102,13 @@ pub fn push_ready(core: &LoopCore, py: Python<'_>, handle: Handle) -> PyResult<P
     Ok(handle)
 }
 
-pub fn call_soon(slf: &Bound<'_, LoopCore>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>, context: Option<Bound<'_, PyAny>>, method: &str) -> PyResult<Py<Handle>> {
+pub fn call_soon(
+    slf: &Bound<'_, LoopCore>,
+    callback: Bound<'_, PyAny>,
+    args: Bound<'_, PyTuple>,
+    context: Option<Bound<'_, PyAny>>,
+    method: &str,
+) -> PyResult<Py<Handle>> {
     let py = slf.py();
     let core = slf.get();
     let tb = check_and_trace(core, py, &callback, method, false, HANDLE_STACK_DEPTH)?;
@@ -106,7 +116,12 @@ pub fn call_soon(slf: &Bound<'_, LoopCore>, callback: Bound<'_, PyAny>, args: Bo
     push_ready(core, py, Handle::new(callback.unbind(), args.unbind(), ctx, tb))
 }
 
-pub fn call_soon_threadsafe(slf: &Bound<'_, LoopCore>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>, context: Option<Bound<'_, PyAny>>) -> PyResult<Py<Handle>> {
+pub fn call_soon_threadsafe(
+    slf: &Bound<'_, LoopCore>,
+    callback: Bound<'_, PyAny>,
+    args: Bound<'_, PyTuple>,
+    context: Option<Bound<'_, PyAny>>,
+) -> PyResult<Py<Handle>> {
     let py = slf.py();
     let core = slf.get();
     let tb = check_and_trace(core, py, &callback, "call_soon_threadsafe", true, HANDLE_STACK_DEPTH)?;
@@ -120,7 +135,13 @@ pub fn call_soon_threadsafe(slf: &Bound<'_, LoopCore>, callback: Bound<'_, PyAny
 /// so a bad delay fails exactly as in asyncio (`TypeError: unsupported operand
 /// type(s) for +: 'float' and 'str'`, `OverflowError` for a huge int). Callback
 /// errors in debug mode name `call_at`, which asyncio's `call_later` delegates to.
-pub fn call_later(slf: &Bound<'_, LoopCore>, delay: Option<Bound<'_, PyAny>>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>, context: Option<Bound<'_, PyAny>>) -> PyResult<Py<TimerHandle>> {
+pub fn call_later(
+    slf: &Bound<'_, LoopCore>,
+    delay: Option<Bound<'_, PyAny>>,
+    callback: Bound<'_, PyAny>,
+    args: Bound<'_, PyTuple>,
+    context: Option<Bound<'_, PyAny>>,
+) -> PyResult<Py<TimerHandle>> {
     let py = slf.py();
     let delay = delay.filter(|d| !d.is_none()).ok_or_else(|| PyTypeError::new_err("delay must not be None"))?;
     let now = slf.get().state.with(py, |s| s.now());
@@ -133,13 +154,27 @@ pub fn call_later(slf: &Bound<'_, LoopCore>, delay: Option<Bound<'_, PyAny>>, ca
 
 /// `call_at`: the deadline must be a real number (asyncio stores anything and fails
 /// later, inside the run loop; ferroloop fails here, with `float()`'s message).
-pub fn call_at(slf: &Bound<'_, LoopCore>, when: Option<Bound<'_, PyAny>>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>, context: Option<Bound<'_, PyAny>>) -> PyResult<Py<TimerHandle>> {
+pub fn call_at(
+    slf: &Bound<'_, LoopCore>,
+    when: Option<Bound<'_, PyAny>>,
+    callback: Bound<'_, PyAny>,
+    args: Bound<'_, PyTuple>,
+    context: Option<Bound<'_, PyAny>>,
+) -> PyResult<Py<TimerHandle>> {
     let when = when.filter(|w| !w.is_none()).ok_or_else(|| PyTypeError::new_err("when cannot be None"))?;
     let when = when.extract::<f64>()?;
     schedule_at(slf, when, callback, args, context, "call_at", HANDLE_STACK_DEPTH)
 }
 
-fn schedule_at(slf: &Bound<'_, LoopCore>, when: f64, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>, context: Option<Bound<'_, PyAny>>, method: &str, depth: usize) -> PyResult<Py<TimerHandle>> {
+fn schedule_at(
+    slf: &Bound<'_, LoopCore>,
+    when: f64,
+    callback: Bound<'_, PyAny>,
+    args: Bound<'_, PyTuple>,
+    context: Option<Bound<'_, PyAny>>,
+    method: &str,
+    depth: usize,
+) -> PyResult<Py<TimerHandle>> {
     let py = slf.py();
     let core = slf.get();
     let tb = check_and_trace(core, py, &callback, method, false, depth)?;

@@ -49,13 +49,27 @@ pub struct Sendfile {
 enum Phase {
     Init,
     /// `sendfile(2)` from `file_fd` at `pos`; `calls` counts the syscalls made.
-    Native { file_fd: RawFd, pos: u64, blocksize: u64, calls: u64 },
+    Native {
+        file_fd: RawFd,
+        pos: u64,
+        blocksize: u64,
+        calls: u64,
+    },
     /// The native phase found sendfile unusable; the fallback starts on the next step.
     ToFallback,
     /// Awaiting `file.readinto(view)` on the executor.
-    FallbackRead { buf: Py<PyAny>, view: Py<PyAny>, blocksize: u64 },
+    FallbackRead {
+        buf: Py<PyAny>,
+        view: Py<PyAny>,
+        blocksize: u64,
+    },
     /// Awaiting `sock_sendall(sock, view[:read])`.
-    FallbackSend { buf: Py<PyAny>, view: Py<PyAny>, blocksize: u64, read: u64 },
+    FallbackSend {
+        buf: Py<PyAny>,
+        view: Py<PyAny>,
+        blocksize: u64,
+        read: u64,
+    },
     Settled,
 }
 

@@ -31,7 +31,13 @@ pub fn watch_fd(core: &LoopCore, py: Python<'_>, fd: Option<RawFd>) -> PyResult<
 }
 
 /// Installs the handle run for each arrival of `sig`, replacing any previous one.
-pub fn set_handler(core: &LoopCore, py: Python<'_>, sig: i32, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>) -> PyResult<Py<Handle>> {
+pub fn set_handler(
+    core: &LoopCore,
+    py: Python<'_>,
+    sig: i32,
+    callback: Bound<'_, PyAny>,
+    args: Bound<'_, PyTuple>,
+) -> PyResult<Py<Handle>> {
     let ctx = crate::scheduling::context_or_copy(py, None)?;
     let handle = Py::new(py, Handle::new(callback.unbind(), args.unbind(), ctx, None))?;
     let stored = handle.clone_ref(py);

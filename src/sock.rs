@@ -32,7 +32,10 @@
 use std::os::fd::RawFd;
 
 use ferroloop_core::sockio;
-use pyo3::exceptions::{PyBaseException, PyBlockingIOError, PyInterruptedError, PyKeyboardInterrupt, PyOSError, PyRuntimeError, PyStopIteration, PySystemExit, PyTypeError, PyValueError};
+use pyo3::exceptions::{
+    PyBaseException, PyBlockingIOError, PyInterruptedError, PyKeyboardInterrupt, PyOSError, PyRuntimeError, PyStopIteration, PySystemExit,
+    PyTypeError, PyValueError,
+};
 use pyo3::gc::{PyTraverseError, PyVisit};
 use pyo3::intern;
 use pyo3::prelude::*;
@@ -70,15 +73,35 @@ pub enum Step {
 
 /// The operation and its arguments.
 pub enum Op {
-    Recv { n: Py<PyAny>, fast_n: usize },
-    RecvInto { buf: Py<PyAny> },
-    RecvFrom { bufsize: Py<PyAny> },
-    RecvFromInto { buf: Py<PyAny>, nbytes: Py<PyAny> },
+    Recv {
+        n: Py<PyAny>,
+        fast_n: usize,
+    },
+    RecvInto {
+        buf: Py<PyAny>,
+    },
+    RecvFrom {
+        bufsize: Py<PyAny>,
+    },
+    RecvFromInto {
+        buf: Py<PyAny>,
+        nbytes: Py<PyAny>,
+    },
     /// `view` (fast path) or `memview` (socket-method path) is taken once the first
     /// send did not take everything: it pins the data until the last byte is sent.
-    SendAll { data: Py<PyAny>, view: Option<BufView>, memview: Option<Py<PyAny>>, pos: usize },
-    SendTo { data: Py<PyAny>, address: Py<PyAny> },
-    Connect { address: Py<PyAny> },
+    SendAll {
+        data: Py<PyAny>,
+        view: Option<BufView>,
+        memview: Option<Py<PyAny>>,
+        pos: usize,
+    },
+    SendTo {
+        data: Py<PyAny>,
+        address: Py<PyAny>,
+    },
+    Connect {
+        address: Py<PyAny>,
+    },
     Accept,
     Sendfile(Box<Sendfile>),
     /// After `__clear__` (garbage collection broke a cycle through us).
@@ -92,10 +115,16 @@ pub enum Stage {
     Running,
     /// Waiting for the fd: our callback is registered (`registered`) and the awaiting
     /// task waits on `fut`, which the callback completes.
-    Io { fut: Py<PyAny>, dir: Direction, registered: bool },
+    Io {
+        fut: Py<PyAny>,
+        dir: Direction,
+        registered: bool,
+    },
     /// Awaiting another awaitable (name resolution, an executor read, a nested
     /// `sock_sendall`), whose iterator we drive as `yield from` would.
-    Delegate { iter: Py<PyAny> },
+    Delegate {
+        iter: Py<PyAny>,
+    },
     Done,
 }
 
@@ -131,7 +160,12 @@ pub fn recvfrom(slf: &Bound<'_, LoopCore>, sock: Bound<'_, PyAny>, bufsize: Boun
     new_op(slf, sock, Op::RecvFrom { bufsize: bufsize.unbind() }, "sock_recvfrom")
 }
 
-pub fn recvfrom_into(slf: &Bound<'_, LoopCore>, sock: Bound<'_, PyAny>, buf: Bound<'_, PyAny>, nbytes: Bound<'_, PyAny>) -> PyResult<Py<SockOp>> {
+pub fn recvfrom_into(
+    slf: &Bound<'_, LoopCore>,
+    sock: Bound<'_, PyAny>,
+    buf: Bound<'_, PyAny>,
+    nbytes: Bound<'_, PyAny>,
+) -> PyResult<Py<SockOp>> {
     new_op(slf, sock, Op::RecvFromInto { buf: buf.unbind(), nbytes: nbytes.unbind() }, "sock_recvfrom_into")
 }
 
@@ -139,7 +173,12 @@ pub fn sendall(slf: &Bound<'_, LoopCore>, sock: Bound<'_, PyAny>, data: Bound<'_
     new_op(slf, sock, Op::SendAll { data: data.unbind(), view: None, memview: None, pos: 0 }, "sock_sendall")
 }
 
-pub fn sendto(slf: &Bound<'_, LoopCore>, sock: Bound<'_, PyAny>, data: Bound<'_, PyAny>, address: Bound<'_, PyAny>) -> PyResult<Py<SockOp>> {
+pub fn sendto(
+    slf: &Bound<'_, LoopCore>,
+    sock: Bound<'_, PyAny>,
+    data: Bound<'_, PyAny>,
+    address: Bound<'_, PyAny>,
+) -> PyResult<Py<SockOp>> {
     new_op(slf, sock, Op::SendTo { data: data.unbind(), address: address.unbind() }, "sock_sendto")
 }
 
@@ -151,7 +190,14 @@ pub fn accept(slf: &Bound<'_, LoopCore>, sock: Bound<'_, PyAny>) -> PyResult<Py<
     new_op(slf, sock, Op::Accept, "sock_accept")
 }
 
-pub fn sendfile(slf: &Bound<'_, LoopCore>, sock: Bound<'_, PyAny>, file: Bound<'_, PyAny>, offset: Bound<'_, PyAny>, count: Bound<'_, PyAny>, fallback: Bound<'_, PyAny>) -> PyResult<Py<SockOp>> {
+pub fn sendfile(
+    slf: &Bound<'_, LoopCore>,
+    sock: Bound<'_, PyAny>,
+    file: Bound<'_, PyAny>,
+    offset: Bound<'_, PyAny>,
+    count: Bound<'_, PyAny>,
+    fallback: Bound<'_, PyAny>,
+) -> PyResult<Py<SockOp>> {
     let sf = Sendfile::new(file, offset, count, fallback);
     new_op(slf, sock, Op::Sendfile(Box::new(sf)), "sock_sendfile")
 }
@@ -247,7 +293,12 @@ fn stop_iteration(value: Py<PyAny>) -> PyErr {
 }
 
 /// Builds the exception `throw(typ, val, tb)` raises, with generators' rules.
-fn exception_from_throw(py: Python<'_>, typ: Bound<'_, PyAny>, val: Option<Bound<'_, PyAny>>, tb: Option<Bound<'_, PyAny>>) -> PyResult<PyErr> {
+fn exception_from_throw(
+    py: Python<'_>,
+    typ: Bound<'_, PyAny>,
+    val: Option<Bound<'_, PyAny>>,
+    tb: Option<Bound<'_, PyAny>>,
+) -> PyResult<PyErr> {
     let exc = if typ.is_instance_of::<PyBaseException>() {
         if val.as_ref().is_some_and(|v| !v.is_none()) {
             return Err(PyTypeError::new_err("instance exception may not have a separate value"));
@@ -642,7 +693,10 @@ impl SockOp {
             }
             Op::Connect { address } => {
                 if first {
-                    return method_attempt(py, sock.call_method1(intern!(py, "connect"), (address.bind(py),)).map(|_| py.None().into_bound(py)));
+                    return method_attempt(
+                        py,
+                        sock.call_method1(intern!(py, "connect"), (address.bind(py),)).map(|_| py.None().into_bound(py)),
+                    );
                 }
                 // asyncio's _sock_connect_cb: the outcome is in SO_ERROR.
                 match sockio::take_socket_error(self.fd) {
@@ -680,9 +734,8 @@ impl SockOp {
         let (stype, proto) = (sock.getattr(intern!(py, "type"))?, sock.getattr(intern!(py, "proto"))?);
         let head = address.get_item(slice(py, None, Some(2))?)?;
         let parts: Vec<Bound<'_, PyAny>> = head.try_iter()?.collect::<PyResult<_>>()?;
-        let [host, port] = <[Bound<'_, PyAny>; 2]>::try_from(parts).map_err(|p| {
-            PyValueError::new_err(format!("not enough values to unpack (expected 2, got {})", p.len()))
-        })?;
+        let [host, port] = <[Bound<'_, PyAny>; 2]>::try_from(parts)
+            .map_err(|p| PyValueError::new_err(format!("not enough values to unpack (expected 2, got {})", p.len())))?;
         let rest = address.get_item(slice(py, Some(2), None)?)?;
         let mut args = vec![host.clone(), port.clone(), family.into_pyobject(py)?.into_any(), stype.clone(), proto.clone()];
         args.extend(rest.try_iter()?.collect::<PyResult<Vec<_>>>()?);
@@ -844,7 +897,12 @@ impl SockOp {
     }
 
     #[pyo3(signature = (typ, val=None, tb=None))]
-    fn throw(slf: &Bound<'_, Self>, typ: Bound<'_, PyAny>, val: Option<Bound<'_, PyAny>>, tb: Option<Bound<'_, PyAny>>) -> PyResult<Py<PyAny>> {
+    fn throw(
+        slf: &Bound<'_, Self>,
+        typ: Bound<'_, PyAny>,
+        val: Option<Bound<'_, PyAny>>,
+        tb: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Py<PyAny>> {
         let err = exception_from_throw(slf.py(), typ, val, tb)?;
         let step = slf.try_borrow_mut()?.throw_in(slf.as_any(), err)?;
         match step {

@@ -453,9 +453,8 @@ impl StreamTransportCore {
             _ => Ok(()),
         };
         me.unregister(py);
-        let (sock, protocol, owner, server, waiter) = me.state.with(py, |s| {
-            (s.sock.take(), s.protocol.take(), s.owner.take(), s.server.take(), s.empty_waiter.take())
-        });
+        let (sock, protocol, owner, server, waiter) =
+            me.state.with(py, |s| (s.sock.take(), s.protocol.take(), s.owner.take(), s.server.take(), s.empty_waiter.take()));
         let close_result = match &sock {
             Some(sock) => sock.bind(py).call_method0(intern!(py, "close")).map(drop),
             None => Ok(()),
@@ -672,7 +671,14 @@ fn is_bytes_like(obj: &Bound<'_, PyAny>) -> bool {
 impl StreamTransportCore {
     #[new]
     #[pyo3(signature = (event_loop, sock, protocol, owner, server=None))]
-    fn new(py: Python<'_>, event_loop: Bound<'_, LoopCore>, sock: Bound<'_, PyAny>, protocol: Bound<'_, PyAny>, owner: Bound<'_, PyAny>, server: Option<Bound<'_, PyAny>>) -> PyResult<Self> {
+    fn new(
+        py: Python<'_>,
+        event_loop: Bound<'_, LoopCore>,
+        sock: Bound<'_, PyAny>,
+        protocol: Bound<'_, PyAny>,
+        owner: Bound<'_, PyAny>,
+        server: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Self> {
         let fd: RawFd = sock.call_method0(intern!(py, "fileno"))?.extract()?;
         let buffered = protocol.is_instance(buffered_protocol_type(py)?)?;
         Ok(StreamTransportCore {

@@ -16,8 +16,7 @@ use std::os::fd::RawFd;
 /// True for the errors after which asyncio waits for readiness and retries.
 #[inline]
 pub fn would_block(err: &io::Error) -> bool {
-    matches!(err.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EINTR))
-        || err.raw_os_error() == Some(libc::EWOULDBLOCK)
+    matches!(err.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EINTR)) || err.raw_os_error() == Some(libc::EWOULDBLOCK)
 }
 
 #[inline]

@@ -35,10 +35,7 @@ impl<T> Ord for Entry<T> {
     // BinaryHeap is a max-heap: reverse so the earliest deadline (then the oldest
     // insertion) is on top. Deadlines are never NaN (the loop rejects NaN).
     fn cmp(&self, other: &Self) -> Ordering {
-        other
-            .when
-            .total_cmp(&self.when)
-            .then_with(|| other.seq.cmp(&self.seq))
+        other.when.total_cmp(&self.when).then_with(|| other.seq.cmp(&self.seq))
     }
 }
 

@@ -122,12 +122,7 @@ impl WriteQueue {
 
     /// The pending bytes as slices, in order (the first possibly partly sent).
     pub fn slices(&self) -> Vec<&[u8]> {
-        self.chunks
-            .iter()
-            .enumerate()
-            .map(|(i, c)| if i == 0 { &c[self.head_sent..] } else { &c[..] })
-            .take(MAX_IOV)
-            .collect()
+        self.chunks.iter().enumerate().map(|(i, c)| if i == 0 { &c[self.head_sent..] } else { &c[..] }).take(MAX_IOV).collect()
     }
 
     /// Sends as much as the socket takes, until it would block or the queue is empty.
