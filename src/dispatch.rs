@@ -166,8 +166,15 @@ fn flush_deferred_writes(slf: &Bound<'_, LoopCore>, py: Python<'_>, debug: bool)
         if pending.is_empty() {
             return Ok(());
         }
-        for t in pending {
-            run_handle(slf, py, &Ready::Flush(t), debug)?;
+        let mut pending = pending.into_iter();
+        while let Some(t) = pending.next() {
+            if let Err(e) = run_handle(slf, py, &Ready::Flush(t), debug) {
+                // Leaving the loop: the transports not flushed yet stay queued (their
+                // `deferred` flag is still set, so nothing else would queue them).
+                let rest: Vec<_> = pending.collect();
+                slf.get().state.with(py, |s| s.deferred_flush.extend(rest));
+                return Err(e);
+            }
         }
     }
 }

@@ -33,11 +33,28 @@ struct ListenerInner {
 
 impl Listener {
     pub fn on_io(slf: &Bound<'_, Self>, readable: bool) -> PyResult<()> {
-        let py = slf.py();
-        let me = slf.get();
         if !readable {
             return Ok(());
         }
+        let py = slf.py();
+        let outcome = Self::accept_batch(slf, py);
+        // Unless the backlog is known to be empty, connections may still be waiting and
+        // no new edge will tell us: look again next iteration (also after an error, so
+        // one failed accept does not strand the ones behind it).
+        if !matches!(outcome, Ok(false)) {
+            slf.get().event_loop.get().state.with(py, |s| {
+                if !s.closed {
+                    s.ready.push_back(Ready::Io { owner: IoOwner::Listener(slf.clone().unbind()), readable: true, writable: false });
+                }
+            });
+        }
+        outcome.map(drop)
+    }
+
+    /// Accepts up to `backlog` connections; `Ok(false)` once the backlog is empty or
+    /// the listener stopped.
+    fn accept_batch(slf: &Bound<'_, Self>, py: Python<'_>) -> PyResult<bool> {
+        let me = slf.get();
         for _ in 0..me.backlog.max(1) {
             let Some((sock, on_accept, on_error)) = me.inner.with(py, |i| {
                 if !i.registered {
@@ -45,29 +62,24 @@ impl Listener {
                 }
                 Some((i.sock.as_ref()?.clone_ref(py), i.on_accept.as_ref()?.clone_ref(py), i.on_error.as_ref()?.clone_ref(py)))
             }) else {
-                return Ok(());
+                return Ok(false);
             };
             match sock.bind(py).call_method0(intern!(py, "accept")) {
                 Ok(pair) => {
                     let (conn, addr) = (pair.get_item(0)?, pair.get_item(1)?);
                     on_accept.bind(py).call1((conn, addr))?;
                 }
-                Err(e) if e.is_instance_of::<PyBlockingIOError>(py) || e.is_instance_of::<PyInterruptedError>(py) => return Ok(()),
+                Err(e) if e.is_instance_of::<PyBlockingIOError>(py) || e.is_instance_of::<PyInterruptedError>(py) => return Ok(false),
                 Err(e) if e.is_instance_of::<PyConnectionAbortedError>(py) => continue,
                 Err(e) if e.is_instance_of::<PySystemExit>(py) || e.is_instance_of::<PyKeyboardInterrupt>(py) => return Err(e),
                 Err(e) => {
+                    // Reported (and accepting paused, for fd exhaustion) by the server.
                     on_error.bind(py).call1((e.into_value(py),))?;
-                    return Ok(());
+                    return Ok(true);
                 }
             }
         }
-        // `backlog` connections and maybe more waiting: no new edge will tell us.
-        me.event_loop.get().state.with(py, |s| {
-            if !s.closed {
-                s.ready.push_back(Ready::Io { owner: IoOwner::Listener(slf.clone().unbind()), readable: true, writable: false });
-            }
-        });
-        Ok(())
+        Ok(true)
     }
 }
 

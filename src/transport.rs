@@ -326,11 +326,12 @@ impl StreamTransportCore {
                 }
                 Ok(())
             }
-            Ok((n, empty)) => {
+            Ok((n, _)) => {
                 if n > 0 {
                     Self::maybe_resume_protocol(slf)?;
                 }
-                if empty {
+                // Asked again: resume_writing() may have written more.
+                if me.state.with(py, |s| s.wq.is_empty()) {
                     Self::on_drained(slf)?;
                 }
                 Ok(())

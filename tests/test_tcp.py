@@ -1213,3 +1213,80 @@ def test_writes_outside_the_running_loop_are_sent(loop):
         server.close()
     run(loop, finish())
     assert bytes(sinks[0].data) == b'written while the loop is stopped'
+
+
+def test_data_written_by_resume_writing_after_close_is_sent(loop):
+    """close() waits for the buffer to drain; what resume_writing() writes on the
+    way is part of that buffer (ferroloop once dropped it)."""
+    big = payload(8 * MiB)
+    paused = loop.create_future()
+
+    class Writer(asyncio.Protocol):
+        def connection_made(self, transport):
+            self.transport = transport
+            transport.set_write_buffer_limits(high=256 * 1024, low=0)
+            transport.write(big)
+            transport.close()
+
+        def pause_writing(self):
+            if not paused.done():
+                paused.set_result(None)
+
+        def resume_writing(self):
+            self.transport.write(b'TAIL')
+
+    async def main():
+        server = await loop.create_server(Writer, '127.0.0.1', 0)
+        client = socket.socket()
+        client.setblocking(False)
+        try:
+            await loop.sock_connect(client, server.sockets[0].getsockname())
+            await paused  # the server's buffer is full: the reader starts now
+            got = bytearray()
+            while data := await loop.sock_recv(client, MiB):
+                got += data
+        finally:
+            client.close()
+            server.close()
+        assert len(got) == len(big) + 4
+        assert got.endswith(b'TAIL')
+    run(loop, main())
+
+
+def test_a_failed_accept_does_not_strand_waiting_connections(loop):
+    class FlakyListener(socket.socket):
+        failures = 2
+
+        def accept(self):
+            if FlakyListener.failures:
+                FlakyListener.failures -= 1
+                raise OSError(errno.EPROTO, 'Protocol error')
+            return super().accept()
+
+    async def main():
+        accepted = []
+        all_in = loop.create_future()
+
+        class Count(asyncio.Protocol):
+            def connection_made(self, transport):
+                accepted.append(transport)
+                if len(accepted) == 5 and not all_in.done():
+                    all_in.set_result(None)
+
+        listener = FlakyListener(socket.AF_INET, socket.SOCK_STREAM)
+        listener.bind(('127.0.0.1', 0))
+        server = await loop.create_server(Count, sock=listener, start_serving=False)
+        listener.listen(100)
+        clients = [socket.create_connection(listener.getsockname()) for _ in range(5)]
+        try:
+            await server.start_serving()
+            await all_in  # all five, though the first two accept() calls failed
+        finally:
+            for c in clients:
+                c.close()
+            for t in accepted:
+                t.close()
+            server.close()
+            await server.wait_closed()
+        assert [type(ctx.get('exception')) for ctx in loop.errors] == [OSError, OSError]
+    run(loop, main())
