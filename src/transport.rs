@@ -345,7 +345,11 @@ impl StreamTransportCore {
         let py = slf.py();
         let me = slf.get();
         if let Some(w) = me.state.with(py, |s| s.empty_waiter.as_ref().map(|w| w.clone_ref(py))) {
-            w.bind(py).call_method1(intern!(py, "set_result"), (py.None(),))?;
+            // The sendfile waiting on it may have been cancelled meanwhile: the close
+            // or write_eof below must happen all the same.
+            if !w.bind(py).call_method0(intern!(py, "done"))?.is_truthy()? {
+                w.bind(py).call_method1(intern!(py, "set_result"), (py.None(),))?;
+            }
         }
         let (closing, eof, conn_lost) = me.state.with(py, |s| (s.closing, s.eof, s.conn_lost));
         if closing {

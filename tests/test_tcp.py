@@ -1290,3 +1290,50 @@ def test_a_failed_accept_does_not_strand_waiting_connections(loop):
             await server.wait_closed()
         assert [type(ctx.get('exception')) for ctx in loop.errors] == [OSError, OSError]
     run(loop, main())
+
+
+def test_cancelled_sendfile_leaves_a_working_transport():
+    """ferroloop only: asyncio's transport stays stuck after a sendfile cancelled
+    while the write buffer drains (writes refused, close() never completing)."""
+    import ferroloop
+    loop = ferroloop.new_event_loop()
+
+    async def main():
+        made = loop.create_future()
+        lost = loop.create_future()
+
+        class Server(asyncio.Protocol):
+            def connection_made(self, transport):
+                made.set_result(transport)
+
+            def connection_lost(self, exc):
+                lost.set_result(exc)
+
+        server = await loop.create_server(Server, '127.0.0.1', 0)
+        client = socket.socket()
+        client.setblocking(False)
+        await loop.sock_connect(client, server.sockets[0].getsockname())
+        transport = await made
+        transport.write(b'x' * (32 * MiB))  # more than the socket buffers take
+        with tempfile.TemporaryFile() as f:
+            f.write(b'y' * 1000)
+            f.flush()
+            task = loop.create_task(loop.sendfile(transport, f))
+            await yield_n(3)  # sendfile is now waiting for the buffer to drain
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        transport.write(b'z')  # accepted again
+        transport.close()
+        received = 0
+        while data := await loop.sock_recv(client, MiB):
+            received += len(data)
+        client.close()
+        assert await lost is None
+        assert received == 32 * MiB + 1
+        server.close()
+        await server.wait_closed()
+    try:
+        run(loop, main())
+    finally:
+        loop.close()

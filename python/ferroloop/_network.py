@@ -467,12 +467,18 @@ class NetworkMixin:
             raise exceptions.SendfileNotAvailableError('sendfile syscall is not supported')
         resume_reading = transp.is_reading()
         transp.pause_reading()
-        await transp._make_empty_waiter()
-        core._detach_fd()
+        detached = False
         try:
+            # Inside the try: a cancellation while the buffer drains must still
+            # reset the waiter and resume reading (asyncio leaves the transport
+            # stuck: writes refused, close() never completing).
+            await transp._make_empty_waiter()
+            core._detach_fd()
+            detached = True
             return await self.sock_sendfile(transp._sock, file, offset, count, fallback=False)
         finally:
-            core._reattach_fd()
+            if detached:
+                core._reattach_fd()
             transp._reset_empty_waiter()
             if resume_reading:
                 transp.resume_reading()
