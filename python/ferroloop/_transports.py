@@ -15,7 +15,6 @@ slot read and one call into Rust, with no Python frame. It subclasses
 
 import errno
 import os
-import socket
 import warnings
 
 from asyncio import constants, events, exceptions, futures, tasks, transports, trsock
@@ -35,36 +34,39 @@ _CORE_METHODS = (
 _ACCEPT_RESOURCE_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 
-class _StreamTransport(transports._FlowControlMixin):
-    __slots__ = ('_core', '_server', '__weakref__') + _CORE_METHODS
+def _name_or_none(query):
+    try:
+        return query()
+    except OSError:
+        return None
 
-    _start_tls_compatible = True
-    _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
 
-    def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None):
+class _CoreTransport(transports._FlowControlMixin):
+    """What the stream and datagram transports share: the socket's extra info, a
+    Rust core whose methods (``CORE_METHODS``) are stored in slots, the start-up
+    order asyncio uses, and the private attributes, repr and unclosed-transport
+    warning asyncio's selector transports have."""
+    __slots__ = ('_core', '__weakref__')
+    CORE_METHODS = ()
+
+    def _init_extra(self, loop, sock, extra):
+        """asyncio's extra info: the socket, its name, and the peer's unless given."""
         transports.BaseTransport.__init__(self, extra)
-        self._extra['socket'] = trsock.TransportSocket(sock)
-        try:
-            self._extra['sockname'] = sock.getsockname()
-        except OSError:
-            self._extra['sockname'] = None
-        if 'peername' not in self._extra:
-            try:
-                self._extra['peername'] = sock.getpeername()
-            except OSError:
-                self._extra['peername'] = None
         self._loop = loop
-        self._server = server
-        core = StreamTransportCore(loop, sock, protocol, self, server)
+        self._extra['socket'] = trsock.TransportSocket(sock)
+        self._extra['sockname'] = _name_or_none(sock.getsockname)
+        if 'peername' not in self._extra:
+            self._extra['peername'] = _name_or_none(sock.getpeername)
+
+    def _start(self, core, protocol, waiter):
+        """Registers ``core`` with the loop, then queues ``connection_made``; reading
+        starts after it has run, as in asyncio."""
+        loop = self._loop
         self._core = core
-        for name in _CORE_METHODS:
+        for name in self.CORE_METHODS:
             setattr(self, name, getattr(core, name))
-        _set_nodelay(sock)
         core._register()
-        if server is not None:
-            server._attach(self)
         loop.call_soon(protocol.connection_made, self)
-        # Reading starts once connection_made() has run, as in asyncio.
         loop.call_soon(core._start_reading)
         if waiter is not None:
             loop.call_soon(futures._set_result_unless_cancelled, waiter, None)
@@ -97,10 +99,6 @@ class _StreamTransport(transports._FlowControlMixin):
     def _paused(self):
         return self._core._paused
 
-    @property
-    def _empty_waiter(self):
-        return self._core._empty_waiter
-
     def _get_write_buffer_size(self):
         return self._core.get_write_buffer_size()
 
@@ -128,6 +126,26 @@ class _StreamTransport(transports._FlowControlMixin):
             _warn(f'unclosed transport {self!r}', ResourceWarning, source=self)
             self._core._detach_fd()
             sock.close()
+
+
+class _StreamTransport(_CoreTransport):
+    CORE_METHODS = _CORE_METHODS
+    __slots__ = ('_server',) + CORE_METHODS
+
+    _start_tls_compatible = True
+    _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
+
+    def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None):
+        self._init_extra(loop, sock, extra)
+        self._server = server
+        _set_nodelay(sock)
+        self._start(StreamTransportCore(loop, sock, protocol, self, server), protocol, waiter)
+        if server is not None:
+            server._attach(self)
+
+    @property
+    def _empty_waiter(self):
+        return self._core._empty_waiter
 
 
 def make_listener(loop, sock, server, backlog):

@@ -12,10 +12,11 @@ import stat
 import sys
 import warnings
 
-from asyncio import base_events, futures, transports, trsock
+from asyncio import base_events, transports
 from asyncio.log import logger
 
 from ._ferroloop import DatagramTransportCore
+from ._transports import _CoreTransport
 
 _CORE_METHODS = (
     'sendto', 'close', 'abort', 'is_closing', 'is_reading', 'pause_reading',
@@ -27,95 +28,21 @@ _CORE_METHODS = (
 _PY313 = sys.version_info >= (3, 13)
 
 
-class _DatagramTransport(transports._FlowControlMixin, transports.DatagramTransport):
-    __slots__ = ('_core', '__weakref__') + _CORE_METHODS
+class _DatagramTransport(_CoreTransport, transports.DatagramTransport):
+    CORE_METHODS = _CORE_METHODS
+    __slots__ = CORE_METHODS
 
     max_size = 256 * 1024
 
     def __init__(self, loop, sock, protocol, address=None, waiter=None, extra=None):
-        transports.BaseTransport.__init__(self, extra)
-        self._extra['socket'] = trsock.TransportSocket(sock)
-        try:
-            self._extra['sockname'] = sock.getsockname()
-        except OSError:
-            self._extra['sockname'] = None
-        if 'peername' not in self._extra:
-            try:
-                self._extra['peername'] = sock.getpeername()
-            except OSError:
-                self._extra['peername'] = None
-        self._loop = loop
+        self._init_extra(loop, sock, extra)
         core = DatagramTransportCore(loop, sock, protocol, self, address,
                                      bool(self._extra['peername']), _PY313, 8 if _PY313 else 0)
-        self._core = core
-        for name in _CORE_METHODS:
-            setattr(self, name, getattr(core, name))
-        core._register()
-        loop.call_soon(protocol.connection_made, self)
-        # Reading starts once connection_made() has run, as in asyncio.
-        loop.call_soon(core._start_reading)
-        if waiter is not None:
-            loop.call_soon(futures._set_result_unless_cancelled, waiter, None)
-
-    @property
-    def _sock(self):
-        return self._core._sock
-
-    @property
-    def _sock_fd(self):
-        return self._core._sock_fd
+        self._start(core, protocol, waiter)
 
     @property
     def _address(self):
         return self._core._address
-
-    @property
-    def _protocol(self):
-        return self._core.get_protocol()
-
-    @property
-    def _protocol_paused(self):
-        return self._core._protocol_paused
-
-    @property
-    def _closing(self):
-        return self._core._closing
-
-    @property
-    def _conn_lost(self):
-        return self._core._conn_lost
-
-    @property
-    def _paused(self):
-        return self._core._paused
-
-    def _get_write_buffer_size(self):
-        return self._core.get_write_buffer_size()
-
-    def __repr__(self):
-        core = self._core
-        info = [type(self).__name__]
-        sock = core._sock
-        if sock is None:
-            info.append('closed')
-        elif core._closing:
-            info.append('closing')
-        info.append(f'fd={core._sock_fd}')
-        if sock is not None and not self._loop.is_closed():
-            info.append('read=polling' if core._reader_active else 'read=idle')
-            bufsize = core.get_write_buffer_size()
-            info.append(f"write=<{'polling' if bufsize else 'idle'}, bufsize={bufsize}>")
-        return '<{}>'.format(' '.join(info))
-
-    def __del__(self, _warn=warnings.warn):
-        try:
-            sock = self._core._sock
-        except AttributeError:
-            return
-        if sock is not None:
-            _warn(f'unclosed transport {self!r}', ResourceWarning, source=self)
-            self._core._detach_fd()
-            sock.close()
 
 
 _unset = object()
