@@ -10,6 +10,7 @@ mod buffer;
 mod dispatch;
 mod event_loop;
 mod fd_callbacks;
+mod flow_control;
 mod gil_cell;
 mod handles;
 mod listener;

@@ -33,8 +33,7 @@ use std::os::fd::RawFd;
 
 use ferroloop_core::sockio;
 use pyo3::exceptions::{
-    PyBaseException, PyBlockingIOError, PyInterruptedError, PyKeyboardInterrupt, PyOSError, PyRuntimeError, PyStopIteration, PySystemExit,
-    PyTypeError, PyValueError,
+    PyBaseException, PyBlockingIOError, PyInterruptedError, PyOSError, PyRuntimeError, PyStopIteration, PyTypeError, PyValueError,
 };
 use pyo3::gc::{PyTraverseError, PyVisit};
 use pyo3::intern;
@@ -45,6 +44,7 @@ use pyo3::types::{PyBytes, PySlice, PyTuple, PyType};
 use crate::buffer::BufView;
 use crate::event_loop::LoopCore;
 use crate::fd_callbacks::{self, Direction};
+use crate::flow_control::is_fatal;
 use crate::gil_cell::GilCell;
 use crate::sendfile::Sendfile;
 
@@ -356,10 +356,6 @@ fn iter_throw(py: Python<'_>, iter: &Bound<'_, PyAny>, err: PyErr) -> PyResult<S
         Err(e) if e.is_instance_of::<PyStopIteration>(py) => Ok(Sent::Return(e.value(py).getattr(intern!(py, "value"))?.unbind())),
         Err(e) => Err(e),
     }
-}
-
-fn is_fatal(py: Python<'_>, err: &PyErr) -> bool {
-    err.is_instance_of::<PySystemExit>(py) || err.is_instance_of::<PyKeyboardInterrupt>(py)
 }
 
 // ----- the syscalls of the fast path -----------------------------------------------

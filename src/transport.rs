@@ -33,7 +33,7 @@ use std::os::fd::RawFd;
 
 use ferroloop_core::sockio;
 use ferroloop_core::writebuf::{self, WriteQueue};
-use pyo3::exceptions::{PyKeyboardInterrupt, PyOSError, PyRuntimeError, PySystemExit, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyOSError, PyRuntimeError, PyTypeError};
 use pyo3::gc::{PyTraverseError, PyVisit};
 use pyo3::intern;
 use pyo3::prelude::*;
@@ -42,6 +42,7 @@ use pyo3::types::{PyByteArray, PyBytes, PyDict, PyList, PyMemoryView, PyTuple};
 
 use crate::buffer::BufView;
 use crate::event_loop::{IoOwner, LoopCore, Ready};
+use crate::flow_control::{self, is_fatal, logger};
 use crate::gil_cell::GilCell;
 use crate::sock::os_error;
 
@@ -132,15 +133,6 @@ pub struct StreamTransportCore {
     fd: RawFd,
     event_loop: Py<LoopCore>,
     state: GilCell<TransportState>,
-}
-
-fn is_fatal(py: Python<'_>, err: &PyErr) -> bool {
-    err.is_instance_of::<PySystemExit>(py) || err.is_instance_of::<PyKeyboardInterrupt>(py)
-}
-
-fn logger(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
-    static LOGGER: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-    LOGGER.import(py, "asyncio.log", "logger")
 }
 
 fn buffered_protocol_type(py: Python<'_>) -> PyResult<&Bound<'_, pyo3::types::PyType>> {
@@ -474,54 +466,24 @@ impl StreamTransportCore {
 
     fn maybe_pause_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
-        let me = slf.get();
-        let pause = me.state.with(py, |s| {
-            if s.wq.len() <= s.high || s.protocol_paused {
-                return false;
-            }
-            s.protocol_paused = true;
-            true
-        });
+        let pause = slf.get().state.with(py, |s| flow_control::should_pause(s.wq.len(), s.high, &mut s.protocol_paused));
         if pause {
-            let protocol = me.protocol(py);
-            if let Err(e) = protocol.bind(py).call_method0(intern!(py, "pause_writing")) {
-                me.flow_control_failed(py, e, "protocol.pause_writing() failed")?;
-            }
+            slf.get().tell_protocol(py, intern!(py, "pause_writing"))?;
         }
         Ok(())
     }
 
     fn maybe_resume_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
-        let me = slf.get();
-        let resume = me.state.with(py, |s| {
-            if s.protocol_paused && s.wq.len() <= s.low {
-                s.protocol_paused = false;
-                true
-            } else {
-                false
-            }
-        });
+        let resume = slf.get().state.with(py, |s| flow_control::should_resume(s.wq.len(), s.low, &mut s.protocol_paused));
         if resume {
-            let protocol = me.protocol(py);
-            if let Err(e) = protocol.bind(py).call_method0(intern!(py, "resume_writing")) {
-                me.flow_control_failed(py, e, "protocol.resume_writing() failed")?;
-            }
+            slf.get().tell_protocol(py, intern!(py, "resume_writing"))?;
         }
         Ok(())
     }
 
-    fn flow_control_failed(&self, py: Python<'_>, err: PyErr, message: &str) -> PyResult<()> {
-        if is_fatal(py, &err) {
-            return Err(err);
-        }
-        let ctx = PyDict::new(py);
-        ctx.set_item("message", message)?;
-        ctx.set_item("exception", err.value(py))?;
-        ctx.set_item("transport", self.owner(py))?;
-        ctx.set_item("protocol", self.protocol(py))?;
-        self.loop_any(py).call_method1(intern!(py, "call_exception_handler"), (ctx,))?;
-        Ok(())
+    fn tell_protocol(&self, py: Python<'_>, method: &Bound<'_, pyo3::types::PyString>) -> PyResult<()> {
+        flow_control::tell_protocol(py, &self.loop_any(py), self.owner(py), self.protocol(py), method)
     }
 
     /// The checks `write()` makes before anything is sent; `Ok(false)`: drop the
@@ -895,19 +857,11 @@ impl StreamTransportCore {
 
     #[pyo3(signature = (high=None, low=None))]
     fn set_write_buffer_limits(slf: &Bound<'_, Self>, high: Option<i64>, low: Option<i64>) -> PyResult<()> {
-        let high = match (high, low) {
-            (Some(h), _) => h,
-            (None, None) => 64 * 1024,
-            (None, Some(l)) => 4 * l,
-        };
-        let low = low.unwrap_or(high / 4);
-        if !(high >= low && low >= 0) {
-            return Err(PyValueError::new_err(format!("high ({high}) must be >= low ({low}) must be >= 0")));
-        }
+        let (high, low) = flow_control::water_marks(high, low)?;
         Self::flush_deferred(slf)?;
         slf.get().state.with(slf.py(), |s| {
-            s.high = high as usize;
-            s.low = low as usize;
+            s.high = high;
+            s.low = low;
         });
         Self::maybe_pause_protocol(slf)
     }
