@@ -118,7 +118,7 @@ impl Listener {
         }
         let fd = me.fd;
         let replaced = me.event_loop.get().state.with(py, |s| {
-            let replaced = s.register_owner(fd, IoOwner::Listener(slf.clone().unbind()), false)?;
+            let replaced = s.register_owner(fd, IoOwner::Listener(slf.clone().unbind()), true, false)?;
             // A connection may already be waiting: try accepting at once.
             s.ready.push_back(Ready::Io { owner: IoOwner::Listener(slf.clone().unbind()), readable: true, writable: false });
             Ok::<_, PyErr>(replaced)

@@ -514,7 +514,7 @@ impl DatagramTransportCore {
         let py = slf.py();
         let me = slf.get();
         let fd = me.fd;
-        let replaced = me.event_loop.get().state.with(py, |s| s.register_owner(fd, IoOwner::Datagram(slf.clone().unbind()), true))?;
+        let replaced = me.event_loop.get().state.with(py, |s| s.register_owner(fd, IoOwner::Datagram(slf.clone().unbind()), true, true))?;
         me.state.with(py, |s| s.registered = true);
         drop(replaced);
         Ok(())
