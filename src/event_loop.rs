@@ -180,6 +180,14 @@ impl LoopState {
 }
 
 impl LoopCore {
+    /// Stops watching an fd a Rust object owns, if `is_ours` still recognises the
+    /// owner (the number may belong to a new file by now); what is released is
+    /// dropped outside the state borrow.
+    pub fn release_owned(&self, py: Python<'_>, fd: RawFd, is_ours: impl Fn(&IoOwner) -> bool) {
+        let removed = self.state.with(py, |s| s.release_owner(fd, is_ours));
+        drop(removed);
+    }
+
     /// Raises asyncio's "Event loop is closed" if it is.
     pub fn check_closed(&self, py: Python<'_>) -> PyResult<()> {
         if self.state.with(py, |s| s.closed) {

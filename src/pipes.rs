@@ -127,12 +127,7 @@ impl PipeTransportCore {
         if !self.state.with(py, |s| std::mem::replace(&mut s.registered, false)) {
             return;
         }
-        let removed = self
-            .event_loop
-            .get()
-            .state
-            .with(py, |s| s.release_owner(self.fd, |o| matches!(o, IoOwner::Pipe(t) if std::ptr::eq(t.get(), self))));
-        drop(removed);
+        self.event_loop.get().release_owned(py, self.fd, |o| matches!(o, IoOwner::Pipe(t) if std::ptr::eq(t.get(), self)));
     }
 
     pub fn on_io(slf: &Bound<'_, Self>, readable: bool, writable: bool) -> PyResult<()> {
@@ -234,7 +229,7 @@ impl PipeTransportCore {
                 if !me.state.with(py, |s| s.wq.is_empty()) {
                     return Ok(());
                 }
-                Self::maybe_resume_protocol(slf)?;
+                Self::tell_flow(slf, false)?;
                 // Closing (write_eof) waited for the queue to drain.
                 let finish = me.state.with(py, |s| s.closing && !std::mem::replace(&mut s.lost, true));
                 if finish {
@@ -305,20 +300,21 @@ impl PipeTransportCore {
         result.and(closed)
     }
 
-    fn maybe_pause_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
+    /// `pause_writing()` (`pause`) once the queue went above the high-water mark,
+    /// or `resume_writing()` once it went down to the low one.
+    fn tell_flow(slf: &Bound<'_, Self>, pause: bool) -> PyResult<()> {
         let py = slf.py();
         let me = slf.get();
-        if me.state.with(py, |s| flow_control::should_pause(s.wq.len(), s.high, &mut s.protocol_paused)) {
-            flow_control::tell_protocol(py, me.event_loop.bind(py).as_any(), me.owner(py), me.protocol(py), intern!(py, "pause_writing"))?;
-        }
-        Ok(())
-    }
-
-    fn maybe_resume_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
-        let me = slf.get();
-        if me.state.with(py, |s| flow_control::should_resume(s.wq.len(), s.low, &mut s.protocol_paused)) {
-            flow_control::tell_protocol(py, me.event_loop.bind(py).as_any(), me.owner(py), me.protocol(py), intern!(py, "resume_writing"))?;
+        let crossed = me.state.with(py, |s| {
+            if pause {
+                flow_control::should_pause(s.wq.len(), s.high, &mut s.protocol_paused)
+            } else {
+                flow_control::should_resume(s.wq.len(), s.low, &mut s.protocol_paused)
+            }
+        });
+        if crossed {
+            let method = if pause { intern!(py, "pause_writing") } else { intern!(py, "resume_writing") };
+            flow_control::tell_protocol(py, me.event_loop.bind(py).as_any(), me.owner(py), me.protocol(py), method)?;
         }
         Ok(())
     }
@@ -389,45 +385,22 @@ impl PipeTransportCore {
         self.state.with(py, |s| s.closing)
     }
 
-    fn is_reading(&self, py: Python<'_>) -> bool {
-        self.state.with(py, |s| !s.paused && !s.closing)
-    }
-
-    fn pause_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
+    /// `pause_reading()` (`true`) / `resume_reading()` (`false`) by asyncio's rules;
+    /// true when the state changed (the wrapper then logs it in debug mode). A
+    /// paused pipe stays registered: an edge while paused is ignored, and resuming
+    /// looks again.
+    fn _set_paused(slf: &Bound<'_, Self>, paused: bool) -> PyResult<bool> {
         let py = slf.py();
-        let me = slf.get();
-        let paused = me.state.with(py, |s| {
-            let go = !s.paused && !s.closing;
-            s.paused |= go;
-            go
+        let changed = slf.get().state.with(py, |s| {
+            let change = !s.closing && s.paused != paused;
+            s.paused ^= change;
+            change
         });
-        if paused {
-            // Stays registered: an edge while paused is ignored, and resume looks again.
-            if me.debug(py) {
-                logger(py)?.call_method1("debug", ("%r pauses reading", me.owner(py)))?;
-            }
-        }
-        Ok(())
-    }
-
-    fn resume_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
-        let me = slf.get();
-        let resumed = me.state.with(py, |s| {
-            let go = s.paused && !s.closing;
-            if go {
-                s.paused = false;
-            }
-            go
-        });
-        if resumed {
+        if changed && !paused {
             Self::register(slf)?;
             Self::queue_read(slf);
-            if me.debug(py) {
-                logger(py)?.call_method1("debug", ("%r resumes reading", me.owner(py)))?;
-            }
         }
-        Ok(())
+        Ok(changed)
     }
 
     fn close(slf: &Bound<'_, Self>) -> PyResult<()> {
@@ -483,7 +456,7 @@ impl PipeTransportCore {
             }
         }
         me.state.with(py, |s| s.wq.push(&bytes[sent..]));
-        Self::maybe_pause_protocol(slf)
+        Self::tell_flow(slf, true)
     }
 
     fn can_write_eof(&self) -> bool {
@@ -524,7 +497,7 @@ impl PipeTransportCore {
             s.high = high;
             s.low = low;
         });
-        Self::maybe_pause_protocol(slf)
+        Self::tell_flow(slf, true)
     }
 
     fn get_write_buffer_limits(&self, py: Python<'_>) -> (usize, usize) {

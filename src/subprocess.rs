@@ -10,6 +10,7 @@
 //! `Popen.poll()`, an application's `waitpid(-1)`): the Python side then takes the
 //! code `Popen` saw, as asyncio's watchers fall back to 255.
 //!
+//! A child still running when the loop closes is handed to a thread that reaps it.
 //! Where the kernel has no pidfd, `ChildWatch.start` returns `None` and the Python
 //! side runs `wait_child_blocking` in a thread (asyncio's `ThreadedChildWatcher`).
 
@@ -46,14 +47,25 @@ impl ChildWatch {
             Ok(Some(rc)) => Some(rc),
             Err(_) => None, // ECHILD: reaped by someone else
         };
-        let removed =
-            me.event_loop.get().state.with(py, |s| s.release_owner(me.fd, |o| matches!(o, IoOwner::Child(c) if std::ptr::eq(c.get(), me))));
+        me.event_loop.get().release_owned(py, me.fd, |o| matches!(o, IoOwner::Child(c) if std::ptr::eq(c.get(), me)));
         let (pidfd, callback) = me.state.with(py, |s| (s.pidfd.take(), s.callback.take()));
-        drop((removed, pidfd));
+        drop(pidfd);
         if let Some(cb) = callback {
             crate::scheduling::call_soon(me.event_loop.bind(py), cb.into_bound(py), PyTuple::new(py, [returncode])?, None, "call_soon")?;
         }
         Ok(())
+    }
+}
+
+impl Drop for ChildWatch {
+    /// The loop closed with the child still unreaped: a thread waits for it, so it
+    /// never stays a zombie (asyncio's watcher threads outlive their loop too).
+    fn drop(&mut self) {
+        let unreaped = self.state.get_mut().pidfd.take().is_some();
+        if unreaped {
+            let pid = self.pid;
+            let _ = std::thread::Builder::new().name(format!("ferroloop-reap-{pid}")).spawn(move || child::wait_blocking(pid));
+        }
     }
 }
 

@@ -452,18 +452,7 @@ impl StreamTransportCore {
         if !self.state.with(py, |s| std::mem::replace(&mut s.registered, false)) {
             return;
         }
-        let fd = self.fd;
-        let removed = self.event_loop.get().state.with(py, |s| {
-            let owned_by_us = matches!(s.io.get(&fd), Some(IoOwner::Stream(t)) if std::ptr::eq(t.get(), self));
-            if !owned_by_us {
-                return None;
-            }
-            if let Some(reg) = s.registrar.as_mut() {
-                reg.unwatch_owned(fd);
-            }
-            s.io.remove(&fd)
-        });
-        drop(removed);
+        self.event_loop.get().release_owned(py, self.fd, |o| matches!(o, IoOwner::Stream(t) if std::ptr::eq(t.get(), self)));
     }
 
     fn call_connection_lost(slf: &Bound<'_, Self>, exc: Bound<'_, PyAny>) -> PyResult<()> {

@@ -387,3 +387,20 @@ loop.close()
 '''
     proc = run_python(code, timeout=20)
     assert proc.stdout.split() == ['KeyboardInterrupt', 'False', 'None', 'None', '-9'], proc.stderr
+
+
+def test_child_still_running_when_the_loop_closes_is_reaped(loop):
+    import time
+
+    async def main():
+        p = await asyncio.create_subprocess_exec('sleep', '30')
+        return p
+
+    p = run(loop, main())
+    pid = p.pid
+    p._transport.close()  # kills the child; the loop never sees it exit
+    loop.close()
+    deadline = time.monotonic() + 10
+    while pid in zombies_of_ours() or os.path.exists(f'/proc/{pid}'):
+        assert time.monotonic() < deadline, f'child {pid} not reaped'
+        time.sleep(0.01)  # waiting for another thread's waitpid, bounded

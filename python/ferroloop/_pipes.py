@@ -19,8 +19,7 @@ from asyncio.log import logger
 
 from ._ferroloop import PipeTransportCore
 
-_READ_METHODS = ('is_reading', 'pause_reading', 'resume_reading', 'close', 'is_closing',
-                 'get_protocol', 'set_protocol')
+_READ_METHODS = ('close', 'is_closing', 'get_protocol', 'set_protocol')
 _WRITE_METHODS = ('write', 'write_eof', 'can_write_eof', 'close', 'abort', 'is_closing',
                   'get_protocol', 'set_protocol', 'set_write_buffer_limits',
                   'get_write_buffer_limits', 'get_write_buffer_size')
@@ -88,7 +87,7 @@ class _PipeTransport:
                 info.append('polling' if bufsize else 'idle')
                 info.append(f'bufsize={bufsize}')
             else:
-                info.append('polling' if core._status()[4] and core.is_reading() else 'idle')
+                info.append('polling' if core._status()[4] and self.is_reading() else 'idle')
         elif core._pipe is not None:
             info.append('open')
         else:
@@ -109,7 +108,9 @@ class _PipeTransport:
 class _ReadPipeTransport(_PipeTransport, transports.ReadTransport):
     CORE_METHODS = _READ_METHODS
     REJECTED = 'Pipe transport is for pipes/sockets only.'
-    __slots__ = ('_loop', '_core', '__weakref__') + _READ_METHODS
+    # A __dict__: pause_reading/resume_reading are Python methods here, and code
+    # may replace them on the instance as on asyncio's transports (its tests do).
+    __slots__ = ('_loop', '_core', '__weakref__', '__dict__') + _READ_METHODS
 
     max_size = 256 * 1024  # asyncio's: the most one read takes
 
@@ -120,6 +121,18 @@ class _ReadPipeTransport(_PipeTransport, transports.ReadTransport):
     @property
     def _paused(self):
         return self._core._status()[1]
+
+    def is_reading(self):
+        closing, paused = self._core._status()[:2]
+        return not (paused or closing)
+
+    def pause_reading(self):
+        if self._core._set_paused(True) and self._loop.get_debug():
+            logger.debug('%r pauses reading', self)
+
+    def resume_reading(self):
+        if self._core._set_paused(False) and self._loop.get_debug():
+            logger.debug('%r resumes reading', self)
 
 
 class _WritePipeTransport(_PipeTransport, transports._FlowControlMixin, transports.WriteTransport):

@@ -129,17 +129,9 @@ class SubprocessMixin:
         if not shell:
             raise ValueError("shell must be True")
         _check_popen_args(bufsize, text, encoding, errors)
-        protocol = protocol_factory()
-        debug_log = None
-        if self.get_debug():
-            # asyncio logs no parameters: they may hold secrets
-            debug_log = f'run shell command {cmd!r}'
-            self._log_subprocess(debug_log, stdin, stdout, stderr)
-        transport = await self._make_subprocess_transport(
-            protocol, cmd, True, stdin, stdout, stderr, bufsize, **kwargs)
-        if debug_log is not None:
-            logger.info('%s: %r', debug_log, transport)
-        return transport, protocol
+        # asyncio logs no parameters: they may hold secrets
+        return await self._subprocess(protocol_factory, cmd, True, f'run shell command {cmd!r}',
+                                      stdin, stdout, stderr, bufsize, kwargs)
 
     async def subprocess_exec(self, protocol_factory, program, *args, stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -150,16 +142,20 @@ class SubprocessMixin:
         if shell:
             raise ValueError("shell must be False")
         _check_popen_args(bufsize, text, encoding, errors)
-        popen_args = (program,) + args
+        return await self._subprocess(protocol_factory, (program,) + args, False,
+                                      f'execute program {program!r}', stdin, stdout, stderr,
+                                      bufsize, kwargs)
+
+    async def _subprocess(self, protocol_factory, args, shell, what, stdin, stdout, stderr,
+                          bufsize, kwargs):
         protocol = protocol_factory()
-        debug_log = None
-        if self.get_debug():
-            debug_log = f'execute program {program!r}'
-            self._log_subprocess(debug_log, stdin, stdout, stderr)
+        debug = self.get_debug()
+        if debug:
+            self._log_subprocess(what, stdin, stdout, stderr)
         transport = await self._make_subprocess_transport(
-            protocol, popen_args, False, stdin, stdout, stderr, bufsize, **kwargs)
-        if debug_log is not None:
-            logger.info('%s: %r', debug_log, transport)
+            protocol, args, shell, stdin, stdout, stderr, bufsize, **kwargs)
+        if debug:
+            logger.info('%s: %r', what, transport)
         return transport, protocol
 
     def _log_subprocess(self, msg, stdin, stdout, stderr):
