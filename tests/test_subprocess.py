@@ -391,6 +391,10 @@ loop.close()
 
 def test_child_still_running_when_the_loop_closes_is_reaped(loop):
     import time
+    if not is_ferroloop(loop) and sys.version_info >= (3, 12):
+        # ferroloop hands such a child to a thread, as asyncio 3.11's watcher does.
+        pytest.skip("asyncio's pidfd watcher (3.12+) ends with its loop: the child "
+                    "stays a zombie and the pidfd open")
 
     async def main():
         p = await asyncio.create_subprocess_exec('sleep', '30')
