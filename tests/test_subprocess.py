@@ -408,3 +408,40 @@ def test_child_still_running_when_the_loop_closes_is_reaped(loop):
     while pid in zombies_of_ours() or os.path.exists(f'/proc/{pid}'):
         assert time.monotonic() < deadline, f'child {pid} not reaped'
         time.sleep(0.01)  # waiting for another thread's waitpid, bounded
+
+
+def test_debug_mode_logs_the_spawn(loop, caplog):
+    loop.set_debug(True)
+
+    async def main():
+        p = await asyncio.create_subprocess_exec('true', stdout=PIPE)
+        await p.communicate()
+        p = await asyncio.create_subprocess_shell('exit 2', stdin=subprocess.DEVNULL)
+        return await p.wait()
+
+    with caplog.at_level('DEBUG', logger='asyncio'):
+        assert run(loop, main()) == 2
+    messages = [r.getMessage() for r in caplog.records]
+    assert "execute program 'true' stdout=<pipe>" in messages
+    assert f"run shell command 'exit 2' stdin={subprocess.DEVNULL}" in messages
+    assert any(m.startswith("execute program 'true': <") for m in messages)
+    assert any(m.endswith('exited with return code 2') for m in messages)
+
+
+@pytest.mark.skipif(sys.version_info >= (3, 12), reason='child watchers are deprecated from 3.12 on')
+def test_a_watcher_on_the_policy_changes_nothing(loop):
+    # asyncio's loop registers its children with the policy's watcher; ferroloop's
+    # watches them itself, so a watcher the application set is harmless.
+    policy = asyncio.get_event_loop_policy()
+    watcher = asyncio.SafeChildWatcher()
+    watcher.attach_loop(loop)
+    policy.set_child_watcher(watcher)
+    try:
+        async def main():
+            p = await asyncio.create_subprocess_shell('exit 6')
+            return await p.wait()
+
+        assert run(loop, main()) == 6
+    finally:
+        policy.set_child_watcher(None)
+        watcher.attach_loop(None)
