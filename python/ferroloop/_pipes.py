@@ -32,7 +32,8 @@ class _PipeTransport:
     CORE_METHODS = ()
     WRITE = False
 
-    def _init_pipe(self, loop, pipe, protocol, waiter, extra):
+    def __init__(self, loop, pipe, protocol, waiter=None, extra=None):
+        transports.BaseTransport.__init__(self, extra)
         self._extra['pipe'] = pipe
         self._loop = loop
         mode = os.fstat(pipe.fileno()).st_mode
@@ -114,10 +115,6 @@ class _ReadPipeTransport(_PipeTransport, transports.ReadTransport):
 
     max_size = 256 * 1024  # asyncio's: the most one read takes
 
-    def __init__(self, loop, pipe, protocol, waiter=None, extra=None):
-        super().__init__(extra)
-        self._init_pipe(loop, pipe, protocol, waiter, extra)
-
     @property
     def _paused(self):
         return self._core._status()[1]
@@ -140,10 +137,6 @@ class _WritePipeTransport(_PipeTransport, transports._FlowControlMixin, transpor
     REJECTED = 'Pipe transport is only for pipes, sockets and character devices'
     WRITE = True
     __slots__ = ('_core', '__weakref__') + _WRITE_METHODS
-
-    def __init__(self, loop, pipe, protocol, waiter=None, extra=None):
-        transports.BaseTransport.__init__(self, extra)
-        self._init_pipe(loop, pipe, protocol, waiter, extra)
 
     @property
     def _protocol_paused(self):
