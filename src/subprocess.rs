@@ -11,7 +11,8 @@
 //! code `Popen` saw, as asyncio's watchers fall back to 255.
 //!
 //! A child still running when the loop closes is handed to a thread that reaps it.
-//! Where the kernel has no pidfd, `ChildWatch.start` returns `None` and the Python
+//! Where no pidfd can be had (an old kernel, a seccomp filter, no fd left),
+//! `ChildWatch.start` returns `None` and the Python
 //! side runs `wait_child_blocking` in a thread (asyncio's `ThreadedChildWatcher`).
 
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -22,7 +23,6 @@ use pyo3::types::PyTuple;
 
 use crate::event_loop::{IoOwner, LoopCore};
 use crate::gil_cell::GilCell;
-use crate::sock::os_error;
 
 struct Watching {
     pidfd: Option<OwnedFd>,
@@ -72,15 +72,14 @@ impl Drop for ChildWatch {
 #[pymethods]
 impl ChildWatch {
     /// Watches `pid` (a child of ours, not reaped yet) and calls `callback(returncode)`
-    /// on the loop once it exited; `None` when pidfds are not available here.
+    /// on the loop once it exited; `None` when no pidfd could be had (the caller
+    /// waits in a thread instead).
     #[staticmethod]
     fn start(event_loop: Bound<'_, LoopCore>, pid: libc::pid_t, callback: Bound<'_, PyAny>) -> PyResult<Option<Py<ChildWatch>>> {
         let py = event_loop.py();
-        let pidfd = match child::pidfd_open(pid) {
-            Ok(fd) => fd,
-            Err(e) if child::pidfd_unsupported(&e) => return Ok(None),
-            Err(e) => return Err(os_error(&e)),
-        };
+        // Whatever the reason (no pidfds here, or no fd left), the child is spawned
+        // already: a waiting thread needs no fd.
+        let Ok(pidfd) = child::pidfd_open(pid) else { return Ok(None) };
         let fd = pidfd.as_raw_fd();
         let watch = Py::new(
             py,
