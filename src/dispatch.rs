@@ -17,6 +17,8 @@ use pyo3::types::PyDict;
 use crate::event_loop::{IoOwner, LoopCore, Ready};
 use crate::handles::{format_callback_source, Handle};
 use crate::listener::Listener;
+use crate::pipes::PipeTransportCore;
+use crate::subprocess::ChildWatch;
 use crate::transport::StreamTransportCore;
 use crate::udp::DatagramTransportCore;
 
@@ -223,6 +225,8 @@ fn run_item(py: Python<'_>, item: &Ready) -> PyResult<()> {
         Ready::Io { owner: IoOwner::Stream(t), readable, writable } => StreamTransportCore::on_io(t.bind(py), *readable, *writable),
         Ready::Io { owner: IoOwner::Listener(l), readable, .. } => Listener::on_io(l.bind(py), *readable),
         Ready::Io { owner: IoOwner::Datagram(t), readable, writable } => DatagramTransportCore::on_io(t.bind(py), *readable, *writable),
+        Ready::Io { owner: IoOwner::Pipe(t), readable, writable } => PipeTransportCore::on_io(t.bind(py), *readable, *writable),
+        Ready::Io { owner: IoOwner::Child(c), .. } => ChildWatch::on_exit(c.bind(py)),
         Ready::Flush(t) => StreamTransportCore::flush_deferred(t.bind(py)),
     }
 }

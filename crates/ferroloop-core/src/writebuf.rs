@@ -26,12 +26,7 @@ pub struct WriteQueue {
 
 /// One `sendmsg(2)` of the given slices, in order. Returns how much the kernel took.
 pub fn send_vectored(fd: RawFd, bufs: &[&[u8]]) -> io::Result<usize> {
-    let iov: Vec<libc::iovec> = bufs
-        .iter()
-        .filter(|b| !b.is_empty())
-        .take(MAX_IOV)
-        .map(|b| libc::iovec { iov_base: b.as_ptr() as *mut libc::c_void, iov_len: b.len() })
-        .collect();
+    let iov = iovecs(bufs);
     if iov.is_empty() {
         return Ok(0);
     }
@@ -48,6 +43,28 @@ pub fn send_vectored(fd: RawFd, bufs: &[&[u8]]) -> io::Result<usize> {
     } else {
         Ok(ret as usize)
     }
+}
+
+/// One `writev(2)` of the given slices, in order (pipes and character devices,
+/// where `sendmsg` does not apply). Returns how much the kernel took.
+pub fn write_vectored(fd: RawFd, bufs: &[&[u8]]) -> io::Result<usize> {
+    let iov = iovecs(bufs);
+    if iov.is_empty() {
+        return Ok(0);
+    }
+    // SAFETY: `iov` outlives the call and every entry points to a live readable
+    // slice of the given length.
+    let ret = unsafe { libc::writev(fd, iov.as_ptr(), iov.len() as libc::c_int) };
+    usize::try_from(ret).map_err(|_| io::Error::last_os_error())
+}
+
+/// The non-empty slices of `bufs` as iovecs, at most `MAX_IOV` of them.
+fn iovecs(bufs: &[&[u8]]) -> Vec<libc::iovec> {
+    bufs.iter()
+        .filter(|b| !b.is_empty())
+        .take(MAX_IOV)
+        .map(|b| libc::iovec { iov_base: b.as_ptr() as *mut libc::c_void, iov_len: b.len() })
+        .collect()
 }
 
 /// `shutdown(fd, SHUT_WR)`: send end of file to the peer.
@@ -130,9 +147,14 @@ impl WriteQueue {
     /// writability); any other error is returned with the queue left as it was after
     /// the last successful send.
     pub fn flush(&mut self, fd: RawFd) -> io::Result<usize> {
+        self.flush_with(fd, send_vectored)
+    }
+
+    /// `flush` through another vectored write (`write_vectored` for pipes).
+    pub fn flush_with(&mut self, fd: RawFd, send: fn(RawFd, &[&[u8]]) -> io::Result<usize>) -> io::Result<usize> {
         let mut total = 0;
         while !self.is_empty() {
-            let n = match send_vectored(fd, &self.slices()) {
+            let n = match send(fd, &self.slices()) {
                 Ok(n) => n,
                 // Edge-triggered callers must stop only on a real "would block".
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
@@ -222,6 +244,24 @@ mod tests {
         q.push(b"data");
         assert_eq!(q.flush(a.as_raw_fd()).unwrap_err().raw_os_error(), Some(libc::EPIPE));
         assert_eq!(q.len(), 4);
+    }
+
+    #[test]
+    fn flush_with_writev_fills_a_pipe_then_reports_epipe() {
+        let mut fds = [0; 2];
+        // SAFETY: `fds` has room for the two fds pipe2 writes.
+        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) }, 0);
+        let mut q = WriteQueue::new();
+        q.push(&vec![7u8; 1 << 20]);
+        let sent = q.flush_with(fds[1], write_vectored).unwrap();
+        assert!(sent > 0 && !q.is_empty(), "a pipe holds less than 1 MiB");
+        assert_eq!(sent + q.len(), 1 << 20);
+        // SAFETY: our own read end, closed once; SIGPIPE is ignored in test binaries
+        // (Rust's runtime sets it), so the write below fails with EPIPE.
+        unsafe { libc::close(fds[0]) };
+        assert_eq!(q.flush_with(fds[1], write_vectored).unwrap_err().raw_os_error(), Some(libc::EPIPE));
+        // SAFETY: our own fd, closed once.
+        unsafe { libc::close(fds[1]) };
     }
 
     #[test]
