@@ -101,7 +101,7 @@ fn run_once(slf: &Bound<'_, LoopCore>, core: &LoopCore, py: Python<'_>) -> PyRes
             }
             if let Some(owner) = s.io.get(&r.fd) {
                 // Edge-triggered and Rust-owned: queue the event itself, no re-arm.
-                s.ready.push_back(Ready::Io { owner: owner.clone_ref(py), readable: r.readable, writable: r.writable });
+                s.ready.push_back(Ready::Io { owner: owner.clone_ref(py), readable: r.readable, writable: r.writable, clean: !r.hup });
                 continue;
             }
             for (wanted, table) in [(r.readable, &mut s.readers), (r.writable, &mut s.writers)] {
@@ -220,9 +220,11 @@ fn run_handle(slf: &Bound<'_, LoopCore>, py: Python<'_>, item: &Ready, debug: bo
 fn run_item(py: Python<'_>, item: &Ready) -> PyResult<()> {
     match item {
         Ready::Handle(handle) => handle.get().run(py),
-        Ready::Io { owner: IoOwner::Stream(t), readable, writable } => StreamTransportCore::on_io(t.bind(py), *readable, *writable),
+        Ready::Io { owner: IoOwner::Stream(t), readable, writable, clean } => {
+            StreamTransportCore::on_io(t.bind(py), *readable, *writable, *clean)
+        }
         Ready::Io { owner: IoOwner::Listener(l), readable, .. } => Listener::on_io(l.bind(py), *readable),
-        Ready::Io { owner: IoOwner::Datagram(t), readable, writable } => DatagramTransportCore::on_io(t.bind(py), *readable, *writable),
+        Ready::Io { owner: IoOwner::Datagram(t), readable, writable, .. } => DatagramTransportCore::on_io(t.bind(py), *readable, *writable),
         Ready::Flush(t) => StreamTransportCore::flush_deferred(t.bind(py)),
     }
 }

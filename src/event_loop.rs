@@ -78,6 +78,9 @@ pub enum Ready {
         owner: IoOwner,
         readable: bool,
         writable: bool,
+        /// Straight from a poll that saw no hang-up or error (`Readiness::hup`):
+        /// a short read proves the socket drained. False for queued retries.
+        clean: bool,
     },
     /// Send what a transport's `write()` calls collected during the iteration.
     Flush(Py<StreamTransportCore>),

@@ -31,6 +31,13 @@ pub struct Readiness {
     pub fd: RawFd,
     pub readable: bool,
     pub writable: bool,
+    /// The peer closed its side (`EPOLLRDHUP`/`EPOLLHUP`) or an error is pending, as
+    /// of this poll. When it is false, a stream socket whose read returns less than
+    /// asked is drained: anything arriving later (data, end of file, a reset) raises
+    /// a new edge, since epoll re-queues an item on every wake-up after it was
+    /// reported. Stream transports use this to skip the read that would only say
+    /// `EAGAIN`, as libuv does.
+    pub hup: bool,
 }
 
 pub struct Poller {
@@ -65,6 +72,7 @@ impl Poller {
                 fd: event.token().0 as RawFd,
                 readable: event.is_readable() || event.is_read_closed() || error,
                 writable: event.is_writable() || event.is_write_closed() || error,
+                hup: event.is_read_closed() || event.is_write_closed() || error,
             });
         }
         Ok(())
@@ -262,7 +270,7 @@ mod tests {
         b.write_all(b"xy").unwrap();
         let mut out = Vec::new();
         poller.poll(Some(Duration::from_secs(5)), &mut out).unwrap();
-        assert_eq!(out, vec![Readiness { fd: a.as_raw_fd(), readable: true, writable: false }]);
+        assert_eq!(out, vec![Readiness { fd: a.as_raw_fd(), readable: true, writable: false, hup: false }]);
         // Data left unread: after re-arming, it is reported again.
         reg.rearm(a.as_raw_fd());
         out.clear();
@@ -302,7 +310,7 @@ mod tests {
         assert_eq!(reg.watched_count(), 1);
         let mut out = Vec::new();
         poller.poll(Some(Duration::from_secs(5)), &mut out).unwrap();
-        assert_eq!(out, vec![Readiness { fd: a.as_raw_fd(), readable: false, writable: true }]);
+        assert_eq!(out, vec![Readiness { fd: a.as_raw_fd(), readable: false, writable: true, hup: false }]);
         out.clear();
         poller.poll(Some(Duration::ZERO), &mut out).unwrap();
         assert!(out.is_empty(), "edge-triggered: reported once");
