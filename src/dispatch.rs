@@ -159,19 +159,21 @@ fn run_once(slf: &Bound<'_, LoopCore>, core: &LoopCore, py: Python<'_>) -> PyRes
 }
 
 /// Sends the writes transports collected during the batch: one `sendmsg` per
-/// transport per iteration however many `write()` calls it got.
+/// transport per iteration however many `write()` calls it got. The list is swapped
+/// with an emptied one, so its allocation is reused from iteration to iteration.
 fn flush_deferred_writes(slf: &Bound<'_, LoopCore>, py: Python<'_>, debug: bool) -> PyResult<()> {
+    let mut pending = Vec::new();
     loop {
-        let pending = slf.get().state.with(py, |s| std::mem::take(&mut s.deferred_flush));
+        slf.get().state.with(py, |s| std::mem::swap(&mut s.deferred_flush, &mut pending));
         if pending.is_empty() {
             return Ok(());
         }
-        let mut pending = pending.into_iter();
-        while let Some(t) = pending.next() {
+        let mut queue = pending.drain(..);
+        while let Some(t) = queue.next() {
             if let Err(e) = run_handle(slf, py, &Ready::Flush(t), debug) {
                 // Leaving the loop: the transports not flushed yet stay queued (their
                 // `deferred` flag is still set, so nothing else would queue them).
-                let rest: Vec<_> = pending.collect();
+                let rest: Vec<_> = queue.collect();
                 slf.get().state.with(py, |s| s.deferred_flush.extend(rest));
                 return Err(e);
             }
