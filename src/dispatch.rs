@@ -104,10 +104,14 @@ fn run_once(slf: &Bound<'_, LoopCore>, core: &LoopCore, py: Python<'_>) -> PyRes
                 s.ready.push_back(Ready::Io { owner: owner.clone_ref(py), readable: r.readable, writable: r.writable, clean: !r.hup });
                 continue;
             }
+            let mut level = false;
             for (wanted, table) in [(r.readable, &mut s.readers), (r.writable, &mut s.writers)] {
                 match table.get(&r.fd) {
                     Some(h) if wanted && h.get().is_cancelled() => dead_handles.extend(table.remove(&r.fd)),
-                    Some(h) if wanted => s.ready.push_back(Ready::Handle(h.clone_ref(py))),
+                    Some(h) if wanted => {
+                        level |= crate::fd_callbacks::needs_rearm(py, h);
+                        s.ready.push_back(Ready::Handle(h.clone_ref(py)));
+                    }
                     _ => {}
                 }
             }
@@ -115,7 +119,7 @@ fn run_once(slf: &Bound<'_, LoopCore>, core: &LoopCore, py: Python<'_>) -> PyRes
             // interest in a direction whose callback was cancelled.
             let (reading, writing) = (s.readers.contains_key(&r.fd), s.writers.contains_key(&r.fd));
             if let Some(reg) = s.registrar.as_mut() {
-                let _ = reg.set_interest(r.fd, reading, writing);
+                let _ = reg.rearm_interest(r.fd, reading, writing, level);
             }
         }
         s.ready_fds = std::mem::take(&mut fds);

@@ -11,6 +11,7 @@ use pyo3::types::PyTuple;
 
 use crate::event_loop::{IoOwner, LoopCore};
 use crate::handles::Handle;
+use crate::sock::SockOp;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
@@ -104,6 +105,18 @@ pub fn add_fd(slf: &Bound<'_, LoopCore>, fd: RawFd, callback: Bound<'_, PyAny>, 
             drop(handle);
             Err(os_error(e))
         }
+    }
+}
+
+/// Whether the fd callback `handle`, which is about to run, needs its fd re-armed
+/// (level-triggered readiness). The loop's own receive operations do not: they
+/// retry the syscall until it gives data or `EAGAIN`, after which the kernel
+/// reports the next arrival anyway. Runs no Python code.
+pub fn needs_rearm(py: Python<'_>, handle: &Py<Handle>) -> bool {
+    let Some(callback) = handle.get().callback(py) else { return true };
+    match callback.bind(py).cast::<SockOp>() {
+        Ok(op) => op.try_borrow().map_or(true, |op| !op.retries_until_eagain()),
+        Err(_) => true,
     }
 }
 

@@ -583,6 +583,12 @@ impl SockOp {
         }
     }
 
+    /// A receive through the Rust syscalls: it waits only after `EAGAIN`, so its
+    /// fd needs no level-triggered re-arming (see `fd_callbacks::needs_rearm`).
+    pub fn retries_until_eagain(&self) -> bool {
+        self.fast && matches!(self.op, Op::Recv { .. } | Op::RecvInto { .. })
+    }
+
     /// Registers this operation as the fd's callback and yields a new future.
     pub fn wait(&mut self, me: &Bound<'_, PyAny>, dir: Direction) -> PyResult<Step> {
         let py = me.py();

@@ -6,7 +6,17 @@
 //! iteration. `Registrar::rearm` re-registers an fd after it fired; the kernel then
 //! reports it again only if it is still ready (epoll re-checks readiness before it
 //! reports an item), which is exactly level-triggered behaviour. Rust-owned
-//! transports read until `EAGAIN` and do not need it.
+//! transports read until `EAGAIN` and do not need it, and neither do the loop's own
+//! `sock_*` operations, which retry their syscall until it completes or says
+//! `EAGAIN` (`rearm_interest` with `level: false`).
+//!
+//! An fd whose callbacks all went stays registered ("lingering") instead of being
+//! removed at once: `sock_recv`/`sock_sendall` on a connection remove and add their
+//! callback once per wait, and a removal followed by an add cost two `epoll_ctl`
+//! calls where one `EPOLL_CTL_MOD` does. A lingering fd is removed from epoll when
+//! it fires with nobody watching it; if it was closed meanwhile the kernel dropped
+//! it already, and an add for a new file under the same number falls back from
+//! `MOD` (`ENOENT`) to `ADD`.
 //!
 //! The pieces are split by who touches them: `Poller` (the epoll wait) is used by the
 //! loop thread with the GIL released; `Registrar` (interest changes) is used with the
@@ -52,7 +62,7 @@ pub fn new() -> io::Result<(Poller, Registrar, Waker)> {
     let waker = mio::Waker::new(poll.registry(), WAKER_TOKEN)?;
     Ok((
         Poller { poll, events: Events::with_capacity(1024) },
-        Registrar { registry, interests: HashMap::new(), owned: HashSet::new() },
+        Registrar { registry, interests: HashMap::new(), lingering: HashSet::new(), owned: HashSet::new() },
         Waker { inner: waker, armed: AtomicBool::new(false) },
     ))
 }
@@ -83,6 +93,8 @@ impl Poller {
 pub struct Registrar {
     registry: Registry,
     interests: HashMap<RawFd, Interest>,
+    /// Registered in epoll, no longer watched (see the module doc).
+    lingering: HashSet<RawFd>,
     /// Fds owned by Rust I/O objects (stream transports, listening sockets):
     /// registered edge-triggered once, never re-armed, counted as watched.
     owned: HashSet<RawFd>,
@@ -104,9 +116,24 @@ impl Registrar {
         let token = Token(fd as usize);
         let old = self.interests.get(&fd).copied();
         match (old, interest_of(readable, writable)) {
-            (None, None) => Ok(()),
+            (None, None) => {
+                // A lingering fd fired with nobody watching: stop polling it. It may
+                // be closed already, which removed it from epoll.
+                if self.lingering.remove(&fd) {
+                    let _ = self.registry.deregister(&mut SourceFd(&fd));
+                }
+                Ok(())
+            }
             (None, Some(new)) => {
-                self.registry.register(&mut SourceFd(&fd), token, new)?;
+                if self.lingering.remove(&fd) {
+                    match self.modify(fd, new) {
+                        // Closed since (and perhaps reused): the kernel dropped it.
+                        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => self.registry.register(&mut SourceFd(&fd), token, new)?,
+                        other => other?,
+                    }
+                } else {
+                    self.registry.register(&mut SourceFd(&fd), token, new)?;
+                }
                 self.interests.insert(fd, new);
                 Ok(())
             }
@@ -117,12 +144,21 @@ impl Registrar {
             }
             (Some(_), None) => {
                 self.interests.remove(&fd);
-                // The fd may already be closed, which removed it from epoll; then
-                // there is nothing left to undo.
-                let _ = self.registry.deregister(&mut SourceFd(&fd));
+                self.lingering.insert(fd);
                 Ok(())
             }
         }
+    }
+
+    /// After `fd` fired: re-registers it with the interest its callbacks still want.
+    /// `level`: one of them needs level-triggered behaviour (it may leave data
+    /// unread), so an unchanged interest is re-armed all the same; callbacks that
+    /// read or write until `EAGAIN` need no re-arming.
+    pub fn rearm_interest(&mut self, fd: RawFd, readable: bool, writable: bool, level: bool) -> io::Result<()> {
+        if !level && self.interests.get(&fd).copied() == interest_of(readable, writable) && interest_of(readable, writable).is_some() {
+            return Ok(());
+        }
+        self.set_interest(fd, readable, writable)
     }
 
     /// `EPOLL_CTL_MOD`. An fd closed behind the loop's back (epoll dropped it) gives
@@ -144,6 +180,7 @@ impl Registrar {
     /// socket): edge-triggered, never re-armed, and not counted by `watched_count`,
     /// so a loop with only such fds may skip the poll syscall when it has work queued.
     pub fn watch_internal(&mut self, fd: RawFd) -> io::Result<()> {
+        self.lingering.remove(&fd);
         self.registry.register(&mut SourceFd(&fd), Token(fd as usize), Interest::READABLE)
     }
 
@@ -159,6 +196,7 @@ impl Registrar {
     pub fn watch_owned(&mut self, fd: RawFd, writable: bool) -> io::Result<()> {
         let interest = if writable { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
         let token = Token(fd as usize);
+        self.lingering.remove(&fd);
         match self.registry.register(&mut SourceFd(&fd), token, interest) {
             // Still registered from an fd number that was closed and reused.
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => self.registry.reregister(&mut SourceFd(&fd), token, interest)?,
@@ -283,6 +321,41 @@ mod tests {
         out.clear();
         poller.poll(Some(Duration::ZERO), &mut out).unwrap();
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn removed_fds_linger_until_they_fire_and_readding_survives_reuse() {
+        let (mut poller, mut reg, _waker) = new().unwrap();
+        let (a, mut b) = UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        let fd = a.as_raw_fd();
+        reg.set_interest(fd, true, false).unwrap();
+        reg.set_interest(fd, false, false).unwrap();
+        assert!(!reg.is_watched(fd) && reg.watched_count() == 0);
+        // Still in epoll: an arrival is reported, and the loop then drops it.
+        b.write_all(b"x").unwrap();
+        let mut out = Vec::new();
+        poller.poll(Some(Duration::from_secs(5)), &mut out).unwrap();
+        assert_eq!(out.len(), 1);
+        reg.set_interest(fd, false, false).unwrap();
+        b.write_all(b"y").unwrap();
+        out.clear();
+        poller.poll(Some(Duration::ZERO), &mut out).unwrap();
+        assert!(out.is_empty());
+        // Lingering, then closed: a new file under the same number is added anew.
+        reg.set_interest(fd, true, false).unwrap();
+        reg.set_interest(fd, false, false).unwrap();
+        drop(a);
+        let (c, d) = UnixStream::pair().unwrap();
+        let reused = if c.as_raw_fd() == fd { c.as_raw_fd() } else { d.as_raw_fd() };
+        assert_eq!(reused, fd, "the lowest free number is reused");
+        reg.set_interest(fd, true, false).unwrap();
+        let (mut writer, _keep) = if c.as_raw_fd() == fd { (d, c) } else { (c, d) };
+        writer.write_all(b"z").unwrap();
+        out.clear();
+        poller.poll(Some(Duration::from_secs(5)), &mut out).unwrap();
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].fd, fd);
     }
 
     #[test]
