@@ -14,7 +14,7 @@ use ferroloop_core::timers::{Cancellable, TimerQueue};
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
-use pyo3::types::PyTuple;
+use pyo3::types::{PyTuple, PyWeakrefReference};
 use pyo3::PyTraverseError;
 
 use crate::gil_cell::GilCell;
@@ -94,6 +94,10 @@ pub struct LoopState {
     pub writers: HashMap<RawFd, Py<Handle>>,
     /// Fds owned by Rust I/O objects (transports, listeners).
     pub io: HashMap<RawFd, IoOwner>,
+    /// Weak references to the socket objects whose `sock_*` wait left their fd
+    /// lingering in the poller: the next wait on the same live object takes the
+    /// registration back without a syscall (`fd_callbacks::add_fd`).
+    pub sock_lingering: HashMap<RawFd, Py<PyWeakrefReference>>,
     /// Transports with writes collected during this iteration, flushed at its end.
     pub deferred_flush: Vec<Py<StreamTransportCore>>,
     pub registrar: Option<Registrar>,
@@ -211,6 +215,7 @@ impl LoopCore {
                 readers: HashMap::new(),
                 writers: HashMap::new(),
                 io: HashMap::new(),
+                sock_lingering: HashMap::new(),
                 deferred_flush: Vec::new(),
                 registrar: Some(registrar),
                 waker: Some(waker),

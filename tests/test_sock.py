@@ -172,6 +172,27 @@ def test_waits_on_a_closed_and_reused_fd_number_work(loop):
     run(loop, main())
 
 
+def test_waits_after_arrivals_nobody_waited_for(loop, pair):
+    # Between waits on one socket, data may arrive and be read without the loop
+    # (the fd fires with nobody watching it): later waits must still be woken.
+    a, b = pair
+
+    async def main():
+        for rounds in range(4):
+            for _ in range(rounds):
+                b.send(b'p')
+                await asyncio.sleep(0)
+                await asyncio.sleep(0)
+                assert a.recv(10) == b'p'
+            t = asyncio.create_task(loop.sock_recv(a, 100))
+            await asyncio.sleep(0)
+            assert not t.done()
+            b.send(b'q')
+            assert await t == b'q'
+
+    run(loop, main())
+
+
 def test_recv_large_n_returns_what_is_there(loop, pair):
     a, b = pair
     b.sendall(b'z' * 1000)

@@ -14,9 +14,12 @@
 //! removed at once: `sock_recv`/`sock_sendall` on a connection remove and add their
 //! callback once per wait, and a removal followed by an add cost two `epoll_ctl`
 //! calls where one `EPOLL_CTL_MOD` does. A lingering fd is removed from epoll when
-//! it fires with nobody watching it; if it was closed meanwhile the kernel dropped
+//! it fires a second time with nobody watching it (the first is usually the next
+//! request arriving before the next `sock_recv`); if it was closed meanwhile the kernel dropped
 //! it already, and an add for a new file under the same number falls back from
-//! `MOD` (`ENOENT`) to `ADD`.
+//! `MOD` (`ENOENT`) to `ADD`. A caller that knows the fd still refers to the file it
+//! left lingering, and that just saw `EAGAIN` on it, takes it back with no syscall
+//! at all (`reclaim`).
 //!
 //! The pieces are split by who touches them: `Poller` (the epoll wait) is used by the
 //! loop thread with the GIL released; `Registrar` (interest changes) is used with the
@@ -62,7 +65,7 @@ pub fn new() -> io::Result<(Poller, Registrar, Waker)> {
     let waker = mio::Waker::new(poll.registry(), WAKER_TOKEN)?;
     Ok((
         Poller { poll, events: Events::with_capacity(1024) },
-        Registrar { registry, interests: HashMap::new(), lingering: HashSet::new(), owned: HashSet::new() },
+        Registrar { registry, interests: HashMap::new(), lingering: HashMap::new(), owned: HashSet::new() },
         Waker { inner: waker, armed: AtomicBool::new(false) },
     ))
 }
@@ -93,8 +96,9 @@ impl Poller {
 pub struct Registrar {
     registry: Registry,
     interests: HashMap<RawFd, Interest>,
-    /// Registered in epoll, no longer watched (see the module doc).
-    lingering: HashSet<RawFd>,
+    /// Registered in epoll with this interest, no longer watched (see the module
+    /// doc); the flag: it fired once since.
+    lingering: HashMap<RawFd, (Interest, bool)>,
     /// Fds owned by Rust I/O objects (stream transports, listening sockets):
     /// registered edge-triggered once, never re-armed, counted as watched.
     owned: HashSet<RawFd>,
@@ -117,15 +121,19 @@ impl Registrar {
         let old = self.interests.get(&fd).copied();
         match (old, interest_of(readable, writable)) {
             (None, None) => {
-                // A lingering fd fired with nobody watching: stop polling it. It may
-                // be closed already, which removed it from epoll.
-                if self.lingering.remove(&fd) {
+                // A lingering fd fired with nobody watching: the second time, stop
+                // polling it. It may be closed already, which removed it from epoll.
+                if let Some((_, fired)) = self.lingering.get_mut(&fd) {
+                    if !std::mem::replace(fired, true) {
+                        return Ok(());
+                    }
+                    self.lingering.remove(&fd);
                     let _ = self.registry.deregister(&mut SourceFd(&fd));
                 }
                 Ok(())
             }
             (None, Some(new)) => {
-                if self.lingering.remove(&fd) {
+                if self.lingering.remove(&fd).is_some() {
                     match self.modify(fd, new) {
                         // Closed since (and perhaps reused): the kernel dropped it.
                         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => self.registry.register(&mut SourceFd(&fd), token, new)?,
@@ -142,12 +150,27 @@ impl Registrar {
                 self.interests.insert(fd, new);
                 Ok(())
             }
-            (Some(_), None) => {
+            (Some(old), None) => {
                 self.interests.remove(&fd);
-                self.lingering.insert(fd);
+                self.lingering.insert(fd, (old, false));
                 Ok(())
             }
         }
+    }
+
+    /// Watches a lingering fd again with the interest it was left with, without a
+    /// syscall. Only for a caller that knows the fd still refers to the same file
+    /// and that just got `EAGAIN` from it in every direction asked for: the
+    /// registration is edge-triggered, and the next arrival raises a new edge.
+    /// False: not lingering with that interest; use `set_interest`.
+    pub fn reclaim(&mut self, fd: RawFd, readable: bool, writable: bool) -> bool {
+        let Some(wanted) = interest_of(readable, writable) else { return false };
+        if self.interests.contains_key(&fd) || self.lingering.get(&fd).map(|l| l.0) != Some(wanted) {
+            return false;
+        }
+        self.lingering.remove(&fd);
+        self.interests.insert(fd, wanted);
+        true
     }
 
     /// After `fd` fired: re-registers it with the interest its callbacks still want.
@@ -332,13 +355,16 @@ mod tests {
         reg.set_interest(fd, true, false).unwrap();
         reg.set_interest(fd, false, false).unwrap();
         assert!(!reg.is_watched(fd) && reg.watched_count() == 0);
-        // Still in epoll: an arrival is reported, and the loop then drops it.
-        b.write_all(b"x").unwrap();
+        // Still in epoll: arrivals are reported, and after the second the loop drops it.
         let mut out = Vec::new();
-        poller.poll(Some(Duration::from_secs(5)), &mut out).unwrap();
-        assert_eq!(out.len(), 1);
-        reg.set_interest(fd, false, false).unwrap();
-        b.write_all(b"y").unwrap();
+        for byte in [b"x", b"y"] {
+            b.write_all(byte).unwrap();
+            out.clear();
+            poller.poll(Some(Duration::from_secs(5)), &mut out).unwrap();
+            assert_eq!(out.len(), 1);
+            reg.set_interest(fd, false, false).unwrap();
+        }
+        b.write_all(b"z").unwrap();
         out.clear();
         poller.poll(Some(Duration::ZERO), &mut out).unwrap();
         assert!(out.is_empty());
