@@ -9,7 +9,7 @@ use std::os::fd::RawFd;
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 
-use ferroloop_core::poller::{self, Poller, Readiness, Registrar, Waker};
+use ferroloop_core::poller::{self, FdMap, Poller, Readiness, Registrar, Waker};
 use ferroloop_core::timers::{Cancellable, TimerQueue};
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::gc::PyVisit;
@@ -90,14 +90,14 @@ pub enum Ready {
 pub struct LoopState {
     pub ready: VecDeque<Ready>,
     pub timers: TimerQueue<TimerEntry>,
-    pub readers: HashMap<RawFd, Py<Handle>>,
-    pub writers: HashMap<RawFd, Py<Handle>>,
+    pub readers: FdMap<Py<Handle>>,
+    pub writers: FdMap<Py<Handle>>,
     /// Fds owned by Rust I/O objects (transports, listeners).
-    pub io: HashMap<RawFd, IoOwner>,
+    pub io: FdMap<IoOwner>,
     /// Weak references to the socket objects whose `sock_*` wait left their fd
     /// lingering in the poller: the next wait on the same live object takes the
     /// registration back without a syscall (`fd_callbacks::add_fd`).
-    pub sock_lingering: HashMap<RawFd, Py<PyWeakrefReference>>,
+    pub sock_lingering: FdMap<Py<PyWeakrefReference>>,
     /// Transports with writes collected during this iteration, flushed at its end.
     pub deferred_flush: Vec<Py<StreamTransportCore>>,
     pub registrar: Option<Registrar>,
@@ -212,10 +212,10 @@ impl LoopCore {
             state: GilCell::new(LoopState {
                 ready: VecDeque::with_capacity(256),
                 timers: TimerQueue::new(),
-                readers: HashMap::new(),
-                writers: HashMap::new(),
-                io: HashMap::new(),
-                sock_lingering: HashMap::new(),
+                readers: FdMap::default(),
+                writers: FdMap::default(),
+                io: FdMap::default(),
+                sock_lingering: FdMap::default(),
                 deferred_flush: Vec::new(),
                 registrar: Some(registrar),
                 waker: Some(waker),

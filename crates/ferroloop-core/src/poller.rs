@@ -26,6 +26,7 @@
 //! GIL held; `Waker` may be used from any thread.
 
 use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::io;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -33,6 +34,34 @@ use std::time::Duration;
 
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Registry, Token};
+
+/// A map keyed by fd, as the loop keeps several (interests, callbacks, owners) and
+/// looks them up on every event. The default SipHash costs ~100 instructions per
+/// lookup, a few per request; fds are small integers chosen by the kernel, not by
+/// a peer, so a multiplicative hash spreads them well and cannot be attacked.
+pub type FdMap<V> = HashMap<RawFd, V, BuildHasherDefault<FdHasher>>;
+pub type FdSet = HashSet<RawFd, BuildHasherDefault<FdHasher>>;
+
+#[derive(Default)]
+pub struct FdHasher(u64);
+
+impl Hasher for FdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x517c_c1b7_2722_0a95);
+        }
+    }
+
+    fn write_i32(&mut self, n: i32) {
+        // Fibonacci hashing: the high bits (which hashbrown uses for its control
+        // bytes) depend on every bit of the fd.
+        self.0 = (n as u32 as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
 
 /// Token of the waker; fds use their own number as token.
 const WAKER_TOKEN: Token = Token(usize::MAX);
@@ -65,7 +94,7 @@ pub fn new() -> io::Result<(Poller, Registrar, Waker)> {
     let waker = mio::Waker::new(poll.registry(), WAKER_TOKEN)?;
     Ok((
         Poller { poll, events: Events::with_capacity(1024) },
-        Registrar { registry, interests: HashMap::new(), lingering: HashMap::new(), owned: HashSet::new() },
+        Registrar { registry, interests: FdMap::default(), lingering: FdMap::default(), owned: FdSet::default() },
         Waker { inner: waker, armed: AtomicBool::new(false) },
     ))
 }
@@ -95,13 +124,13 @@ impl Poller {
 /// Interest bookkeeping: which fds the loop watches, for reading and/or writing.
 pub struct Registrar {
     registry: Registry,
-    interests: HashMap<RawFd, Interest>,
+    interests: FdMap<Interest>,
     /// Registered in epoll with this interest, no longer watched (see the module
     /// doc); the flag: it fired once since.
-    lingering: HashMap<RawFd, (Interest, bool)>,
+    lingering: FdMap<(Interest, bool)>,
     /// Fds owned by Rust I/O objects (stream transports, listening sockets):
     /// registered edge-triggered once, never re-armed, counted as watched.
-    owned: HashSet<RawFd>,
+    owned: FdSet,
 }
 
 fn interest_of(readable: bool, writable: bool) -> Option<Interest> {
