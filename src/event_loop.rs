@@ -9,12 +9,12 @@ use std::os::fd::RawFd;
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 
-use ferroloop_core::poller::{self, Poller, Readiness, Registrar, Waker};
+use ferroloop_core::poller::{self, FdMap, Poller, Readiness, Registrar, Waker};
 use ferroloop_core::timers::{Cancellable, TimerQueue};
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
-use pyo3::types::PyTuple;
+use pyo3::types::{PyTuple, PyWeakrefReference};
 use pyo3::PyTraverseError;
 
 use crate::gil_cell::GilCell;
@@ -88,6 +88,9 @@ pub enum Ready {
         owner: IoOwner,
         readable: bool,
         writable: bool,
+        /// Straight from a poll that saw no hang-up or error (`Readiness::hup`):
+        /// a short read proves the socket drained. False for queued retries.
+        clean: bool,
     },
     /// Send what a transport's `write()` calls collected during the iteration.
     Flush(Py<StreamTransportCore>),
@@ -97,10 +100,14 @@ pub enum Ready {
 pub struct LoopState {
     pub ready: VecDeque<Ready>,
     pub timers: TimerQueue<TimerEntry>,
-    pub readers: HashMap<RawFd, Py<Handle>>,
-    pub writers: HashMap<RawFd, Py<Handle>>,
+    pub readers: FdMap<Py<Handle>>,
+    pub writers: FdMap<Py<Handle>>,
     /// Fds owned by Rust I/O objects (transports, listeners).
-    pub io: HashMap<RawFd, IoOwner>,
+    pub io: FdMap<IoOwner>,
+    /// Weak references to the socket objects whose `sock_*` wait left their fd
+    /// lingering in the poller: the next wait on the same live object takes the
+    /// registration back without a syscall (`fd_callbacks::add_fd`).
+    pub sock_lingering: FdMap<Py<PyWeakrefReference>>,
     /// Transports with writes collected during this iteration, flushed at its end.
     pub deferred_flush: Vec<Py<StreamTransportCore>>,
     pub registrar: Option<Registrar>,
@@ -236,9 +243,10 @@ impl LoopCore {
             state: GilCell::new(LoopState {
                 ready: VecDeque::with_capacity(256),
                 timers: TimerQueue::new(),
-                readers: HashMap::new(),
-                writers: HashMap::new(),
-                io: HashMap::new(),
+                readers: FdMap::default(),
+                writers: FdMap::default(),
+                io: FdMap::default(),
+                sock_lingering: FdMap::default(),
                 deferred_flush: Vec::new(),
                 registrar: Some(registrar),
                 waker: Some(waker),

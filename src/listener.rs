@@ -44,7 +44,12 @@ impl Listener {
         if !matches!(outcome, Ok(false)) {
             slf.get().event_loop.get().state.with(py, |s| {
                 if !s.closed {
-                    s.ready.push_back(Ready::Io { owner: IoOwner::Listener(slf.clone().unbind()), readable: true, writable: false });
+                    s.ready.push_back(Ready::Io {
+                        owner: IoOwner::Listener(slf.clone().unbind()),
+                        readable: true,
+                        writable: false,
+                        clean: false,
+                    });
                 }
             });
         }
@@ -120,7 +125,7 @@ impl Listener {
         let replaced = me.event_loop.get().state.with(py, |s| {
             let replaced = s.register_owner(fd, IoOwner::Listener(slf.clone().unbind()), true, false)?;
             // A connection may already be waiting: try accepting at once.
-            s.ready.push_back(Ready::Io { owner: IoOwner::Listener(slf.clone().unbind()), readable: true, writable: false });
+            s.ready.push_back(Ready::Io { owner: IoOwner::Listener(slf.clone().unbind()), readable: true, writable: false, clean: false });
             Ok::<_, PyErr>(replaced)
         })?;
         me.inner.with(py, |i| i.registered = true);

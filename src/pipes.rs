@@ -104,7 +104,7 @@ impl PipeTransportCore {
         let py = slf.py();
         slf.get().event_loop.get().state.with(py, |s| {
             if !s.closed {
-                s.ready.push_back(Ready::Io { owner: IoOwner::Pipe(slf.clone().unbind()), readable: true, writable: false });
+                s.ready.push_back(Ready::Io { owner: IoOwner::Pipe(slf.clone().unbind()), readable: true, writable: false, clean: false });
             }
         });
     }
@@ -217,7 +217,7 @@ impl PipeTransportCore {
     fn write_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let me = slf.get();
-        match me.state.with(py, |s| s.wq.flush_with(me.fd, writebuf::write_vectored)) {
+        match me.state.with(py, |s| s.wq.flush_with(me.fd, writebuf::Vectored::Writev)) {
             Err(e) => {
                 me.state.with(py, |s| {
                     s.wq.clear();

@@ -176,7 +176,7 @@ impl DatagramTransportCore {
         let py = slf.py();
         slf.get().event_loop.get().state.with(py, |s| {
             if !s.closed {
-                s.ready.push_back(Ready::Io { owner: IoOwner::Datagram(slf.clone().unbind()), readable, writable });
+                s.ready.push_back(Ready::Io { owner: IoOwner::Datagram(slf.clone().unbind()), readable, writable, clean: false });
             }
         });
     }
