@@ -60,7 +60,7 @@ class Cell:
         return f' ({len(self.errors)} of {len(self.errors) + len(self.results)} runs failed: {short(self.errors[0])})'
 
 
-def short(text, limit=90):
+def short(text, limit=120):
     return text if len(text) <= limit else text[:limit - 1] + '…'
 
 
@@ -91,6 +91,10 @@ def fmt_rate(x):
         if x >= div:
             return f'{x / div:.3g}{unit}'
     return f'{x:.3g}'
+
+
+def fmt_pct(values):
+    return f'{max(values):.0f}' if values else '—'
 
 
 def fmt_num(x, digits=3):
@@ -146,8 +150,9 @@ def markdown(info, runs, chart_note):
            f"Machine: {m['nproc']} CPUs, {m['cpu_model']}, Linux {m['kernel']}, {m['python']}.", '',
            'Loops: ' + ', '.join(f'{k} {v}' for k, v in m['loops'].items()) + '.', '',
            f'Every ratio is to {BASELINE} in the same run; ↑ marks a column where higher is better,'
-           ' ↓ one where lower is better. "others CPU" is the CPU time the rest of the machine used'
-           ' during the run: a large value marks a noisy run.', '']
+           ' ↓ one where lower is better. "others %" is the CPU the rest of the machine used during'
+           ' the run, in % of one CPU (the worst of the rounds; all CPUs busy = nproc × 100): a large value'
+           ' marks a noisy row.', '']
     out += micro_table(cells)
     for group, title in (('echo', 'TCP echo'), ('http', 'HTTP/1.1 keep-alive hello world'), ('udp', 'UDP ping-pong')):
         out += net_table(cells, group, title)
@@ -162,7 +167,7 @@ def micro_table(cells):
     if not cases:
         return []
     out = ['## Scheduling (operations/s ↑, median [min–max] ×uvloop)', '',
-           '| workload | ' + ' | '.join(names) + ' | others CPU s (max) |',
+           '| workload | ' + ' | '.join(names) + ' | others % ↓ (max) |',
            '|---|' + '---|' * (len(names) + 1)]
     for case in cases:
         row, noise = [], []
@@ -173,10 +178,10 @@ def micro_table(cells):
             if not cell or not cell.results:
                 row.append(cell.problem() if cell else '—')
                 continue
-            noise += cell.values('others_cpu_s')
+            noise += cell.values('others_pct')
             row.append(f"{spread(cell, 'ops_per_s', fmt_rate)} ×{fmt_ratio(ratio(cell.med('ops_per_s'), base_med))}"
                        + cell.problem())
-        out.append(f'| {case} | ' + ' | '.join(row) + f' | {fmt_num(max(noise) if noise else None, 2)} |')
+        out.append(f'| {case} | ' + ' | '.join(row) + f' | {fmt_pct(noise)} |')
     return out + ['']
 
 
@@ -185,7 +190,7 @@ def net_table(cells, group, title):
         return []
     out = [f'## {title}', '',
            '| case | server | loop | req/s ↑ median [min–max] | ×uvloop ↑ | ×ceiling ↑ | p50 / p99 µs ↓ |'
-           ' server CPU µs/req ↓ [min–max] | ×uvloop ↓ | ×ceiling ↓ | others CPU s (max) |',
+           ' server CPU µs/req ↓ [min–max] | ×uvloop ↓ | ×ceiling ↓ | others % ↓ (max) |',
            '|---|---|---|---|---|---|---|---|---|---|---|']
     for case, style, name, cell, base, ceiling in each_cell(cells, group):
         lead = f'| {case} | {server_name(style)} | {name} |'
@@ -193,7 +198,7 @@ def net_table(cells, group, title):
             out.append(problem_row(lead, cell, 8))
             continue
         rps, cpu = cell.med('rps'), cell.med('server_cpu_us_per_req')
-        noise = cell.values('others_cpu_s')
+        noise = cell.values('others_pct')
         out.append(
             f"{lead} {spread(cell, 'rps', fmt_rate)}{cell.problem()}"
             f" | {fmt_ratio(ratio(rps, base and base.med('rps')))}"
@@ -202,7 +207,7 @@ def net_table(cells, group, title):
             f" | {spread(cell, 'server_cpu_us_per_req', lambda x: fmt_num(x, 3))}"
             f" | {fmt_ratio(ratio(cpu, base and base.med('server_cpu_us_per_req')))}"
             f" | {fmt_ratio(ratio(cpu, ceiling and ceiling.med('server_cpu_us_per_req')))}"
-            f" | {fmt_num(max(noise) if noise else None, 2)} |")
+            f" | {fmt_pct(noise)} |")
     return out + ['']
 
 

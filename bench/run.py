@@ -176,7 +176,7 @@ def rss_kib(pid):
 def run_micro(loop, job, s):
     n = max(1000, int(micro.WORKLOADS[job['style']][1] * s.micro_scale))
     cmd = [sys.executable, os.path.join(BENCH, 'micro.py'), loop, job['style'], '--n', str(n)]
-    busy0, cpu0 = machine_busy_s(), children_cpu_s()
+    t0, busy0, cpu0 = time.monotonic(), machine_busy_s(), children_cpu_s()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     busy, cpu = machine_busy_s() - busy0, children_cpu_s() - cpu0
     if proc.returncode:
@@ -185,6 +185,7 @@ def run_micro(loop, job, s):
     if 'unsupported' in result:
         raise Unsupported(result['unsupported'])
     result['others_cpu_s'] = max(0.0, busy - cpu)
+    result['others_pct'] = 100 * result['others_cpu_s'] / max(time.monotonic() - t0, 1e-3)
     return result
 
 
@@ -202,7 +203,9 @@ def run_net(loop, job, s, cpu):
             if server.proc.poll() is not None:
                 why += f'; server exited {server.proc.returncode}: {last_line(server.err.name)}'
             raise Failed(f'loadgen exit {proc.returncode}: {why}')
-        return json.loads(proc.stdout.strip().splitlines()[-1])
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+        result['others_pct'] = 100 * result['others_cpu_s'] / max(result['seconds'], 1e-3)
+        return result
     finally:
         server.stop()
 

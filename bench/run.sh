@@ -29,11 +29,13 @@ if [ -z "${BENCH_SKIP_SETUP:-}" ]; then
         fi
     done
     echo '== build ferroloop (release) into bench/.venv' >&2
-    VIRTUAL_ENV="$VENV" PATH="$VENV/bin:$PATH" "$VPY" -m maturin develop -q --release
+    # Build output goes to stderr: stdout carries only the results table.
+    VIRTUAL_ENV="$VENV" PATH="$VENV/bin:$PATH" "$VPY" -m maturin develop -q --release >&2
     echo '== build the load generator and ceiling server (cargo build --release -p ferroloop-bench)' >&2
-    if ! cargo build -q --release -p ferroloop-bench; then
-        echo "bench: building ferroloop-bench failed (is bench/tools in the workspace?);" \
-             "network workloads will be reported as unsupported" >&2
+    if ! cargo build -q --release -p ferroloop-bench >&2; then
+        echo "bench: building ferroloop-bench failed (is bench/tools in the workspace?): run.py uses the" \
+             "loadgen and echo-server it finds in \${BENCH_TOOLS_DIR:-target/release}, and reports every" \
+             "network workload as unsupported if there are none" >&2
     fi
 fi
 exec "$VPY" "$BENCH/run.py" "$@"
