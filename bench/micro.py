@@ -6,7 +6,9 @@ heap, caches or freelists.
     python bench/micro.py LOOP WORKLOAD [--n N]
     python bench/micro.py --list
 
-Prints one JSON line: {"loop", "workload", "ops", "seconds", "cpu_s", "ops_per_s"}.
+Prints one JSON line: {"loop", "workload", "ops", "seconds", "cpu_s", "ops_per_s",
+"ops_per_cpu_s"}; cpu_s is the process's CPU time (all threads), which run.py
+compares: on a shared machine wall time also counts the time other processes ran.
 A warm-up pass (a tenth of N) runs first on the same loop and is not timed, so the
 number is the steady state rather than first-call costs. A loop lacking something a
 workload needs prints {"unsupported": "<reason>"} and exits 0: run.py shows it.
@@ -218,7 +220,7 @@ def measure(loop_name, workload, n):
     finally:
         loop.close()
     return {'loop': loop_name, 'workload': workload, 'ops': ops, 'seconds': seconds, 'cpu_s': cpu,
-            'ops_per_s': ops / seconds}
+            'ops_per_s': ops / seconds, 'ops_per_cpu_s': ops / cpu}
 
 
 def main():

@@ -166,21 +166,23 @@ def micro_table(cells):
     cases, _, names, _ = ordered(cells, 'micro')
     if not cases:
         return []
-    out = ['## Scheduling (operations/s ↑, median [min–max] ×uvloop)', '',
+    out = ['## Scheduling (operations per CPU-second ↑, median [min–max] ×uvloop)', '',
+           'CPU time of the whole benchmark process (all its threads) for the timed part;'
+           ' wall-clock ops/s are in results.json.', '',
            '| workload | ' + ' | '.join(names) + ' | others % ↓ (max) |',
            '|---|' + '---|' * (len(names) + 1)]
     for case in cases:
         row, noise = [], []
         base = cells.get(('micro', case, case, BASELINE))
-        base_med = base.med('ops_per_s') if base else None
+        base_med = base.med('ops_per_cpu_s') if base else None
         for name in names:
             cell = cells.get(('micro', case, case, name))
             if not cell or not cell.results:
                 row.append(cell.problem() if cell else '—')
                 continue
             noise += cell.values('others_pct')
-            row.append(f"{spread(cell, 'ops_per_s', fmt_rate)} ×{fmt_ratio(ratio(cell.med('ops_per_s'), base_med))}"
-                       + cell.problem())
+            vs_base = fmt_ratio(ratio(cell.med('ops_per_cpu_s'), base_med))
+            row.append(f"{spread(cell, 'ops_per_cpu_s', fmt_rate)} ×{vs_base}{cell.problem()}")
         out.append(f'| {case} | ' + ' | '.join(row) + f' | {fmt_pct(noise)} |')
     return out + ['']
 
@@ -256,7 +258,7 @@ def memory_table(cells):
 
 def chart_rows(cells):
     """Three panels of (label, {loop: ratio}), every ratio oriented so > 1 beats uvloop."""
-    panels = {'Scheduling: ops/s ÷ uvloop': [], 'Network: req/s ÷ uvloop': [],
+    panels = {'Scheduling: ops per CPU-second ÷ uvloop': [], 'Network: req/s ÷ uvloop': [],
               'Network and memory: uvloop cost ÷ loop cost (server CPU/req; RSS)': []}
     throughput, net_rps, cost = panels.values()
     for (group, case, style, name), cell in cells.items():
@@ -266,7 +268,7 @@ def chart_rows(cells):
         if not base or not base.results:
             continue
         if group == 'micro':
-            throughput.append((case, name, ratio(cell.med('ops_per_s'), base.med('ops_per_s'))))
+            throughput.append((case, name, ratio(cell.med('ops_per_cpu_s'), base.med('ops_per_cpu_s'))))
         elif group == 'memory':
             cost.append((f'RSS {case}', name, ratio(base.med('rss_kib'), cell.med('rss_kib'))))
         elif style != CEILING:
@@ -274,6 +276,9 @@ def chart_rows(cells):
             net_rps.append((row, name, ratio(cell.med('rps'), base.med('rps'))))
             cost.append((row, name, ratio(base.med('server_cpu_us_per_req'), cell.med('server_cpu_us_per_req'))))
     return panels
+
+
+RATIO_TICKS = [0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.85, 1, 1.2, 1.5, 2, 3, 5, 10, 20, 50]
 
 
 def draw_chart(path, info, runs):
@@ -303,7 +308,7 @@ def draw_chart(path, info, runs):
         ax.set_yticks([j + bar * (len(names) - 1) / 2 for j in range(len(labels))], labels, fontsize=7)
         ax.invert_yaxis()
         ax.set_xscale('log')
-        ax.xaxis.set_major_locator(ticks.FixedLocator([0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.85, 1, 1.2, 1.5, 2, 3, 5, 10]))
+        ax.xaxis.set_major_locator(ticks.FixedLocator(RATIO_TICKS))
         ax.xaxis.set_major_formatter(ticks.FuncFormatter(lambda x, _: f'{x:g}'))
         ax.xaxis.set_minor_formatter(ticks.NullFormatter())
         ax.axvline(1.0, color='black', linewidth=0.8)

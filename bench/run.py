@@ -139,8 +139,11 @@ class Server:
             self.stop()
             raise Unsupported(line[len('UNSUPPORTED '):])
         if not line or not line.startswith('PORT '):
+            self.proc.kill()
+            self.proc.wait()
+            why = line or last_line(self.err.name)
             self.stop()
-            raise Failed(f'server did not start: {line or last_line(self.err.name)}')
+            raise Failed(f'server did not start: {why}')
         self.port = int(line.split()[1])
         self.pid = self.proc.pid
 
