@@ -288,7 +288,7 @@ def main():
     args = ap.parse_args()
     s = Settings(args.quick, args.rounds)
     names = [n for n in args.loops.split(',') if n]
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # inherited by loadgen idle
 
     status, dead = {}, {}  # dead: (loop, style) -> why every later run is skipped
