@@ -69,8 +69,13 @@ class ExecutorMixin:
             executor.shutdown(wait=False)
 
     async def getaddrinfo(self, host, port, *, family=0, type=0, proto=0, flags=0):
-        resolve = _getaddrinfo_logged if self.get_debug() else _getaddrinfo
-        return await self.run_in_executor(None, resolve, self, host, port, family, type, proto, flags)
+        if self.get_debug():
+            return await self.run_in_executor(None, _getaddrinfo_logged, self, host, port, family, type, proto, flags)
+        if _is_numeric(host, port):
+            # Nothing to look up: libc answers from the strings alone, without
+            # blocking, so a thread hop (two wake-ups) would be all the cost.
+            return socket.getaddrinfo(host, port, family, type, proto, flags)
+        return await self.run_in_executor(None, _getaddrinfo, self, host, port, family, type, proto, flags)
 
     async def getnameinfo(self, sockaddr, flags=0):
         return await self.run_in_executor(None, socket.getnameinfo, sockaddr, flags)
@@ -87,6 +92,26 @@ async def _wait_for(fut, timeout):
             await tasks.wait_for(fut, timeout)
         except exceptions.TimeoutError:
             raise TimeoutError from None
+
+
+def _is_numeric(host, port):
+    """True when ``host`` is an IP address literal and ``port`` a number (or absent):
+    getaddrinfo then reads no file and asks no server."""
+    if port is not None and not isinstance(port, int):
+        if not isinstance(port, (str, bytes)) or not port.isdigit():
+            return False
+    if not isinstance(host, str):
+        return False
+    try:
+        socket.inet_pton(socket.AF_INET, host)
+        return True
+    except OSError:
+        pass
+    try:
+        socket.inet_pton(socket.AF_INET6, host.partition('%')[0])
+        return True
+    except OSError:
+        return False
 
 
 def _getaddrinfo(loop, host, port, family, type, proto, flags):
