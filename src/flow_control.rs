@@ -12,9 +12,15 @@ use pyo3::types::PyDict;
 /// The watermarks `set_write_buffer_limits(high, low)` sets: 64 KiB and a quarter
 /// of it by default, either derived from the other, validated with asyncio's message.
 pub fn water_marks(high: Option<i64>, low: Option<i64>) -> PyResult<(usize, usize)> {
+    water_marks_default(high, low, 64 * 1024)
+}
+
+/// `water_marks` with another default high-water mark (asyncio's
+/// `add_flowcontrol_defaults`, which the TLS layer uses with its own defaults).
+pub fn water_marks_default(high: Option<i64>, low: Option<i64>, default_high: i64) -> PyResult<(usize, usize)> {
     let high = match (high, low) {
         (Some(h), _) => h,
-        (None, None) => 64 * 1024,
+        (None, None) => default_high,
         (None, Some(l)) => l.saturating_mul(4),
     };
     let low = low.unwrap_or(high / 4);

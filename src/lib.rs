@@ -3,7 +3,7 @@
 //! Modules by asyncio concept: `handles` (Handle, TimerHandle), `scheduling`
 //! (call_soon/call_later), `dispatch` (the loop iteration), `fd_callbacks`
 //! (add_reader/add_writer), `sock` and `sendfile` (the `sock_*` coroutines), `buffer`
-//! (Python buffers as bytes), `transport`/`listener` (streams), `udp` (datagram
+//! (Python buffers as bytes), `transport`/`listener` (streams), `tls` (the TLS layer over a stream transport), `udp` (datagram
 //! transports), `event_loop` (the class that lists the Rust API).
 
 mod buffer;
@@ -18,6 +18,7 @@ mod scheduling;
 mod sendfile;
 mod signals;
 mod sock;
+mod tls;
 mod transport;
 mod udp;
 
@@ -33,6 +34,7 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<sock::SockOp>()?;
     m.add_class::<transport::StreamTransportCore>()?;
     m.add_class::<listener::Listener>()?;
+    m.add_class::<tls::TlsCore>()?;
     m.add_class::<udp::DatagramTransportCore>()?;
     Ok(())
 }
