@@ -32,7 +32,7 @@ use pyo3::gc::{PyTraverseError, PyVisit};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyByteArray, PyBytes, PyDict, PyList, PyMemoryView, PyTuple, PyType};
+use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PyTuple, PyType};
 
 use crate::buffer::BufView;
 use crate::event_loop::LoopCore;
@@ -111,6 +111,12 @@ fn buffered_protocol_type(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
     T.import(py, "asyncio.protocols", "BufferedProtocol")
 }
 
+/// The buffer records are decrypted into (see `do_read_copied`), one per process.
+fn read_scratch(py: Python<'_>) -> PyResult<&Bound<'_, PyByteArray>> {
+    static SCRATCH: PyOnceLock<Py<PyByteArray>> = PyOnceLock::new();
+    Ok(SCRATCH.get_or_try_init(py, || Ok::<_, PyErr>(PyByteArray::new(py, &vec![0u8; MAX_SIZE]).unbind()))?.bind(py))
+}
+
 /// asyncio's `add_flowcontrol_defaults(high, low, kb)`.
 fn limits(high: Option<i64>, low: Option<i64>, default_high: i64) -> PyResult<(usize, usize)> {
     water_marks_default(high, low, default_high)
@@ -157,6 +163,13 @@ struct TlsState {
 pub struct TlsCore {
     event_loop: Py<LoopCore>,
     sslobj: Py<PyAny>,
+    /// What `read`/`write`/`do_handshake` are called on: the `_ssl` object inside a
+    /// plain `ssl.SSLObject` (its Python methods only forward to it, one frame per
+    /// call saved), or the `SSLObject` itself when the context's `sslobject_class`
+    /// is a subclass, whose overrides must run.
+    engine: Py<PyAny>,
+    /// `engine` is the `_ssl` object: its `unwrap()` is `shutdown()`.
+    engine_is_c: bool,
     incoming: Py<PyAny>,
     outgoing: Py<PyAny>,
     handshake_timeout: Py<PyAny>,
@@ -235,6 +248,12 @@ impl TlsCore {
             t.bind(py).call_method0(intern!(py, "cancel"))?;
         }
         Ok(())
+    }
+
+    /// `SSLObject.unwrap()`: send our close_notify, complete once the peer's came.
+    fn unwrap(&self, py: Python<'_>) -> PyResult<()> {
+        let method = if self.engine_is_c { intern!(py, "shutdown") } else { intern!(py, "unwrap") };
+        self.engine.bind(py).call_method0(method).map(drop)
     }
 
     fn pending(py: Python<'_>, bio: &Py<PyAny>) -> PyResult<usize> {
@@ -338,7 +357,7 @@ impl TlsCore {
 
     fn do_handshake(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
-        match slf.get().sslobj.bind(py).call_method0(intern!(py, "do_handshake")) {
+        match slf.get().engine.bind(py).call_method0(intern!(py, "do_handshake")) {
             Ok(_) => Self::on_handshake_complete(slf, None),
             Err(e) if is_again(py, &e)? => Self::process_outgoing(slf),
             Err(e) if is_ssl_error(py, &e)? => Self::on_handshake_complete(slf, Some(e.into_value(py).into_bound(py).into_any())),
@@ -423,8 +442,7 @@ impl TlsCore {
     fn do_shutdown(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let me = slf.get();
-        let result =
-            if me.state.with(py, |s| s.eof_received) { Ok(()) } else { me.sslobj.bind(py).call_method0(intern!(py, "unwrap")).map(drop) };
+        let result = if me.state.with(py, |s| s.eof_received) { Ok(()) } else { me.unwrap(py) };
         match result {
             Ok(()) => {
                 Self::process_outgoing(slf)?;
@@ -470,6 +488,27 @@ impl TlsCore {
             me.state.with(py, |s| s.conn_lost += 1);
             return Ok(());
         }
+        if phase == Phase::Wrapped && items.len() == 1 && me.state.with(py, |s| s.backlog.is_empty()) {
+            // The common case: the SSLObject takes the data at once, nothing is queued.
+            let item = &items[0];
+            let view = BufView::get(item, false)?;
+            match me.engine.bind(py).call_method1(intern!(py, "write"), (item,)) {
+                Ok(n) => {
+                    let n: usize = n.extract()?;
+                    if n < view.len() {
+                        let rest = PyBytes::new(py, &view.as_slice()[n..]).into_any().unbind();
+                        me.state.with(py, |s| {
+                            s.backlog_size += rest.bind(py).len().unwrap_or(0);
+                            s.backlog.push_back(rest);
+                        });
+                        return Self::guarded(slf, "Fatal error on SSL protocol", || Self::do_write(slf));
+                    }
+                    return Self::guarded(slf, "Fatal error on SSL protocol", || Self::process_outgoing(slf));
+                }
+                Err(e) if is_again(py, &e)? => {} // queued below, written when OpenSSL can
+                Err(e) => return Self::guarded(slf, "Fatal error on SSL protocol", || Err(e)),
+            }
+        }
         for item in items {
             let len = BufView::get(&item, false)?.len();
             if len > 0 {
@@ -488,7 +527,7 @@ impl TlsCore {
     fn do_write(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let me = slf.get();
-        let sslobj = me.sslobj.bind(py);
+        let sslobj = me.engine.bind(py);
         while let Some(data) = me.state.with(py, |s| s.backlog.front().map(|d| d.clone_ref(py))) {
             let count: usize = match sslobj.call_method1(intern!(py, "write"), (&data,)) {
                 Ok(n) => n.extract()?,
@@ -579,29 +618,50 @@ impl TlsCore {
         })
     }
 
+    /// Reads all the plaintext there is, delivers it in one `data_received()`, then
+    /// handles a close_notify that followed it. Records are decrypted into a shared
+    /// scratch buffer (no 256 KiB allocation per read), and reading stops without
+    /// the `SSLWantReadError` that would end it when nothing is left to decrypt:
+    /// OpenSSL reads one record at a time from the BIO, so an empty BIO and no
+    /// plaintext pending in the `SSLObject` mean the next read can only want more.
     fn do_read_copied(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let me = slf.get();
-        let sslobj = me.sslobj.bind(py);
-        let mut chunks: Vec<Bound<'_, PyAny>> = Vec::new();
+        let engine = me.engine.bind(py);
+        let scratch = read_scratch(py)?;
+        let mut data: Option<Bound<'_, PyAny>> = None;
+        let mut more: Vec<u8> = Vec::new();
         let mut close_notify = false;
         loop {
-            match sslobj.call_method1(intern!(py, "read"), (MAX_SIZE,)) {
-                Ok(chunk) if chunk.len()? == 0 => {
-                    close_notify = true;
-                    break;
-                }
-                Ok(chunk) => chunks.push(chunk),
+            let got: usize = match engine.call_method1(intern!(py, "read"), (MAX_SIZE, scratch)) {
+                Ok(n) => n.extract()?,
                 Err(e) if is_again(py, &e)? => break,
                 Err(e) => return Err(e),
+            };
+            if got == 0 {
+                close_notify = true;
+                break;
+            }
+            // SAFETY: the scratch bytearray is only used here, under the GIL, and
+            // no Python code runs between the read above and this copy.
+            let chunk = unsafe { &scratch.as_bytes()[..got] };
+            match &data {
+                None => data = Some(PyBytes::new(py, chunk).into_any()),
+                Some(first) => {
+                    if more.is_empty() {
+                        more.extend_from_slice(first.cast::<PyBytes>()?.as_bytes());
+                    }
+                    more.extend_from_slice(chunk);
+                }
+            }
+            if Self::pending(py, &me.incoming)? == 0 && engine.call_method0(intern!(py, "pending"))?.extract::<usize>()? == 0 {
+                break;
             }
         }
-        if !chunks.is_empty() {
-            let data = if chunks.len() == 1 {
-                chunks.pop().unwrap()
-            } else {
-                PyBytes::new(py, b"").call_method1(intern!(py, "join"), (PyList::new(py, &chunks)?,))?
-            };
+        if !more.is_empty() {
+            data = Some(PyBytes::new(py, &more).into_any());
+        }
+        if let Some(data) = data {
             if let Some(protocol) = me.app_protocol(py) {
                 protocol.bind(py).call_method1(intern!(py, "data_received"), (data,))?;
             }
@@ -622,7 +682,7 @@ impl TlsCore {
         let buf = protocol.call_method1(intern!(py, "get_buffer"), (hint,))?;
         let view = PyMemoryView::from(&buf)?;
         let wants = view.len()?;
-        let sslobj = me.sslobj.bind(py);
+        let sslobj = me.engine.bind(py);
         let mut offset = 0usize;
         let mut count = 1usize;
         match sslobj.call_method1(intern!(py, "read"), (wants, &view)) {
@@ -734,7 +794,7 @@ fn is_bytes_like(obj: &Bound<'_, PyAny>) -> bool {
 #[pymethods]
 impl TlsCore {
     #[new]
-    #[pyo3(signature = (event_loop, app_protocol, sslcontext, sslobj, incoming, outgoing, waiter, handshake_timeout, shutdown_timeout, call_connection_made))]
+    #[pyo3(signature = (event_loop, app_protocol, sslcontext, sslobj, engine, incoming, outgoing, waiter, handshake_timeout, shutdown_timeout, call_connection_made))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -742,6 +802,7 @@ impl TlsCore {
         app_protocol: Bound<'_, PyAny>,
         sslcontext: Bound<'_, PyAny>,
         sslobj: Bound<'_, PyAny>,
+        engine: Bound<'_, PyAny>,
         incoming: Bound<'_, PyAny>,
         outgoing: Bound<'_, PyAny>,
         waiter: Option<Bound<'_, PyAny>>,
@@ -756,6 +817,8 @@ impl TlsCore {
         let (out_high, out_low) = limits(None, None, HIGH_WATER_WRITE)?;
         Ok(TlsCore {
             event_loop: event_loop.unbind(),
+            engine_is_c: !engine.is(&sslobj),
+            engine: engine.unbind(),
             sslobj: sslobj.unbind(),
             incoming: incoming.unbind(),
             outgoing: outgoing.unbind(),
@@ -1078,6 +1141,7 @@ impl TlsCore {
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         visit.call(&self.event_loop)?;
         visit.call(&self.sslobj)?;
+        visit.call(&self.engine)?;
         visit.call(&self.incoming)?;
         visit.call(&self.outgoing)?;
         visit.call(&self.handshake_timeout)?;

@@ -98,7 +98,10 @@ def make_tls(loop, app_protocol, sslcontext, waiter, server_side=False,
     outgoing = ssl.MemoryBIO()
     sslobj = sslcontext.wrap_bio(incoming, outgoing, server_side=server_side,
                                  server_hostname=hostname)
-    core = TlsCore(loop, app_protocol, sslcontext, sslobj, incoming, outgoing, waiter,
-                   ssl_handshake_timeout, ssl_shutdown_timeout, call_connection_made)
+    # A plain SSLObject only forwards to its _ssl object: the core calls that one
+    # directly. A subclass (the context's sslobject_class) is called as it is.
+    engine = sslobj._sslobj if type(sslobj) is ssl.SSLObject else sslobj
+    core = TlsCore(loop, app_protocol, sslcontext, sslobj, engine, incoming, outgoing,
+                   waiter, ssl_handshake_timeout, ssl_shutdown_timeout, call_connection_made)
     _SSLTransport(loop, core)
     return core
