@@ -20,7 +20,7 @@ import weakref
 
 import pytest
 
-from net_helpers import Recorder, is_ferroloop, loop, run  # noqa: F401
+from net_helpers import Recorder, is_ferroloop, loop, open_fds, run  # noqa: F401
 
 trustme = pytest.importorskip('trustme')
 
@@ -683,6 +683,35 @@ def test_client_certificates(loop, ca, server_ctx, client_ctx):
     run(loop, main())
 
 
+def test_post_handshake_auth(loop, ca, server_ctx, client_ctx):
+    # TLS 1.3: the server asks for the client's certificate after the handshake;
+    # OpenSSL's answer goes out with what the client's reads produce.
+    server_ctx.verify_mode = ssl.CERT_OPTIONAL
+    server_ctx.post_handshake_auth = True
+    ca.configure_trust(server_ctx)
+    client_ctx.post_handshake_auth = True
+    ca.issue_cert('late@example.org').configure_cert(client_ctx)
+
+    async def main():
+        server, addr = await tls_server(loop, server_ctx, factory=lambda: Recorder(loop))
+        tr, pr = await loop.create_connection(lambda: Recorder(loop), *addr, ssl=client_ctx,
+                                              server_hostname='localhost')
+        srv = server.protos[0]
+        await srv.made
+        sslobj = srv.transport.get_extra_info('ssl_object')
+        assert sslobj.getpeercert() is None
+        sslobj.verify_client_post_handshake()
+        srv.transport.write(b'who are you?')
+        await pr.wait_for_bytes(12)
+        tr.write(b'me')
+        await srv.wait_for_bytes(2)
+        assert ('email', 'late@example.org') in sslobj.getpeercert()['subjectAltName']
+        tr.close()
+        await pr.lost
+        await close_server(server)
+    run(loop, main())
+
+
 def test_session_reuse(loop, ca, server_ctx):
     # The context is used as given: a subclass whose wrap_bio resumes the last
     # session works as it does on asyncio.
@@ -858,6 +887,7 @@ def test_no_reference_cycles_keep_connections_alive(loop, server_ctx, client_ctx
         try:
             refs.clear()
             server.protos.clear()
+            fds = open_fds()
             tracemalloc.start()
             before = tracemalloc.get_traced_memory()[0]
             for _ in range(100):
@@ -875,6 +905,7 @@ def test_no_reference_cycles_keep_connections_alive(loop, server_ctx, client_ctx
             grown = tracemalloc.get_traced_memory()[0] - before
             tracemalloc.stop()
             assert grown < 100 * 4096, grown
+            assert open_fds() == fds
         finally:
             gc.enable()
         await close_server(server)

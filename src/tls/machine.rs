@@ -442,21 +442,27 @@ impl TlsCore {
     }
 
     /// Reads all the plaintext there is, delivers it in one `data_received()`, then
-    /// handles a close_notify that followed it. Records are decrypted into a shared
-    /// scratch buffer (no 256 KiB allocation per read), and reading stops without
-    /// the `SSLWantReadError` that would end it when nothing is left to decrypt:
+    /// handles a close_notify that followed it. Records are decrypted one after the
+    /// other into a shared scratch buffer and copied out once, at their total size
+    /// (no 256 KiB allocation per read, no join). Reading stops without the
+    /// `SSLWantReadError` that would end it when nothing is left to decrypt:
     /// OpenSSL reads one record at a time from the BIO, so an empty BIO and no
     /// plaintext pending in the `SSLObject` mean the next read can only want more.
     pub(super) fn do_read_copied(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let me = slf.get();
         let engine = me.engine.bind(py);
-        let scratch = read_scratch(py)?;
-        let mut data: Option<Bound<'_, PyAny>> = None;
-        let mut more: Vec<u8> = Vec::new();
+        let (scratch, view) = read_scratch(py)?;
+        let mut filled = 0usize;
         let mut close_notify = false;
-        loop {
-            let got: usize = match engine.call_method1(intern!(py, "read"), (MAX_SIZE, scratch)) {
+        while filled < MAX_SIZE {
+            let result = if filled == 0 {
+                engine.call_method1(intern!(py, "read"), (MAX_SIZE, view))
+            } else {
+                let rest = view.get_item(pyo3::types::PySlice::new(py, filled as isize, MAX_SIZE as isize, 1))?;
+                engine.call_method1(intern!(py, "read"), (MAX_SIZE - filled, rest))
+            };
+            let got: usize = match result {
                 Ok(n) => n.extract()?,
                 Err(e) if is_again(py, &e)? => break,
                 Err(e) => return Err(e),
@@ -465,28 +471,22 @@ impl TlsCore {
                 close_notify = true;
                 break;
             }
-            // SAFETY: the scratch bytearray is only used here, under the GIL, and
-            // no Python code runs between the read above and this copy.
-            let chunk = unsafe { &scratch.as_bytes()[..got] };
-            match &data {
-                None => data = Some(PyBytes::new(py, chunk).into_any()),
-                Some(first) => {
-                    if more.is_empty() {
-                        more.extend_from_slice(first.cast::<PyBytes>()?.as_bytes());
-                    }
-                    more.extend_from_slice(chunk);
-                }
-            }
+            filled += got;
             if Self::pending(py, &me.incoming)? == 0 && engine.call_method0(intern!(py, "pending"))?.extract::<usize>()? == 0 {
                 break;
             }
         }
-        if !more.is_empty() {
-            data = Some(PyBytes::new(py, &more).into_any());
-        }
-        if let Some(data) = data {
+        if filled > 0 {
+            // SAFETY: the scratch bytearray is only used here, under the GIL, and no
+            // Python code ran since the reads that filled it.
+            let data = PyBytes::new(py, unsafe { &scratch.as_bytes()[..filled] });
             if let Some(protocol) = me.app_protocol(py) {
                 protocol.bind(py).call_method1(intern!(py, "data_received"), (data,))?;
+            }
+            if filled == MAX_SIZE {
+                // Full: there may be more, read it next time round (asyncio's
+                // buffered path does the same).
+                me.call_soon(py, slf.getattr(intern!(py, "_do_read"))?, PyTuple::empty(py))?;
             }
         }
         if close_notify {

@@ -116,10 +116,16 @@ fn buffered_protocol_type(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
     T.import(py, "asyncio.protocols", "BufferedProtocol")
 }
 
-/// The buffer records are decrypted into (see `do_read_copied`), one per process.
-fn read_scratch(py: Python<'_>) -> PyResult<&Bound<'_, PyByteArray>> {
-    static SCRATCH: PyOnceLock<Py<PyByteArray>> = PyOnceLock::new();
-    Ok(SCRATCH.get_or_try_init(py, || Ok::<_, PyErr>(PyByteArray::new(py, &vec![0u8; MAX_SIZE]).unbind()))?.bind(py))
+/// The buffer records are decrypted into (see `do_read_copied`), one per process,
+/// and a memoryview of it for `SSLObject.read(n, buffer)`.
+fn read_scratch(py: Python<'_>) -> PyResult<(&Bound<'_, PyByteArray>, &Bound<'_, PyMemoryView>)> {
+    static SCRATCH: PyOnceLock<(Py<PyByteArray>, Py<PyMemoryView>)> = PyOnceLock::new();
+    let (array, view) = SCRATCH.get_or_try_init(py, || {
+        let array = PyByteArray::new(py, &vec![0u8; MAX_SIZE]);
+        let view = PyMemoryView::from(&array)?;
+        Ok::<_, PyErr>((array.unbind(), view.unbind()))
+    })?;
+    Ok((array.bind(py), view.bind(py)))
 }
 
 /// asyncio's `add_flowcontrol_defaults(high, low, kb)`.
