@@ -58,6 +58,20 @@ pub fn tell_protocol(
     protocol: Py<PyAny>,
     method: &Bound<'_, pyo3::types::PyString>,
 ) -> PyResult<()> {
+    let reported = protocol.clone_ref(py);
+    tell_protocol_reporting(py, event_loop, transport, protocol, reported, method)
+}
+
+/// `tell_protocol`, naming `reported` as the context's protocol: asyncio's TLS layer
+/// calls the application's protocol but reports itself.
+pub fn tell_protocol_reporting(
+    py: Python<'_>,
+    event_loop: &Bound<'_, PyAny>,
+    transport: Py<PyAny>,
+    protocol: Py<PyAny>,
+    reported: Py<PyAny>,
+    method: &Bound<'_, pyo3::types::PyString>,
+) -> PyResult<()> {
     let Err(err) = protocol.bind(py).call_method0(method) else { return Ok(()) };
     if is_fatal(py, &err) {
         return Err(err);
@@ -66,7 +80,7 @@ pub fn tell_protocol(
     ctx.set_item("message", format!("protocol.{method}() failed"))?;
     ctx.set_item("exception", err.value(py))?;
     ctx.set_item("transport", transport)?;
-    ctx.set_item("protocol", protocol)?;
+    ctx.set_item("protocol", reported)?;
     event_loop.call_method1(intern!(py, "call_exception_handler"), (ctx,))?;
     Ok(())
 }

@@ -402,17 +402,8 @@ impl TlsCore {
             }
         });
         let (Some(method), Some(protocol)) = (method, me.app_protocol(py)) else { return Ok(()) };
-        let Err(err) = protocol.bind(py).call_method0(method) else { return Ok(()) };
-        if is_fatal(py, &err) {
-            return Err(err);
-        }
-        let ctx = PyDict::new(py);
-        ctx.set_item("message", format!("protocol.{method}() failed"))?;
-        ctx.set_item("exception", err.value(py))?;
-        ctx.set_item("transport", me.app_transport(py))?;
-        ctx.set_item("protocol", slf)?;
-        me.loop_any(py).call_method1(intern!(py, "call_exception_handler"), (ctx,))?;
-        Ok(())
+        let reported = slf.clone().into_any().unbind();
+        tell_protocol_reporting(py, &me.loop_any(py), me.app_transport(py), protocol, reported, method)
     }
 
     // ----- incoming -----------------------------------------------------------------

@@ -39,7 +39,7 @@ use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PyTuple, PyType};
 
 use crate::buffer::BufView;
 use crate::event_loop::LoopCore;
-use crate::flow_control::{is_fatal, logger, water_marks_default};
+use crate::flow_control::{is_fatal, logger, tell_protocol_reporting, water_marks_default};
 use crate::gil_cell::GilCell;
 use crate::transport::StreamTransportCore;
 
