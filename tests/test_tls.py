@@ -591,6 +591,29 @@ def test_abort_and_errors_on_a_closed_transport(loop, server_ctx, client_ctx):
     run(loop, main())
 
 
+def test_a_second_close_lets_go_of_the_tls_layer(loop, ca, server_ctx):
+    # asyncio's transport drops its SSLProtocol on a second close(): a protocol
+    # that keeps its transport then keeps neither the connection nor the context.
+    async def main():
+        server, addr = await tls_server(loop, server_ctx)
+        ctx = make_client_ctx(ca)
+        tr, pr = await loop.create_connection(lambda: Recorder(loop), *addr, ssl=ctx,
+                                              server_hostname='localhost')
+        await echo(tr, pr, b'ping')
+        tr.close()
+        await pr.lost
+        tr.close()
+        assert tr.is_closing()
+        tr.abort()
+        ref = weakref.ref(ctx)
+        del ctx
+        assert pr.transport is tr
+        gc.collect()
+        assert ref() is None
+        await close_server(server)
+    run(loop, main())
+
+
 def test_peer_closing_first(loop, server_ctx, client_ctx):
     async def main():
         server, addr = await tls_server(loop, server_ctx)

@@ -19,12 +19,20 @@ except ImportError:  # pragma: no cover - CPython built without OpenSSL
     ssl = None
 
 _TLS_METHODS = (
-    'write', 'writelines', 'close', 'abort', 'is_closing', 'is_reading',
+    'write', 'writelines', 'abort', 'is_closing', 'is_reading',
     'pause_reading', 'resume_reading', 'get_protocol', 'set_protocol',
     'get_extra_info', 'set_write_buffer_limits', 'get_write_buffer_limits',
     'get_write_buffer_size', 'set_read_buffer_limits', 'get_read_buffer_limits',
     'get_read_buffer_size', '_force_close', '_test__append_write_backlog',
 )
+
+
+def _true():
+    return True
+
+
+def _nothing():
+    pass
 
 
 class _SSLTransport(transports._FlowControlMixin, transports.Transport):
@@ -43,9 +51,26 @@ class _SSLTransport(transports._FlowControlMixin, transports.Transport):
             setattr(self, name, getattr(core, name))
         core._set_app_transport(self)
 
+    def close(self):
+        core = self._ssl_protocol
+        if core is None:
+            return
+        if not core._closed:
+            core.close()
+            return
+        # asyncio's second close(): the transport lets go of the TLS layer, so a
+        # protocol that keeps its transport keeps no connection state (nor the
+        # SSLContext) alive. Only close(), abort() and is_closing() still work.
+        self._ssl_protocol = None
+        for name in _TLS_METHODS:
+            delattr(self, name)
+        self.is_closing = _true
+        self.abort = _nothing
+
     @property
     def _closed(self):
-        return self._ssl_protocol._closed
+        core = self._ssl_protocol
+        return core is None or core._closed
 
     @property
     def _protocol_paused(self):
@@ -62,7 +87,7 @@ class _SSLTransport(transports._FlowControlMixin, transports.Transport):
             core = self._ssl_protocol
         except AttributeError:
             return
-        if not core._closed:
+        if core is not None and not core._closed:
             _warn(f'unclosed transport {self!r}', ResourceWarning, source=self)
 
 
