@@ -5,7 +5,7 @@ here is what is Python by nature: making the ``SSLObject`` from the user's
 ``ssl.SSLContext`` (``context.wrap_bio`` over two ``MemoryBIO``s, so every setting
 of the context applies as configured), asyncio's argument checks, and
 ``_SSLTransport``, the ``asyncio.Transport`` the application sees, whose methods
-are the core's, stored in slots as bound builtins (as ``_StreamTransport`` does)."""
+are the core's, bound into slots on first use (as ``_StreamTransport`` does)."""
 
 import warnings
 
@@ -47,9 +47,17 @@ class _SSLTransport(transports._FlowControlMixin, transports.Transport):
     def __init__(self, loop, core):
         self._loop = loop
         self._ssl_protocol = core
-        for name in _TLS_METHODS:
-            setattr(self, name, getattr(core, name))
         core._set_app_transport(self)
+
+    def __getattr__(self, name):
+        # Core methods are bound into their slots on first use, as the stream
+        # transport does: an idle connection pays only for what it has called.
+        core = self._ssl_protocol
+        if name in _TLS_METHODS and core is not None:
+            method = getattr(core, name)
+            setattr(self, name, method)
+            return method
+        raise AttributeError(f'{type(self).__name__!r} object has no attribute {name!r}')
 
     def close(self):
         core = self._ssl_protocol
@@ -63,7 +71,10 @@ class _SSLTransport(transports._FlowControlMixin, transports.Transport):
         # SSLContext) alive. Only close(), abort() and is_closing() still work.
         self._ssl_protocol = None
         for name in _TLS_METHODS:
-            delattr(self, name)
+            try:
+                delattr(self, name)
+            except AttributeError:  # never bound
+                pass
         self.is_closing = _true
         self.abort = _nothing
 
