@@ -17,6 +17,8 @@ use pyo3::types::PyDict;
 use crate::event_loop::{IoOwner, LoopCore, Ready};
 use crate::handles::{format_callback_source, Handle};
 use crate::listener::Listener;
+use crate::pipes::PipeTransportCore;
+use crate::subprocess::ChildWatch;
 use crate::transport::StreamTransportCore;
 use crate::udp::DatagramTransportCore;
 
@@ -101,13 +103,17 @@ fn run_once(slf: &Bound<'_, LoopCore>, core: &LoopCore, py: Python<'_>) -> PyRes
             }
             if let Some(owner) = s.io.get(&r.fd) {
                 // Edge-triggered and Rust-owned: queue the event itself, no re-arm.
-                s.ready.push_back(Ready::Io { owner: owner.clone_ref(py), readable: r.readable, writable: r.writable });
+                s.ready.push_back(Ready::Io { owner: owner.clone_ref(py), readable: r.readable, writable: r.writable, clean: !r.hup });
                 continue;
             }
+            let mut level = false;
             for (wanted, table) in [(r.readable, &mut s.readers), (r.writable, &mut s.writers)] {
                 match table.get(&r.fd) {
                     Some(h) if wanted && h.get().is_cancelled() => dead_handles.extend(table.remove(&r.fd)),
-                    Some(h) if wanted => s.ready.push_back(Ready::Handle(h.clone_ref(py))),
+                    Some(h) if wanted => {
+                        level |= crate::fd_callbacks::needs_rearm(py, h);
+                        s.ready.push_back(Ready::Handle(h.clone_ref(py)));
+                    }
                     _ => {}
                 }
             }
@@ -115,7 +121,7 @@ fn run_once(slf: &Bound<'_, LoopCore>, core: &LoopCore, py: Python<'_>) -> PyRes
             // interest in a direction whose callback was cancelled.
             let (reading, writing) = (s.readers.contains_key(&r.fd), s.writers.contains_key(&r.fd));
             if let Some(reg) = s.registrar.as_mut() {
-                let _ = reg.set_interest(r.fd, reading, writing);
+                let _ = reg.rearm_interest(r.fd, reading, writing, level);
             }
         }
         s.ready_fds = std::mem::take(&mut fds);
@@ -159,19 +165,21 @@ fn run_once(slf: &Bound<'_, LoopCore>, core: &LoopCore, py: Python<'_>) -> PyRes
 }
 
 /// Sends the writes transports collected during the batch: one `sendmsg` per
-/// transport per iteration however many `write()` calls it got.
+/// transport per iteration however many `write()` calls it got. The list is swapped
+/// with an emptied one, so its allocation is reused from iteration to iteration.
 fn flush_deferred_writes(slf: &Bound<'_, LoopCore>, py: Python<'_>, debug: bool) -> PyResult<()> {
+    let mut pending = Vec::new();
     loop {
-        let pending = slf.get().state.with(py, |s| std::mem::take(&mut s.deferred_flush));
+        slf.get().state.with(py, |s| std::mem::swap(&mut s.deferred_flush, &mut pending));
         if pending.is_empty() {
             return Ok(());
         }
-        let mut pending = pending.into_iter();
-        while let Some(t) = pending.next() {
+        let mut queue = pending.drain(..);
+        while let Some(t) = queue.next() {
             if let Err(e) = run_handle(slf, py, &Ready::Flush(t), debug) {
                 // Leaving the loop: the transports not flushed yet stay queued (their
                 // `deferred` flag is still set, so nothing else would queue them).
-                let rest: Vec<_> = pending.collect();
+                let rest: Vec<_> = queue.collect();
                 slf.get().state.with(py, |s| s.deferred_flush.extend(rest));
                 return Err(e);
             }
@@ -220,9 +228,13 @@ fn run_handle(slf: &Bound<'_, LoopCore>, py: Python<'_>, item: &Ready, debug: bo
 fn run_item(py: Python<'_>, item: &Ready) -> PyResult<()> {
     match item {
         Ready::Handle(handle) => handle.get().run(py),
-        Ready::Io { owner: IoOwner::Stream(t), readable, writable } => StreamTransportCore::on_io(t.bind(py), *readable, *writable),
+        Ready::Io { owner: IoOwner::Stream(t), readable, writable, clean } => {
+            StreamTransportCore::on_io(t.bind(py), *readable, *writable, *clean)
+        }
         Ready::Io { owner: IoOwner::Listener(l), readable, .. } => Listener::on_io(l.bind(py), *readable),
-        Ready::Io { owner: IoOwner::Datagram(t), readable, writable } => DatagramTransportCore::on_io(t.bind(py), *readable, *writable),
+        Ready::Io { owner: IoOwner::Datagram(t), readable, writable, .. } => DatagramTransportCore::on_io(t.bind(py), *readable, *writable),
+        Ready::Io { owner: IoOwner::Pipe(t), readable, writable, .. } => PipeTransportCore::on_io(t.bind(py), *readable, *writable),
+        Ready::Io { owner: IoOwner::Child(c), .. } => ChildWatch::on_exit(c.bind(py)),
         Ready::Flush(t) => StreamTransportCore::flush_deferred(t.bind(py)),
     }
 }

@@ -9,18 +9,20 @@ use std::os::fd::RawFd;
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 
-use ferroloop_core::poller::{self, Poller, Readiness, Registrar, Waker};
+use ferroloop_core::poller::{self, FdMap, Poller, Readiness, Registrar, Waker};
 use ferroloop_core::timers::{Cancellable, TimerQueue};
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
-use pyo3::types::PyTuple;
+use pyo3::types::{PyTuple, PyWeakrefReference};
 use pyo3::PyTraverseError;
 
 use crate::gil_cell::GilCell;
 use crate::handles::{closed_error, Handle, TimerHandle, TimerSlot};
 use crate::listener::Listener;
+use crate::pipes::PipeTransportCore;
 use crate::sock::{self, SockOp};
+use crate::subprocess::ChildWatch;
 use crate::transport::StreamTransportCore;
 use crate::udp::DatagramTransportCore;
 use crate::{dispatch, fd_callbacks, scheduling, signals};
@@ -41,6 +43,8 @@ pub enum IoOwner {
     Stream(Py<StreamTransportCore>),
     Listener(Py<Listener>),
     Datagram(Py<DatagramTransportCore>),
+    Pipe(Py<PipeTransportCore>),
+    Child(Py<ChildWatch>),
 }
 
 impl IoOwner {
@@ -49,6 +53,8 @@ impl IoOwner {
             IoOwner::Stream(t) => IoOwner::Stream(t.clone_ref(py)),
             IoOwner::Listener(l) => IoOwner::Listener(l.clone_ref(py)),
             IoOwner::Datagram(t) => IoOwner::Datagram(t.clone_ref(py)),
+            IoOwner::Pipe(t) => IoOwner::Pipe(t.clone_ref(py)),
+            IoOwner::Child(c) => IoOwner::Child(c.clone_ref(py)),
         }
     }
 
@@ -58,6 +64,8 @@ impl IoOwner {
             IoOwner::Stream(t) => t.get().owner(py),
             IoOwner::Listener(l) => l.clone_ref(py).into_any(),
             IoOwner::Datagram(t) => t.get().owner(py),
+            IoOwner::Pipe(t) => t.get().owner(py),
+            IoOwner::Child(c) => c.clone_ref(py).into_any(),
         }
     }
 
@@ -66,6 +74,8 @@ impl IoOwner {
             IoOwner::Stream(t) => t.as_any(),
             IoOwner::Listener(l) => l.as_any(),
             IoOwner::Datagram(t) => t.as_any(),
+            IoOwner::Pipe(t) => t.as_any(),
+            IoOwner::Child(c) => c.as_any(),
         }
     }
 }
@@ -78,6 +88,9 @@ pub enum Ready {
         owner: IoOwner,
         readable: bool,
         writable: bool,
+        /// Straight from a poll that saw no hang-up or error (`Readiness::hup`):
+        /// a short read proves the socket drained. False for queued retries.
+        clean: bool,
     },
     /// Send what a transport's `write()` calls collected during the iteration.
     Flush(Py<StreamTransportCore>),
@@ -87,10 +100,14 @@ pub enum Ready {
 pub struct LoopState {
     pub ready: VecDeque<Ready>,
     pub timers: TimerQueue<TimerEntry>,
-    pub readers: HashMap<RawFd, Py<Handle>>,
-    pub writers: HashMap<RawFd, Py<Handle>>,
+    pub readers: FdMap<Py<Handle>>,
+    pub writers: FdMap<Py<Handle>>,
     /// Fds owned by Rust I/O objects (transports, listeners).
-    pub io: HashMap<RawFd, IoOwner>,
+    pub io: FdMap<IoOwner>,
+    /// Weak references to the socket objects whose `sock_*` wait left their fd
+    /// lingering in the poller: the next wait on the same live object takes the
+    /// registration back without a syscall (`fd_callbacks::add_fd`).
+    pub sock_lingering: FdMap<Py<PyWeakrefReference>>,
     /// Transports with writes collected during this iteration, flushed at its end.
     pub deferred_flush: Vec<Py<StreamTransportCore>>,
     pub registrar: Option<Registrar>,
@@ -143,7 +160,7 @@ impl LoopState {
     /// when the loop is closed or the fd has Python callbacks. Returns the owner it
     /// replaced, to be dropped after the state borrow (the caller still holds a
     /// reference to `owner`, so dropping it on error here frees nothing).
-    pub fn register_owner(&mut self, fd: RawFd, owner: IoOwner, writable: bool) -> PyResult<Option<IoOwner>> {
+    pub fn register_owner(&mut self, fd: RawFd, owner: IoOwner, readable: bool, writable: bool) -> PyResult<Option<IoOwner>> {
         if self.closed {
             return Err(closed_error());
         }
@@ -151,12 +168,33 @@ impl LoopState {
             return Err(PyRuntimeError::new_err(format!("File descriptor {fd} has reader or writer callbacks")));
         }
         let Some(reg) = self.registrar.as_mut() else { return Err(closed_error()) };
-        reg.watch_owned(fd, writable)?;
+        reg.watch_owned(fd, readable, writable)?;
         Ok(self.io.insert(fd, owner))
+    }
+
+    /// Stops watching `fd` if its owner is still the one `is_ours` recognises (the
+    /// number may belong to a new file by now); returns the entry, to be dropped
+    /// after the state borrow.
+    pub fn release_owner(&mut self, fd: RawFd, is_ours: impl Fn(&IoOwner) -> bool) -> Option<IoOwner> {
+        if !self.io.get(&fd).is_some_and(is_ours) {
+            return None;
+        }
+        if let Some(reg) = self.registrar.as_mut() {
+            reg.unwatch_owned(fd);
+        }
+        self.io.remove(&fd)
     }
 }
 
 impl LoopCore {
+    /// Stops watching an fd a Rust object owns, if `is_ours` still recognises the
+    /// owner (the number may belong to a new file by now); what is released is
+    /// dropped outside the state borrow.
+    pub fn release_owned(&self, py: Python<'_>, fd: RawFd, is_ours: impl Fn(&IoOwner) -> bool) {
+        let removed = self.state.with(py, |s| s.release_owner(fd, is_ours));
+        drop(removed);
+    }
+
     /// Raises asyncio's "Event loop is closed" if it is.
     pub fn check_closed(&self, py: Python<'_>) -> PyResult<()> {
         if self.state.with(py, |s| s.closed) {
@@ -205,9 +243,10 @@ impl LoopCore {
             state: GilCell::new(LoopState {
                 ready: VecDeque::with_capacity(256),
                 timers: TimerQueue::new(),
-                readers: HashMap::new(),
-                writers: HashMap::new(),
-                io: HashMap::new(),
+                readers: FdMap::default(),
+                writers: FdMap::default(),
+                io: FdMap::default(),
+                sock_lingering: FdMap::default(),
                 deferred_flush: Vec::new(),
                 registrar: Some(registrar),
                 waker: Some(waker),

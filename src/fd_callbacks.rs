@@ -7,10 +7,11 @@ use std::ffi::CStr;
 
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::PyTuple;
+use pyo3::types::{PyTuple, PyWeakrefReference};
 
 use crate::event_loop::{IoOwner, LoopCore};
 use crate::handles::Handle;
+use crate::sock::SockOp;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
@@ -71,11 +72,22 @@ pub fn add(
     dir: Direction,
 ) -> PyResult<()> {
     let fd = fileobj_to_fd(fileobj)?;
-    add_fd(slf, fd, callback, args, dir)
+    add_fd(slf, fd, callback, args, dir, None)
 }
 
 /// `add` for an fd already known to be valid (the loop's own `sock_*` operations).
-pub fn add_fd(slf: &Bound<'_, LoopCore>, fd: RawFd, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>, dir: Direction) -> PyResult<()> {
+/// `after_eagain`: the socket object the caller just got `EAGAIN` from on `fd`;
+/// if its previous wait left the fd lingering in the poller and the object is the
+/// same live one (so the fd still names the same file), the registration is taken
+/// back without a syscall.
+pub fn add_fd(
+    slf: &Bound<'_, LoopCore>,
+    fd: RawFd,
+    callback: Bound<'_, PyAny>,
+    args: Bound<'_, PyTuple>,
+    dir: Direction,
+    after_eagain: Option<&Bound<'_, PyAny>>,
+) -> PyResult<()> {
     let py = slf.py();
     let core = slf.get();
     core.check_closed(py)?;
@@ -87,8 +99,15 @@ pub fn add_fd(slf: &Bound<'_, LoopCore>, fd: RawFd, callback: Bound<'_, PyAny>, 
     let outcome = core.state.with(py, |s| {
         let reading = dir == Direction::Read || s.readers.contains_key(&fd);
         let writing = dir == Direction::Write || s.writers.contains_key(&fd);
-        if let Some(Err(e)) = s.registrar.as_mut().map(|reg| reg.set_interest(fd, reading, writing)) {
-            return Err((e, handle));
+        let same_socket = after_eagain.is_some_and(|sock| {
+            // A strong reference to a live object, dropped at once: frees nothing.
+            s.sock_lingering.get(&fd).and_then(|w| w.bind(py).upgrade()).is_some_and(|o| o.is(sock))
+        });
+        let reclaimed = same_socket && s.registrar.as_mut().is_some_and(|reg| reg.reclaim(fd, reading, writing));
+        if !reclaimed {
+            if let Some(Err(e)) = s.registrar.as_mut().map(|reg| reg.set_interest(fd, reading, writing)) {
+                return Err((e, handle));
+            }
         }
         let table = if dir == Direction::Read { &mut s.readers } else { &mut s.writers };
         Ok(table.insert(fd, handle))
@@ -107,6 +126,18 @@ pub fn add_fd(slf: &Bound<'_, LoopCore>, fd: RawFd, callback: Bound<'_, PyAny>, 
     }
 }
 
+/// Whether the fd callback `handle`, which is about to run, needs its fd re-armed
+/// (level-triggered readiness). The loop's own receive operations do not: they
+/// retry the syscall until it gives data or `EAGAIN`, after which the kernel
+/// reports the next arrival anyway. Runs no Python code.
+pub fn needs_rearm(py: Python<'_>, handle: &Py<Handle>) -> bool {
+    let Some(callback) = handle.get().callback(py) else { return true };
+    match callback.bind(py).cast::<SockOp>() {
+        Ok(op) => op.try_borrow().map_or(true, |op| !op.retries_until_eagain()),
+        Err(_) => true,
+    }
+}
+
 pub fn remove(slf: &Bound<'_, LoopCore>, fileobj: &Bound<'_, PyAny>, dir: Direction) -> PyResult<bool> {
     let fd = fileobj_to_fd(fileobj)?;
     ensure_fd_no_transport(slf, fd)?;
@@ -120,6 +151,26 @@ pub fn remove(slf: &Bound<'_, LoopCore>, fileobj: &Bound<'_, PyAny>, dir: Direct
 pub fn remove_own(slf: &Bound<'_, LoopCore>, fd: RawFd, dir: Direction, callback: &Bound<'_, PyAny>) -> bool {
     let py = slf.py();
     remove_if(slf, fd, dir, |h| h.get().callback_is(py, callback.as_ptr()))
+}
+
+/// `remove_own` for a completed wait of the loop's own receive operation on
+/// `sock`: when that leaves the fd lingering in the poller, remembers (weakly)
+/// which socket object left it, for `add_fd`'s reclaim.
+pub fn remove_own_lingering(slf: &Bound<'_, LoopCore>, fd: RawFd, dir: Direction, callback: &Bound<'_, PyAny>, sock: &Bound<'_, PyAny>) {
+    if !remove_own(slf, fd, dir, callback) {
+        return;
+    }
+    let py = slf.py();
+    // Objects without weak reference support just do not get the shortcut.
+    let Ok(weak) = PyWeakrefReference::new(sock) else { return };
+    let weak = weak.unbind();
+    let unused = slf.get().state.with(py, |s| {
+        if s.closed || s.readers.contains_key(&fd) || s.writers.contains_key(&fd) {
+            return Some(weak);
+        }
+        s.sock_lingering.insert(fd, weak)
+    });
+    drop(unused); // outside the cell
 }
 
 /// Removes and cancels the fd's handle in direction `dir` if `matches` accepts it,

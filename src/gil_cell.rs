@@ -48,6 +48,11 @@ impl<T> GilCell<T> {
         f(unsafe { &mut *self.value.get() })
     }
 
+    /// Direct access through an exclusive reference (`Drop`, which has no token).
+    pub fn get_mut(&mut self) -> &mut T {
+        self.value.get_mut()
+    }
+
     /// Read access for `__traverse__`, which has no `Python` token but runs with the
     /// GIL held by the collector. `None` while a `with` is active (a collection can
     /// start inside one only if its closure allocated a Python object, which the

@@ -44,7 +44,12 @@ impl Listener {
         if !matches!(outcome, Ok(false)) {
             slf.get().event_loop.get().state.with(py, |s| {
                 if !s.closed {
-                    s.ready.push_back(Ready::Io { owner: IoOwner::Listener(slf.clone().unbind()), readable: true, writable: false });
+                    s.ready.push_back(Ready::Io {
+                        owner: IoOwner::Listener(slf.clone().unbind()),
+                        readable: true,
+                        writable: false,
+                        clean: false,
+                    });
                 }
             });
         }
@@ -118,9 +123,9 @@ impl Listener {
         }
         let fd = me.fd;
         let replaced = me.event_loop.get().state.with(py, |s| {
-            let replaced = s.register_owner(fd, IoOwner::Listener(slf.clone().unbind()), false)?;
+            let replaced = s.register_owner(fd, IoOwner::Listener(slf.clone().unbind()), true, false)?;
             // A connection may already be waiting: try accepting at once.
-            s.ready.push_back(Ready::Io { owner: IoOwner::Listener(slf.clone().unbind()), readable: true, writable: false });
+            s.ready.push_back(Ready::Io { owner: IoOwner::Listener(slf.clone().unbind()), readable: true, writable: false, clean: false });
             Ok::<_, PyErr>(replaced)
         })?;
         me.inner.with(py, |i| i.registered = true);
@@ -133,17 +138,7 @@ impl Listener {
         if !self.inner.with(py, |i| std::mem::replace(&mut i.registered, false)) {
             return;
         }
-        let fd = self.fd;
-        let removed = self.event_loop.get().state.with(py, |s| {
-            if !matches!(s.io.get(&fd), Some(IoOwner::Listener(l)) if std::ptr::eq(l.get(), self)) {
-                return None;
-            }
-            if let Some(reg) = s.registrar.as_mut() {
-                reg.unwatch_owned(fd);
-            }
-            s.io.remove(&fd)
-        });
-        drop(removed);
+        self.event_loop.get().release_owned(py, self.fd, |o| matches!(o, IoOwner::Listener(t) if std::ptr::eq(t.get(), self)));
     }
 
     fn __repr__(&self, py: Python<'_>) -> String {

@@ -583,6 +583,12 @@ impl SockOp {
         }
     }
 
+    /// A receive through the Rust syscalls: it waits only after `EAGAIN`, so its
+    /// fd needs no level-triggered re-arming (see `fd_callbacks::needs_rearm`).
+    pub fn retries_until_eagain(&self) -> bool {
+        self.fast && matches!(self.op, Op::Recv { .. } | Op::RecvInto { .. })
+    }
+
     /// Registers this operation as the fd's callback and yields a new future.
     pub fn wait(&mut self, me: &Bound<'_, PyAny>, dir: Direction) -> PyResult<Step> {
         let py = me.py();
@@ -599,7 +605,8 @@ impl SockOp {
             }
         }
         let fut = event_loop.call_method0(intern!(py, "create_future"))?;
-        fd_callbacks::add_fd(&event_loop, self.fd, me.clone(), PyTuple::empty(py), dir)?;
+        let after_eagain = self.retries_until_eagain().then(|| self.sock.bind(py));
+        fd_callbacks::add_fd(&event_loop, self.fd, me.clone(), PyTuple::empty(py), dir, after_eagain)?;
         fut.setattr(intern!(py, "_asyncio_future_blocking"), true)?;
         self.stage = Stage::Io { fut: fut.clone().unbind(), dir, registered: true };
         Ok(Step::Yield(fut.unbind()))
@@ -778,7 +785,11 @@ impl SockOp {
             Err(e) if is_fatal(py, &e) => return Err(e),
             other => other,
         };
-        fd_callbacks::remove_own(&self.loop_bound(py), self.fd, dir, me);
+        if self.retries_until_eagain() && outcome.is_ok() {
+            fd_callbacks::remove_own_lingering(&self.loop_bound(py), self.fd, dir, me, self.sock.bind(py));
+        } else {
+            fd_callbacks::remove_own(&self.loop_bound(py), self.fd, dir, me);
+        }
         self.stage = Stage::Io { fut: fut.clone().unbind(), dir, registered: false };
         match outcome {
             Ok(Some(v)) => fut.call_method1(intern!(py, "set_result"), (v,))?,

@@ -64,17 +64,48 @@ extern "C" {
     fn _PyBytes_Resize(bytes: *mut *mut pyo3::ffi::PyObject, newsize: pyo3::ffi::Py_ssize_t) -> std::os::raw::c_int;
 }
 
-/// One `recv` into a `bytes`. Small reads go through a reused scratch buffer and
-/// are copied out (no allocation of `MAX_READ` per read for a chatty protocol);
-/// when the previous read was large (`bulk`), the data is received straight into a
-/// fresh `bytes` which is then shrunk, saving the copy.
-fn recv_bytes<'py>(py: Python<'py>, fd: RawFd, bulk: bool) -> PyResult<std::io::Result<Bound<'py, PyBytes>>> {
+/// A non-blocking read syscall: `sockio::recv` or `sockio::read`.
+pub type ReadOp = fn(RawFd, &mut [u8]) -> std::io::Result<usize>;
+
+/// What one read attempt of a transport gave.
+pub enum ReadStep<'py> {
+    Data(Bound<'py, PyBytes>),
+    Eof,
+    /// Would block: everything was read (edge-triggered readers stop only here).
+    Drained,
+    Failed(std::io::Error),
+}
+
+/// One read with `op` (`read_bytes`), `EINTR` retried; also returns whether the
+/// next read should go straight into a `bytes` (`bulk`).
+pub fn read_step<'py>(py: Python<'py>, fd: RawFd, bulk: bool, op: ReadOp) -> PyResult<(ReadStep<'py>, bool)> {
+    loop {
+        return Ok(match read_bytes(py, fd, bulk, op)? {
+            // Interrupted is not "drained": only EAGAIN may end the reading.
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+            Err(e) if sockio::would_block(&e) => (ReadStep::Drained, bulk),
+            Err(e) => (ReadStep::Failed(e), bulk),
+            Ok(data) if data.as_bytes().is_empty() => (ReadStep::Eof, bulk),
+            Ok(data) => {
+                let bulk = data.as_bytes().len() >= MAX_READ / 2;
+                (ReadStep::Data(data), bulk)
+            }
+        });
+    }
+}
+
+/// One read (`recv`, or `read` for pipes: `op`) into a `bytes`. Small reads go
+/// through a reused scratch buffer and are copied out (no allocation of `MAX_READ`
+/// per read for a chatty protocol); when the previous read was large (`bulk`), the
+/// data is received straight into a fresh `bytes` which is then shrunk, saving the
+/// copy.
+fn read_bytes<'py>(py: Python<'py>, fd: RawFd, bulk: bool, op: ReadOp) -> PyResult<std::io::Result<Bound<'py, PyBytes>>> {
     if !bulk {
         return Ok(READ_SCRATCH.with(py, |buf| {
             if buf.len() < MAX_READ {
                 buf.resize(MAX_READ, 0);
             }
-            sockio::recv(fd, &mut buf[..MAX_READ]).map(|n| PyBytes::new(py, &buf[..n]))
+            op(fd, &mut buf[..MAX_READ]).map(|n| PyBytes::new(py, &buf[..n]))
         }));
     }
     // SAFETY: a new, uninitialised bytes object of MAX_READ bytes owned only here;
@@ -85,7 +116,7 @@ fn recv_bytes<'py>(py: Python<'py>, fd: RawFd, bulk: bool) -> PyResult<std::io::
             return Err(PyErr::fetch(py));
         }
         let data = std::slice::from_raw_parts_mut(pyo3::ffi::PyBytes_AsString(obj) as *mut u8, MAX_READ);
-        match sockio::recv(fd, data) {
+        match op(fd, data) {
             Ok(got) => {
                 if got != MAX_READ && _PyBytes_Resize(&mut obj, got as pyo3::ffi::Py_ssize_t) != 0 {
                     return Err(PyErr::fetch(py)); // _PyBytes_Resize freed it
@@ -172,7 +203,7 @@ impl StreamTransportCore {
         slf.get().event_loop.get().state.with(py, |s| {
             if !s.closed {
                 // A new reference to a live object: nothing is freed in here.
-                s.ready.push_back(Ready::Io { owner: IoOwner::Stream(slf.clone().unbind()), readable, writable });
+                s.ready.push_back(Ready::Io { owner: IoOwner::Stream(slf.clone().unbind()), readable, writable, clean: false });
             }
         });
     }
@@ -181,12 +212,13 @@ impl StreamTransportCore {
         crate::scheduling::call_soon(self.event_loop.bind(py), callback, args, None, "call_soon").map(drop)
     }
 
-    /// Called by the loop when the fd is ready (or when we queued ourselves).
-    pub fn on_io(slf: &Bound<'_, Self>, readable: bool, writable: bool) -> PyResult<()> {
+    /// Called by the loop when the fd is ready (or when we queued ourselves); `clean`:
+    /// straight from a poll that saw no hang-up or error (see `Readiness::hup`).
+    pub fn on_io(slf: &Bound<'_, Self>, readable: bool, writable: bool, clean: bool) -> PyResult<()> {
         let py = slf.py();
         let me = slf.get();
         if readable && me.state.with(py, |s| s.reader_active && !s.paused && !s.closing && s.conn_lost == 0) {
-            if let ReadEnd::Again = Self::read_ready(slf)? {
+            if let ReadEnd::Again = Self::read_ready(slf, clean)? {
                 Self::queue_io(slf, true, false);
             }
         }
@@ -196,7 +228,11 @@ impl StreamTransportCore {
         Ok(())
     }
 
-    fn read_ready(slf: &Bound<'_, Self>) -> PyResult<ReadEnd> {
+    /// Reads until the kernel says "would block", or, after a `clean` event, until a
+    /// read returns less than asked: then the socket is drained and a later arrival
+    /// raises a new edge, so the read that would only give `EAGAIN` is skipped (one
+    /// syscall less per request for a request/response protocol).
+    fn read_ready(slf: &Bound<'_, Self>, clean: bool) -> PyResult<ReadEnd> {
         let py = slf.py();
         let me = slf.get();
         for _ in 0..MAX_READS_PER_EVENT {
@@ -221,6 +257,7 @@ impl StreamTransportCore {
                     Ok(v) => v,
                     Err(e) => return Self::callback_failed(slf, e, "Fatal error: protocol.get_buffer() call failed."),
                 };
+                let asked = view.len();
                 let got = sockio::recv(me.fd, view.as_mut_slice());
                 drop(view);
                 match got {
@@ -238,31 +275,32 @@ impl StreamTransportCore {
                         if let Err(e) = protocol.call_method1(intern!(py, "buffer_updated"), (n,)) {
                             return Self::callback_failed(slf, e, "Fatal error: protocol.buffer_updated() call failed.");
                         }
+                        if clean && n < asked {
+                            return Ok(ReadEnd::Done);
+                        }
                     }
                 }
             } else {
                 let bulk = me.state.with(py, |s| s.bulk);
-                let got = recv_bytes(py, me.fd, bulk)?;
-                if let Ok(data) = &got {
-                    let bulk = data.as_bytes().len() >= MAX_READ / 2;
-                    me.state.with(py, |s| s.bulk = bulk);
-                }
-                match got {
-                    // Interrupted is not "drained": with edge-triggered readiness
-                    // only EAGAIN may end the reading.
-                    Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
-                    Err(e) if sockio::would_block(&e) => return Ok(ReadEnd::Done),
-                    Err(e) => {
+                let (step, bulk) = read_step(py, me.fd, bulk, sockio::recv)?;
+                me.state.with(py, |s| s.bulk = bulk);
+                match step {
+                    ReadStep::Drained => return Ok(ReadEnd::Done),
+                    ReadStep::Failed(e) => {
                         Self::fatal_error(slf, os_error(&e), "Fatal read error on socket transport")?;
                         return Ok(ReadEnd::Done);
                     }
-                    Ok(data) if data.as_bytes().is_empty() => {
+                    ReadStep::Eof => {
                         Self::on_eof(slf)?;
                         return Ok(ReadEnd::Done);
                     }
-                    Ok(data) => {
+                    ReadStep::Data(data) => {
+                        let short = data.as_bytes().len() < MAX_READ;
                         if let Err(e) = protocol.call_method1(intern!(py, "data_received"), (data,)) {
                             return Self::callback_failed(slf, e, "Fatal error: protocol.data_received() call failed.");
+                        }
+                        if clean && short {
+                            return Ok(ReadEnd::Done);
                         }
                     }
                 }
@@ -427,18 +465,7 @@ impl StreamTransportCore {
         if !self.state.with(py, |s| std::mem::replace(&mut s.registered, false)) {
             return;
         }
-        let fd = self.fd;
-        let removed = self.event_loop.get().state.with(py, |s| {
-            let owned_by_us = matches!(s.io.get(&fd), Some(IoOwner::Stream(t)) if std::ptr::eq(t.get(), self));
-            if !owned_by_us {
-                return None;
-            }
-            if let Some(reg) = s.registrar.as_mut() {
-                reg.unwatch_owned(fd);
-            }
-            s.io.remove(&fd)
-        });
-        drop(removed);
+        self.event_loop.get().release_owned(py, self.fd, |o| matches!(o, IoOwner::Stream(t) if std::ptr::eq(t.get(), self)));
     }
 
     fn call_connection_lost(slf: &Bound<'_, Self>, exc: Bound<'_, PyAny>) -> PyResult<()> {
@@ -680,7 +707,7 @@ impl StreamTransportCore {
         let py = slf.py();
         let me = slf.get();
         let fd = me.fd;
-        let replaced = me.event_loop.get().state.with(py, |s| s.register_owner(fd, IoOwner::Stream(slf.clone().unbind()), true))?;
+        let replaced = me.event_loop.get().state.with(py, |s| s.register_owner(fd, IoOwner::Stream(slf.clone().unbind()), true, true))?;
         me.state.with(py, |s| s.registered = true);
         drop(replaced);
         Ok(())

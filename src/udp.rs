@@ -176,7 +176,7 @@ impl DatagramTransportCore {
         let py = slf.py();
         slf.get().event_loop.get().state.with(py, |s| {
             if !s.closed {
-                s.ready.push_back(Ready::Io { owner: IoOwner::Datagram(slf.clone().unbind()), readable, writable });
+                s.ready.push_back(Ready::Io { owner: IoOwner::Datagram(slf.clone().unbind()), readable, writable, clean: false });
             }
         });
     }
@@ -408,18 +408,7 @@ impl DatagramTransportCore {
         if !self.state.with(py, |s| std::mem::replace(&mut s.registered, false)) {
             return;
         }
-        let fd = self.fd;
-        let removed = self.event_loop.get().state.with(py, |s| {
-            let owned_by_us = matches!(s.io.get(&fd), Some(IoOwner::Datagram(t)) if std::ptr::eq(t.get(), self));
-            if !owned_by_us {
-                return None;
-            }
-            if let Some(reg) = s.registrar.as_mut() {
-                reg.unwatch_owned(fd);
-            }
-            s.io.remove(&fd)
-        });
-        drop(removed);
+        self.event_loop.get().release_owned(py, self.fd, |o| matches!(o, IoOwner::Datagram(t) if std::ptr::eq(t.get(), self)));
     }
 
     fn call_connection_lost(slf: &Bound<'_, Self>, exc: Bound<'_, PyAny>) -> PyResult<()> {
@@ -514,7 +503,7 @@ impl DatagramTransportCore {
         let py = slf.py();
         let me = slf.get();
         let fd = me.fd;
-        let replaced = me.event_loop.get().state.with(py, |s| s.register_owner(fd, IoOwner::Datagram(slf.clone().unbind()), true))?;
+        let replaced = me.event_loop.get().state.with(py, |s| s.register_owner(fd, IoOwner::Datagram(slf.clone().unbind()), true, true))?;
         me.state.with(py, |s| s.registered = true);
         drop(replaced);
         Ok(())

@@ -8,6 +8,7 @@ loop fails the test)."""
 import asyncio
 import gc
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -15,6 +16,11 @@ import sys
 import pytest
 
 import ferroloop
+
+# A shell's background job starts Python with SIGINT ignored and no
+# KeyboardInterrupt handler; the Ctrl-C tests need the handler a foreground run has.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # CPython's test_asyncio runner lives there and is not a pytest suite.
 collect_ignore = ['conformance']

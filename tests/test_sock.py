@@ -135,6 +135,64 @@ def test_recv_waits_for_data(loop, pair):
     assert not has_reader(loop, a.fileno())
 
 
+def test_waits_on_a_closed_and_reused_fd_number_work(loop):
+    # After a wait completes the loop may keep the fd registered for the next one:
+    # a new socket under the same number must still be watched, and an fd callback
+    # added where data is left unread must still fire (level-triggered).
+    async def main():
+        seen_reuse = False
+        for _ in range(20):
+            a, b = socket.socketpair()
+            a.setblocking(False)
+            t = asyncio.create_task(loop.sock_recv(a, 1))
+            await asyncio.sleep(0)
+            b.send(b'xyz')
+            assert await t == b'x'
+            fired = loop.create_future()
+            loop.add_reader(a, fired.set_result, None)
+            await fired
+            assert loop.remove_reader(a)
+            fd = a.fileno()
+            a.close()
+            b.close()
+            c, d = socket.socketpair()
+            c.setblocking(False)
+            seen_reuse |= fd in (c.fileno(), d.fileno())
+            for peer, sock in ((d, c), (c, d)):
+                sock.setblocking(False)
+                t = asyncio.create_task(loop.sock_recv(sock, 100))
+                await asyncio.sleep(0)
+                assert not t.done()
+                peer.send(b'new')
+                assert await t == b'new'
+            c.close()
+            d.close()
+        assert seen_reuse
+
+    run(loop, main())
+
+
+def test_waits_after_arrivals_nobody_waited_for(loop, pair):
+    # Between waits on one socket, data may arrive and be read without the loop
+    # (the fd fires with nobody watching it): later waits must still be woken.
+    a, b = pair
+
+    async def main():
+        for rounds in range(4):
+            for _ in range(rounds):
+                b.send(b'p')
+                await asyncio.sleep(0)
+                await asyncio.sleep(0)
+                assert a.recv(10) == b'p'
+            t = asyncio.create_task(loop.sock_recv(a, 100))
+            await asyncio.sleep(0)
+            assert not t.done()
+            b.send(b'q')
+            assert await t == b'q'
+
+    run(loop, main())
+
+
 def test_recv_large_n_returns_what_is_there(loop, pair):
     a, b = pair
     b.sendall(b'z' * 1000)

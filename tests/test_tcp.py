@@ -330,6 +330,49 @@ def test_eof_received_false_closes(loop):
     run(loop, main())
 
 
+@pytest.mark.parametrize('buffered', [False, True])
+def test_end_of_file_is_seen_whether_it_comes_with_data_or_after(loop, buffered):
+    # A read that returns less than asked may end reading for an event (the socket
+    # is drained): an end of file sent with the data, or later on its own, must
+    # still be noticed, for plain and buffered protocols alike.
+    class Buffered(Recorder, asyncio.BufferedProtocol):
+        def get_buffer(self, sizehint):
+            self.buf = bytearray(100)
+            return self.buf
+
+        def buffer_updated(self, nbytes):
+            self.data_received(bytes(self.buf[:nbytes]))
+
+    async def accepted(protos, count):
+        for _ in range(1000):
+            if len(protos) >= count:
+                return protos[count - 1]
+            await asyncio.sleep(0)
+        raise AssertionError('connection not accepted')
+
+    async def main():
+        protos = []
+        factory = Buffered if buffered else Recorder
+        server = await loop.create_server(lambda: protos.append(factory(loop)) or protos[-1], '127.0.0.1', 0)
+        addr = server.sockets[0].getsockname()
+        for size in (1, 99, 100, 101, 1000):
+            for together in (True, False):
+                with socket.create_connection(addr) as peer:
+                    proto = await accepted(protos, len(protos) + 1)
+                    await yield_n(3)  # reading has started
+                    peer.sendall(b'x' * size)
+                    if not together:
+                        await proto.wait_for_bytes(size)
+                        await yield_n(3)
+                        assert not proto.eof.done()
+                    peer.shutdown(socket.SHUT_WR)
+                    await proto.eof
+                    assert bytes(proto.data) == b'x' * size
+                assert proto.events[:3] == ['made', 'data', 'eof']
+        server.close()
+    run(loop, main())
+
+
 # ----- closing ---------------------------------------------------------------------
 
 def test_close_flushes_everything_written(loop):

@@ -4,7 +4,8 @@ The ready queue, timers, polling, dispatch and fd callbacks are Rust
 (``_ferroloop.LoopCore``); this class adds what is Python by nature: the lifecycle
 around the Rust run loop (running-loop registration, async generator hooks,
 coroutine origin tracking), futures and tasks, and the concept mixins (exception
-handler, executor and DNS, signals, stream and datagram endpoints). It subclasses
+handler, executor and DNS, signals, stream and datagram endpoints, pipes,
+subprocesses). It subclasses
 ``asyncio.AbstractEventLoop`` so ``isinstance`` checks hold, and nothing of
 ``BaseEventLoop``."""
 
@@ -19,7 +20,9 @@ from ._errors import ExceptionHandlerMixin
 from ._executor import ExecutorMixin
 from ._ferroloop import LoopCore
 from ._network import NetworkMixin
+from ._pipes import PipesMixin
 from ._signals import SignalsMixin
+from ._subprocess import SubprocessMixin
 from ._udp import DatagramMixin
 
 # asyncio's stack depth for coroutine origin tracking in debug mode.
@@ -46,7 +49,7 @@ def _run_until_complete_cb(fut):
     futures._get_loop(fut).stop()
 
 
-class Loop(NetworkMixin, DatagramMixin, SignalsMixin, ExecutorMixin, ExceptionHandlerMixin, LoopCore, asyncio.AbstractEventLoop):
+class Loop(NetworkMixin, DatagramMixin, PipesMixin, SubprocessMixin, SignalsMixin, ExecutorMixin, ExceptionHandlerMixin, LoopCore, asyncio.AbstractEventLoop):
     """An asyncio event loop whose core runs in Rust."""
 
     __module__ = "ferroloop"

@@ -28,6 +28,7 @@ import fnmatch
 import gc
 import importlib
 import json
+import signal
 import sys
 import time
 import traceback
@@ -531,7 +532,16 @@ def filter_suite(suite, keep):
     return kept
 
 
+def restore_sigint():
+    """A shell's background job starts Python with SIGINT ignored, and Python then
+    installs no KeyboardInterrupt handler: test_runners' interrupt tests would wait
+    forever. Give the child the handler a foreground run has."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def main():
+    restore_sigint()
     parser = argparse.ArgumentParser()
     parser.add_argument('--job', required=True, help='JSON job file written by run.py')
     job = json.load(open(parser.parse_args().job))

@@ -121,12 +121,11 @@ EXCLUDED = {
     'test_unix_events.SelectorEventLoopUnixSocketTests': _SELECTOR_CLASS.format('FerroloopUnixSocketTests'),
 
     # ---- test_subprocess: the stdlib's Unix child watchers
-    'test_subprocess.SubprocessThreadedWatcherTests': "asyncio's child watchers on the stdlib Unix policy; ferroloop runs SubprocessMixin as FerroloopSubprocessTests",
-    'test_subprocess.SubprocessMultiLoopWatcherTests': "asyncio's child watchers (and skipped upstream, bpo-38323)",
-    'test_subprocess.SubprocessSafeWatcherTests': "asyncio's child watchers on the stdlib Unix policy; see FerroloopSubprocessTests",
-    'test_subprocess.SubprocessFastWatcherTests': "asyncio's child watchers on the stdlib Unix policy; see FerroloopSubprocessTests",
-    'test_subprocess.SubprocessPidfdWatcherTests': "asyncio's child watchers on the stdlib Unix policy; see FerroloopSubprocessTests",
-    'test_subprocess.GenericWatcherTests': "asyncio's child-watcher protocol with a mocked watcher set on the policy",
+    # SubprocessMixin runs as FerroloopSubprocessTests (no watcher), and with the
+    # Threaded/Safe/Pidfd/MultiLoop watcher classes too: ferroloop watches its children
+    # itself (pidfd), so a watcher set on the policy changes nothing.
+    'test_subprocess.SubprocessFastWatcherTests': "FastChildWatcher reaps every child with waitpid(-1), taking the exit status from ferroloop's pidfd watch (returncode 255) as it would from asyncio's own pidfd watcher",
+    'test_subprocess.GenericWatcherTests': "asyncio's child-watcher protocol with a mocked watcher set on the policy (ferroloop's loops use no watcher)",
     'test_subprocess.SubprocessProactorTests': "Windows only (proactor loop)",
 
     # ---- test_unix_events: the stdlib's Unix loop, pipe transports and child watchers

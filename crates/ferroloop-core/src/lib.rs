@@ -8,6 +8,7 @@
 //! crate above maps asyncio's API onto these pieces; nothing here knows what a
 //! callback is.
 
+pub mod child;
 pub mod clock;
 pub mod dgram;
 pub mod poller;

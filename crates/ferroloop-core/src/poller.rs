@@ -6,13 +6,27 @@
 //! iteration. `Registrar::rearm` re-registers an fd after it fired; the kernel then
 //! reports it again only if it is still ready (epoll re-checks readiness before it
 //! reports an item), which is exactly level-triggered behaviour. Rust-owned
-//! transports read until `EAGAIN` and do not need it.
+//! transports read until `EAGAIN` and do not need it, and neither do the loop's own
+//! `sock_*` operations, which retry their syscall until it completes or says
+//! `EAGAIN` (`rearm_interest` with `level: false`).
+//!
+//! An fd whose callbacks all went stays registered ("lingering") instead of being
+//! removed at once: `sock_recv`/`sock_sendall` on a connection remove and add their
+//! callback once per wait, and a removal followed by an add cost two `epoll_ctl`
+//! calls where one `EPOLL_CTL_MOD` does. A lingering fd is removed from epoll when
+//! it fires a second time with nobody watching it (the first is usually the next
+//! request arriving before the next `sock_recv`); if it was closed meanwhile the kernel dropped
+//! it already, and an add for a new file under the same number falls back from
+//! `MOD` (`ENOENT`) to `ADD`. A caller that knows the fd still refers to the file it
+//! left lingering, and that just saw `EAGAIN` on it, takes it back with no syscall
+//! at all (`reclaim`).
 //!
 //! The pieces are split by who touches them: `Poller` (the epoll wait) is used by the
 //! loop thread with the GIL released; `Registrar` (interest changes) is used with the
 //! GIL held; `Waker` may be used from any thread.
 
 use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::io;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,6 +34,34 @@ use std::time::Duration;
 
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Registry, Token};
+
+/// A map keyed by fd, as the loop keeps several (interests, callbacks, owners) and
+/// looks them up on every event. The default SipHash costs ~100 instructions per
+/// lookup, a few per request; fds are small integers chosen by the kernel, not by
+/// a peer, so a multiplicative hash spreads them well and cannot be attacked.
+pub type FdMap<V> = HashMap<RawFd, V, BuildHasherDefault<FdHasher>>;
+pub type FdSet = HashSet<RawFd, BuildHasherDefault<FdHasher>>;
+
+#[derive(Default)]
+pub struct FdHasher(u64);
+
+impl Hasher for FdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x517c_c1b7_2722_0a95);
+        }
+    }
+
+    fn write_i32(&mut self, n: i32) {
+        // Fibonacci hashing: the high bits (which hashbrown uses for its control
+        // bytes) depend on every bit of the fd.
+        self.0 = (n as u32 as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
 
 /// Token of the waker; fds use their own number as token.
 const WAKER_TOKEN: Token = Token(usize::MAX);
@@ -31,6 +73,13 @@ pub struct Readiness {
     pub fd: RawFd,
     pub readable: bool,
     pub writable: bool,
+    /// The peer closed its side (`EPOLLRDHUP`/`EPOLLHUP`) or an error is pending, as
+    /// of this poll. When it is false, a stream socket whose read returns less than
+    /// asked is drained: anything arriving later (data, end of file, a reset) raises
+    /// a new edge, since epoll re-queues an item on every wake-up after it was
+    /// reported. Stream transports use this to skip the read that would only say
+    /// `EAGAIN`, as libuv does.
+    pub hup: bool,
 }
 
 pub struct Poller {
@@ -45,7 +94,7 @@ pub fn new() -> io::Result<(Poller, Registrar, Waker)> {
     let waker = mio::Waker::new(poll.registry(), WAKER_TOKEN)?;
     Ok((
         Poller { poll, events: Events::with_capacity(1024) },
-        Registrar { registry, interests: HashMap::new(), owned: HashSet::new() },
+        Registrar { registry, interests: FdMap::default(), lingering: FdMap::default(), owned: FdSet::default() },
         Waker { inner: waker, armed: AtomicBool::new(false) },
     ))
 }
@@ -65,6 +114,7 @@ impl Poller {
                 fd: event.token().0 as RawFd,
                 readable: event.is_readable() || event.is_read_closed() || error,
                 writable: event.is_writable() || event.is_write_closed() || error,
+                hup: event.is_read_closed() || event.is_write_closed() || error,
             });
         }
         Ok(())
@@ -74,10 +124,13 @@ impl Poller {
 /// Interest bookkeeping: which fds the loop watches, for reading and/or writing.
 pub struct Registrar {
     registry: Registry,
-    interests: HashMap<RawFd, Interest>,
+    interests: FdMap<Interest>,
+    /// Registered in epoll with this interest, no longer watched (see the module
+    /// doc); the flag: it fired once since.
+    lingering: FdMap<(Interest, bool)>,
     /// Fds owned by Rust I/O objects (stream transports, listening sockets):
     /// registered edge-triggered once, never re-armed, counted as watched.
-    owned: HashSet<RawFd>,
+    owned: FdSet,
 }
 
 fn interest_of(readable: bool, writable: bool) -> Option<Interest> {
@@ -96,9 +149,28 @@ impl Registrar {
         let token = Token(fd as usize);
         let old = self.interests.get(&fd).copied();
         match (old, interest_of(readable, writable)) {
-            (None, None) => Ok(()),
+            (None, None) => {
+                // A lingering fd fired with nobody watching: the second time, stop
+                // polling it. It may be closed already, which removed it from epoll.
+                if let Some((_, fired)) = self.lingering.get_mut(&fd) {
+                    if !std::mem::replace(fired, true) {
+                        return Ok(());
+                    }
+                    self.lingering.remove(&fd);
+                    let _ = self.registry.deregister(&mut SourceFd(&fd));
+                }
+                Ok(())
+            }
             (None, Some(new)) => {
-                self.registry.register(&mut SourceFd(&fd), token, new)?;
+                if self.lingering.remove(&fd).is_some() {
+                    match self.modify(fd, new) {
+                        // Closed since (and perhaps reused): the kernel dropped it.
+                        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => self.registry.register(&mut SourceFd(&fd), token, new)?,
+                        other => other?,
+                    }
+                } else {
+                    self.registry.register(&mut SourceFd(&fd), token, new)?;
+                }
                 self.interests.insert(fd, new);
                 Ok(())
             }
@@ -107,14 +179,38 @@ impl Registrar {
                 self.interests.insert(fd, new);
                 Ok(())
             }
-            (Some(_), None) => {
+            (Some(old), None) => {
                 self.interests.remove(&fd);
-                // The fd may already be closed, which removed it from epoll; then
-                // there is nothing left to undo.
-                let _ = self.registry.deregister(&mut SourceFd(&fd));
+                self.lingering.insert(fd, (old, false));
                 Ok(())
             }
         }
+    }
+
+    /// Watches a lingering fd again with the interest it was left with, without a
+    /// syscall. Only for a caller that knows the fd still refers to the same file
+    /// and that just got `EAGAIN` from it in every direction asked for: the
+    /// registration is edge-triggered, and the next arrival raises a new edge.
+    /// False: not lingering with that interest; use `set_interest`.
+    pub fn reclaim(&mut self, fd: RawFd, readable: bool, writable: bool) -> bool {
+        let Some(wanted) = interest_of(readable, writable) else { return false };
+        if self.interests.contains_key(&fd) || self.lingering.get(&fd).map(|l| l.0) != Some(wanted) {
+            return false;
+        }
+        self.lingering.remove(&fd);
+        self.interests.insert(fd, wanted);
+        true
+    }
+
+    /// After `fd` fired: re-registers it with the interest its callbacks still want.
+    /// `level`: one of them needs level-triggered behaviour (it may leave data
+    /// unread), so an unchanged interest is re-armed all the same; callbacks that
+    /// read or write until `EAGAIN` need no re-arming.
+    pub fn rearm_interest(&mut self, fd: RawFd, readable: bool, writable: bool, level: bool) -> io::Result<()> {
+        if !level && self.interests.get(&fd).copied() == interest_of(readable, writable) && interest_of(readable, writable).is_some() {
+            return Ok(());
+        }
+        self.set_interest(fd, readable, writable)
     }
 
     /// `EPOLL_CTL_MOD`. An fd closed behind the loop's back (epoll dropped it) gives
@@ -136,7 +232,18 @@ impl Registrar {
     /// socket): edge-triggered, never re-armed, and not counted by `watched_count`,
     /// so a loop with only such fds may skip the poll syscall when it has work queued.
     pub fn watch_internal(&mut self, fd: RawFd) -> io::Result<()> {
-        self.registry.register(&mut SourceFd(&fd), Token(fd as usize), Interest::READABLE)
+        self.register_anew(fd, Interest::READABLE)
+    }
+
+    /// Registers `fd`, replacing a registration left by a lingering fd or by an fd
+    /// number that was closed (while a duplicate kept its file open) and reused.
+    fn register_anew(&mut self, fd: RawFd, interest: Interest) -> io::Result<()> {
+        self.lingering.remove(&fd);
+        let token = Token(fd as usize);
+        match self.registry.register(&mut SourceFd(&fd), token, interest) {
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => self.registry.reregister(&mut SourceFd(&fd), token, interest),
+            other => other,
+        }
     }
 
     pub fn unwatch_internal(&mut self, fd: RawFd) {
@@ -144,18 +251,14 @@ impl Registrar {
     }
 
     /// Watches an fd a Rust I/O object drains until `EAGAIN` on every event
-    /// (stream transports: reading and writing; listeners: reading only).
+    /// (stream transports: reading and writing; listeners and read pipes: reading
+    /// only; write pipes to character devices: writing only).
     /// Edge-triggered: an event is reported when the fd *becomes* ready, so the
     /// owner must read (write) until the kernel says "would block", or queue
     /// itself to try again, as it would otherwise never hear of that fd again.
-    pub fn watch_owned(&mut self, fd: RawFd, writable: bool) -> io::Result<()> {
-        let interest = if writable { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
-        let token = Token(fd as usize);
-        match self.registry.register(&mut SourceFd(&fd), token, interest) {
-            // Still registered from an fd number that was closed and reused.
-            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => self.registry.reregister(&mut SourceFd(&fd), token, interest)?,
-            other => other?,
-        }
+    pub fn watch_owned(&mut self, fd: RawFd, readable: bool, writable: bool) -> io::Result<()> {
+        let Some(interest) = interest_of(readable, writable) else { return Err(io::Error::from_raw_os_error(libc::EINVAL)) };
+        self.register_anew(fd, interest)?;
         self.owned.insert(fd);
         Ok(())
     }
@@ -262,7 +365,7 @@ mod tests {
         b.write_all(b"xy").unwrap();
         let mut out = Vec::new();
         poller.poll(Some(Duration::from_secs(5)), &mut out).unwrap();
-        assert_eq!(out, vec![Readiness { fd: a.as_raw_fd(), readable: true, writable: false }]);
+        assert_eq!(out, vec![Readiness { fd: a.as_raw_fd(), readable: true, writable: false, hup: false }]);
         // Data left unread: after re-arming, it is reported again.
         reg.rearm(a.as_raw_fd());
         out.clear();
@@ -275,6 +378,44 @@ mod tests {
         out.clear();
         poller.poll(Some(Duration::ZERO), &mut out).unwrap();
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn removed_fds_linger_until_they_fire_and_readding_survives_reuse() {
+        let (mut poller, mut reg, _waker) = new().unwrap();
+        let (a, mut b) = UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        let fd = a.as_raw_fd();
+        reg.set_interest(fd, true, false).unwrap();
+        reg.set_interest(fd, false, false).unwrap();
+        assert!(!reg.is_watched(fd) && reg.watched_count() == 0);
+        // Still in epoll: arrivals are reported, and after the second the loop drops it.
+        let mut out = Vec::new();
+        for byte in [b"x", b"y"] {
+            b.write_all(byte).unwrap();
+            out.clear();
+            poller.poll(Some(Duration::from_secs(5)), &mut out).unwrap();
+            assert_eq!(out.len(), 1);
+            reg.set_interest(fd, false, false).unwrap();
+        }
+        b.write_all(b"z").unwrap();
+        out.clear();
+        poller.poll(Some(Duration::ZERO), &mut out).unwrap();
+        assert!(out.is_empty());
+        // Lingering, then closed: a new file under the same number is added anew.
+        reg.set_interest(fd, true, false).unwrap();
+        reg.set_interest(fd, false, false).unwrap();
+        drop(a);
+        let (c, d) = UnixStream::pair().unwrap();
+        let reused = if c.as_raw_fd() == fd { c.as_raw_fd() } else { d.as_raw_fd() };
+        assert_eq!(reused, fd, "the lowest free number is reused");
+        reg.set_interest(fd, true, false).unwrap();
+        let (mut writer, _keep) = if c.as_raw_fd() == fd { (d, c) } else { (c, d) };
+        writer.write_all(b"z").unwrap();
+        out.clear();
+        poller.poll(Some(Duration::from_secs(5)), &mut out).unwrap();
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].fd, fd);
     }
 
     #[test]
@@ -298,11 +439,11 @@ mod tests {
         let (mut poller, mut reg, _waker) = new().unwrap();
         let (a, mut b) = UnixStream::pair().unwrap();
         a.set_nonblocking(true).unwrap();
-        reg.watch_owned(a.as_raw_fd(), true).unwrap();
+        reg.watch_owned(a.as_raw_fd(), true, true).unwrap();
         assert_eq!(reg.watched_count(), 1);
         let mut out = Vec::new();
         poller.poll(Some(Duration::from_secs(5)), &mut out).unwrap();
-        assert_eq!(out, vec![Readiness { fd: a.as_raw_fd(), readable: false, writable: true }]);
+        assert_eq!(out, vec![Readiness { fd: a.as_raw_fd(), readable: false, writable: true, hup: false }]);
         out.clear();
         poller.poll(Some(Duration::ZERO), &mut out).unwrap();
         assert!(out.is_empty(), "edge-triggered: reported once");
@@ -319,9 +460,9 @@ mod tests {
     #[test]
     fn closed_fd_errors_and_removal_is_quiet() {
         let (_poller, mut reg, _waker) = new().unwrap();
-        let (a, _b) = UnixStream::pair().unwrap();
-        let fd = a.as_raw_fd();
-        drop(a);
+        // Far above any fd this process opens (a dropped fd's number could be
+        // reused at once by a test running in parallel).
+        let fd = 1 << 20;
         assert!(reg.set_interest(fd, true, false).is_err());
         assert!(!reg.is_watched(fd));
         let (c, _d) = UnixStream::pair().unwrap();

@@ -35,6 +35,14 @@ pub fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     cvt(unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) })
 }
 
+/// One `read(2)` into `buf` (pipes, FIFOs, ptys; sockets too): no `MSG_DONTWAIT`
+/// here, so the fd must be non-blocking (asyncio's pipe transports make it so).
+#[inline]
+pub fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is a valid writable region of `buf.len()` bytes for the call.
+    cvt(unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) })
+}
+
 /// One `send(2)` of `buf`; returns how much the kernel took (possibly less).
 #[inline]
 pub fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
@@ -221,6 +229,24 @@ mod tests {
         let (a, b) = UnixStream::pair().unwrap();
         let err = sendfile(a.as_raw_fd(), b.as_raw_fd(), 0, 10).unwrap_err();
         assert!(!would_block(&err), "{err:?}");
+    }
+
+    #[test]
+    fn read_works_on_a_pipe() {
+        let mut fds = [0; 2];
+        // SAFETY: `fds` has room for the two fds pipe2 writes.
+        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) }, 0);
+        let mut buf = [0u8; 8];
+        assert!(would_block(&read(fds[0], &mut buf).unwrap_err()));
+        // SAFETY: writes 3 bytes from a live buffer to our own pipe, then closes it.
+        unsafe {
+            libc::write(fds[1], b"abc".as_ptr().cast(), 3);
+            libc::close(fds[1]);
+        }
+        assert_eq!(read(fds[0], &mut buf).unwrap(), 3);
+        assert_eq!(read(fds[0], &mut buf).unwrap(), 0);
+        // SAFETY: our own fd, closed once.
+        unsafe { libc::close(fds[0]) };
     }
 
     #[test]

@@ -6,15 +6,49 @@
 //! (so a stream of tiny writes does not become a long iovec list), large ones keep
 //! their own chunk. Sends use `MSG_NOSIGNAL | MSG_DONTWAIT`: a vanished peer gives
 //! `EPIPE` instead of killing the process, and a blocking socket never blocks.
+//!
+//! The data path allocates nothing in the steady state: the iovec array lives on
+//! the stack, and the buffers of small chunks, once sent, go to a small per-thread
+//! pool the next small write takes from (a request/response connection would
+//! otherwise pay a malloc and a free per reply).
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::io;
+use std::mem::MaybeUninit;
 use std::os::fd::RawFd;
 
 /// Chunks smaller than this are appended to the tail chunk instead of queued alone.
 const COALESCE_MAX: usize = 16 * 1024;
 /// iovecs per `sendmsg` (Linux `IOV_MAX` is 1024; a few dozen is plenty).
 const MAX_IOV: usize = 64;
+/// Sent chunk buffers kept per thread for reuse (each at most `COALESCE_MAX`
+/// bytes of capacity, so the pool stays under 256 KiB).
+const POOL_MAX: usize = 16;
+
+thread_local! {
+    static POOL: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A buffer holding a copy of `data`, from the pool when it has one.
+fn take_buffer(data: &[u8]) -> Vec<u8> {
+    let mut buf = POOL.with(|p| p.borrow_mut().pop()).unwrap_or_default();
+    buf.extend_from_slice(data);
+    buf
+}
+
+/// Gives a sent chunk's buffer back to the pool (small ones only).
+fn recycle(mut buf: Vec<u8>) {
+    if buf.capacity() <= COALESCE_MAX {
+        buf.clear();
+        POOL.with(|p| {
+            let mut pool = p.borrow_mut();
+            if pool.len() < POOL_MAX {
+                pool.push(buf);
+            }
+        });
+    }
+}
 
 #[derive(Default, Debug)]
 pub struct WriteQueue {
@@ -24,30 +58,55 @@ pub struct WriteQueue {
     len: usize,
 }
 
+/// The syscall that sends a batch of slices: `sendmsg` for sockets (no SIGPIPE),
+/// `writev` for pipes and character devices, where `sendmsg` does not apply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Vectored {
+    Sendmsg,
+    Writev,
+}
+
+impl Vectored {
+    /// One syscall of up to `MAX_IOV` non-empty slices, in order, with the iovec
+    /// array on the stack. Returns how much the kernel took.
+    fn send<'a>(self, fd: RawFd, bufs: impl Iterator<Item = &'a [u8]>) -> io::Result<usize> {
+        let mut iov = [MaybeUninit::<libc::iovec>::uninit(); MAX_IOV];
+        let mut count = 0;
+        for b in bufs.filter(|b| !b.is_empty()).take(MAX_IOV) {
+            iov[count].write(libc::iovec { iov_base: b.as_ptr() as *mut libc::c_void, iov_len: b.len() });
+            count += 1;
+        }
+        if count == 0 {
+            return Ok(0);
+        }
+        let iov = iov.as_ptr().cast::<libc::iovec>();
+        // SAFETY: the first `count` entries of `iov` are initialised, outlive the
+        // call, and each points to a live readable slice of the given length; a
+        // zeroed msghdr is valid (no name, no control data).
+        let ret = unsafe {
+            match self {
+                Vectored::Writev => libc::writev(fd, iov, count as libc::c_int),
+                Vectored::Sendmsg => {
+                    let mut msg: libc::msghdr = std::mem::zeroed();
+                    msg.msg_iov = iov.cast_mut();
+                    msg.msg_iovlen = count as _;
+                    libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT)
+                }
+            }
+        };
+        usize::try_from(ret).map_err(|_| io::Error::last_os_error())
+    }
+}
+
 /// One `sendmsg(2)` of the given slices, in order. Returns how much the kernel took.
 pub fn send_vectored(fd: RawFd, bufs: &[&[u8]]) -> io::Result<usize> {
-    let iov: Vec<libc::iovec> = bufs
-        .iter()
-        .filter(|b| !b.is_empty())
-        .take(MAX_IOV)
-        .map(|b| libc::iovec { iov_base: b.as_ptr() as *mut libc::c_void, iov_len: b.len() })
-        .collect();
-    if iov.is_empty() {
-        return Ok(0);
-    }
-    // SAFETY: a zeroed msghdr is valid (no name, no control data); `iov` outlives the
-    // call and every entry points to a live readable slice of the given length.
-    let ret = unsafe {
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
-        msg.msg_iovlen = iov.len() as _;
-        libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT)
-    };
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(ret as usize)
-    }
+    Vectored::Sendmsg.send(fd, bufs.iter().copied())
+}
+
+/// One `writev(2)` of the given slices, in order (pipes and character devices).
+/// Returns how much the kernel took.
+pub fn write_vectored(fd: RawFd, bufs: &[&[u8]]) -> io::Result<usize> {
+    Vectored::Writev.send(fd, bufs.iter().copied())
 }
 
 /// `shutdown(fd, SHUT_WR)`: send end of file to the peer.
@@ -92,11 +151,11 @@ impl WriteQueue {
                 }
             }
         }
-        self.chunks.push_back(data.to_vec());
+        self.chunks.push_back(if data.len() < COALESCE_MAX { take_buffer(data) } else { data.to_vec() });
     }
 
     pub fn clear(&mut self) {
-        self.chunks.clear();
+        self.chunks.drain(..).for_each(recycle);
         self.head_sent = 0;
         self.len = 0;
     }
@@ -111,7 +170,9 @@ impl WriteQueue {
             let left = head.len() - self.head_sent;
             if n >= left {
                 n -= left;
-                self.chunks.pop_front();
+                if let Some(sent) = self.chunks.pop_front() {
+                    recycle(sent);
+                }
                 self.head_sent = 0;
             } else {
                 self.head_sent += n;
@@ -121,8 +182,14 @@ impl WriteQueue {
     }
 
     /// The pending bytes as slices, in order (the first possibly partly sent).
-    pub fn slices(&self) -> Vec<&[u8]> {
-        self.chunks.iter().enumerate().map(|(i, c)| if i == 0 { &c[self.head_sent..] } else { &c[..] }).take(MAX_IOV).collect()
+    fn iter_slices(&self) -> impl Iterator<Item = &[u8]> {
+        self.chunks.iter().enumerate().map(|(i, c)| if i == 0 { &c[self.head_sent..] } else { &c[..] })
+    }
+
+    /// The first `MAX_IOV` pending slices (what one flush attempt sends).
+    #[cfg(test)]
+    fn slices(&self) -> Vec<&[u8]> {
+        self.iter_slices().take(MAX_IOV).collect()
     }
 
     /// Sends as much as the socket takes, until it would block or the queue is empty.
@@ -130,9 +197,14 @@ impl WriteQueue {
     /// writability); any other error is returned with the queue left as it was after
     /// the last successful send.
     pub fn flush(&mut self, fd: RawFd) -> io::Result<usize> {
+        self.flush_with(fd, Vectored::Sendmsg)
+    }
+
+    /// `flush` through another vectored write (`Vectored::Writev` for pipes).
+    pub fn flush_with(&mut self, fd: RawFd, how: Vectored) -> io::Result<usize> {
         let mut total = 0;
         while !self.is_empty() {
-            let n = match send_vectored(fd, &self.slices()) {
+            let n = match how.send(fd, self.iter_slices()) {
                 Ok(n) => n,
                 // Edge-triggered callers must stop only on a real "would block".
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
@@ -222,6 +294,24 @@ mod tests {
         q.push(b"data");
         assert_eq!(q.flush(a.as_raw_fd()).unwrap_err().raw_os_error(), Some(libc::EPIPE));
         assert_eq!(q.len(), 4);
+    }
+
+    #[test]
+    fn flush_with_writev_fills_a_pipe_then_reports_epipe() {
+        let mut fds = [0; 2];
+        // SAFETY: `fds` has room for the two fds pipe2 writes.
+        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) }, 0);
+        let mut q = WriteQueue::new();
+        q.push(&vec![7u8; 1 << 20]);
+        let sent = q.flush_with(fds[1], Vectored::Writev).unwrap();
+        assert!(sent > 0 && !q.is_empty(), "a pipe holds less than 1 MiB");
+        assert_eq!(sent + q.len(), 1 << 20);
+        // SAFETY: our own read end, closed once; SIGPIPE is ignored in test binaries
+        // (Rust's runtime sets it), so the write below fails with EPIPE.
+        unsafe { libc::close(fds[0]) };
+        assert_eq!(q.flush_with(fds[1], Vectored::Writev).unwrap_err().raw_os_error(), Some(libc::EPIPE));
+        // SAFETY: our own fd, closed once.
+        unsafe { libc::close(fds[1]) };
     }
 
     #[test]
