@@ -12,9 +12,15 @@ use pyo3::types::PyDict;
 /// The watermarks `set_write_buffer_limits(high, low)` sets: 64 KiB and a quarter
 /// of it by default, either derived from the other, validated with asyncio's message.
 pub fn water_marks(high: Option<i64>, low: Option<i64>) -> PyResult<(usize, usize)> {
+    water_marks_default(high, low, 64 * 1024)
+}
+
+/// `water_marks` with another default high-water mark (asyncio's
+/// `add_flowcontrol_defaults`, which the TLS layer uses with its own defaults).
+pub fn water_marks_default(high: Option<i64>, low: Option<i64>, default_high: i64) -> PyResult<(usize, usize)> {
     let high = match (high, low) {
         (Some(h), _) => h,
-        (None, None) => 64 * 1024,
+        (None, None) => default_high,
         (None, Some(l)) => l.saturating_mul(4),
     };
     let low = low.unwrap_or(high / 4);
@@ -52,6 +58,20 @@ pub fn tell_protocol(
     protocol: Py<PyAny>,
     method: &Bound<'_, pyo3::types::PyString>,
 ) -> PyResult<()> {
+    let reported = protocol.clone_ref(py);
+    tell_protocol_reporting(py, event_loop, transport, protocol, reported, method)
+}
+
+/// `tell_protocol`, naming `reported` as the context's protocol: asyncio's TLS layer
+/// calls the application's protocol but reports itself.
+pub fn tell_protocol_reporting(
+    py: Python<'_>,
+    event_loop: &Bound<'_, PyAny>,
+    transport: Py<PyAny>,
+    protocol: Py<PyAny>,
+    reported: Py<PyAny>,
+    method: &Bound<'_, pyo3::types::PyString>,
+) -> PyResult<()> {
     let Err(err) = protocol.bind(py).call_method0(method) else { return Ok(()) };
     if is_fatal(py, &err) {
         return Err(err);
@@ -60,7 +80,7 @@ pub fn tell_protocol(
     ctx.set_item("message", format!("protocol.{method}() failed"))?;
     ctx.set_item("exception", err.value(py))?;
     ctx.set_item("transport", transport)?;
-    ctx.set_item("protocol", protocol)?;
+    ctx.set_item("protocol", reported)?;
     event_loop.call_method1(intern!(py, "call_exception_handler"), (ctx,))?;
     Ok(())
 }

@@ -3,8 +3,9 @@
 //! Modules by asyncio concept: `handles` (Handle, TimerHandle), `scheduling`
 //! (call_soon/call_later), `dispatch` (the loop iteration), `fd_callbacks`
 //! (add_reader/add_writer), `sock` and `sendfile` (the `sock_*` coroutines), `buffer`
-//! (Python buffers as bytes), `transport`/`listener` (streams), `udp` (datagram
-//! transports), `pipes` (pipe transports), `subprocess` (child exit watching), `event_loop` (the class that lists the Rust API).
+//! (Python buffers as bytes), `transport`/`listener` (streams), `tls` (the TLS layer
+//! over a stream transport), `udp` (datagram transports), `pipes` (pipe transports),
+//! `subprocess` (child exit watching), `event_loop` (the class that lists the Rust API).
 
 mod buffer;
 mod dispatch;
@@ -20,6 +21,7 @@ mod sendfile;
 mod signals;
 mod sock;
 mod subprocess;
+mod tls;
 mod transport;
 mod udp;
 
@@ -35,6 +37,7 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<sock::SockOp>()?;
     m.add_class::<transport::StreamTransportCore>()?;
     m.add_class::<listener::Listener>()?;
+    m.add_class::<tls::TlsCore>()?;
     m.add_class::<udp::DatagramTransportCore>()?;
     m.add_class::<pipes::PipeTransportCore>()?;
     m.add_class::<subprocess::ChildWatch>()?;

@@ -732,7 +732,7 @@ impl StreamTransportCore {
         Self::call_connection_lost(slf, exc)
     }
 
-    fn write(slf: &Bound<'_, Self>, data: Bound<'_, PyAny>) -> PyResult<()> {
+    pub(crate) fn write(slf: &Bound<'_, Self>, data: Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
         if !is_bytes_like(&data) {
             return Err(PyTypeError::new_err(format!(
@@ -819,6 +819,13 @@ impl StreamTransportCore {
         // What write() accepted before abort() has been sent in asyncio.
         Self::flush_deferred(slf)?;
         Self::force_close(slf, None)
+    }
+
+    /// asyncio's `_force_close(exc)`: drop what is buffered, close at once, and
+    /// report `exc` to `connection_lost` (the TLS layer's timeouts and errors).
+    fn _force_close(slf: &Bound<'_, Self>, exc: Bound<'_, PyAny>) -> PyResult<()> {
+        let exc = (!exc.is_none()).then(|| PyErr::from_value(exc));
+        Self::force_close(slf, exc)
     }
 
     fn is_closing(&self, py: Python<'_>) -> bool {

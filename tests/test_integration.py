@@ -1,6 +1,6 @@
 """Real third-party asyncio code, unchanged, on ferroloop (and the same on the
-stdlib loop): an aiohttp server answering an aiohttp client, and a streams echo
-server under 1,000 concurrent connections, every byte checked."""
+stdlib loop): an aiohttp server answering an aiohttp client (plain and HTTPS), and
+a streams echo server under 1,000 concurrent connections, every byte checked."""
 
 import asyncio
 import hashlib
@@ -46,6 +46,49 @@ def test_aiohttp_server_and_client(loop):
                         assert resp.status == 200
                         assert resp.headers['X-Digest'] == hashlib.sha256(body).hexdigest()
                         assert await resp.read() == body[::-1]
+        finally:
+            await runner.cleanup()
+    run(loop, main())
+
+
+def test_aiohttp_https_server_and_client(loop):
+    """The same over TLS: aiohttp's HTTPS server and client, certificates from
+    trustme, 1 MiB bodies each way checked by digest."""
+    aiohttp = pytest.importorskip('aiohttp')
+    trustme = pytest.importorskip('trustme')
+    import ssl
+    from aiohttp import web
+
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert('localhost').configure_cert(server_ctx)
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+    upload = os.urandom(1024 * 1024)
+    download = os.urandom(1024 * 1024)
+
+    async def upload_handler(request):
+        data = await request.read()
+        assert request.transport.get_extra_info('ssl_object') is not None
+        return web.Response(body=download, headers={'X-Digest': hashlib.sha256(data).hexdigest()})
+
+    async def main():
+        app = web.Application()
+        app.router.add_post('/upload', upload_handler)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, '127.0.0.1', 0, ssl_context=server_ctx)
+        await site.start()
+        port = runner.addresses[0][1]
+        try:
+            conn = aiohttp.TCPConnector(ssl=client_ctx)
+            async with aiohttp.ClientSession(connector=conn) as session:
+                for _ in range(2):  # keep-alive over the same TLS connection
+                    async with session.post(f'https://localhost:{port}/upload', data=upload) as resp:
+                        assert resp.status == 200
+                        assert resp.headers['X-Digest'] == hashlib.sha256(upload).hexdigest()
+                        got = await resp.read()
+                        assert hashlib.sha256(got).digest() == hashlib.sha256(download).digest()
         finally:
             await runner.cleanup()
     run(loop, main())

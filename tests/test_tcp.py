@@ -710,20 +710,6 @@ def check_bad_arguments(loop, method, kwargs, exc_type, message):
             s.close()
 
 
-def test_tls_is_not_supported_yet(loop):
-    if not is_ferroloop(loop):
-        pytest.skip('ferroloop only: TLS is issue 5')
-    import ssl
-    ctx = ssl.create_default_context()
-
-    async def main():
-        with pytest.raises(NotImplementedError, match='TLS is not supported yet'):
-            await loop.create_connection(asyncio.Protocol, '127.0.0.1', 1, ssl=ctx)
-        with pytest.raises(NotImplementedError, match='TLS is not supported yet'):
-            await loop.create_server(asyncio.Protocol, '127.0.0.1', 0, ssl=ctx)
-    run(loop, main())
-
-
 def test_start_tls_argument_errors(loop):
     import ssl
 
@@ -743,36 +729,6 @@ def test_start_tls_argument_errors(loop):
         assert not tr.is_closing()  # argument errors leave the transport alone
         tr.close()
         await pr.lost
-        server.close()
-        await server.wait_closed()
-    run(loop, main())
-
-
-def test_start_tls_not_supported_closes_the_transport(loop):
-    # Like a failed upgrade in asyncio: the transport is closed and the error
-    # raised, so the peer sees EOF at once instead of waiting for a handshake.
-    if not is_ferroloop(loop):
-        pytest.skip('ferroloop only: TLS is issue 5')
-    import ssl
-
-    async def main():
-        protos = []
-
-        def factory():
-            protos.append(Recorder(loop))
-            return protos[-1]
-        server = await loop.create_server(factory, '127.0.0.1', 0)
-        tr, pr = await loop.create_connection(lambda: Recorder(loop),
-                                              *server.sockets[0].getsockname())
-        tr.write(b'plain')
-        with pytest.raises(NotImplementedError, match='TLS is not supported yet'):
-            await loop.start_tls(tr, pr, ssl.create_default_context(),
-                                 server_hostname='localhost')
-        assert tr.is_closing()
-        await pr.lost
-        await protos[0].eof
-        assert protos[0].data == b'plain'  # what was written before is flushed
-        await protos[0].lost
         server.close()
         await server.wait_closed()
     run(loop, main())

@@ -18,10 +18,10 @@ import sys
 from asyncio import base_events, constants, exceptions, staggered, tasks
 from asyncio.log import logger
 
+from ._tls import make_tls
 from ._transports import Server, _StreamTransport, make_listener
 
 _HAS_IPv6 = hasattr(socket, 'AF_INET6')
-_TLS_UNSUPPORTED = 'TLS is not supported yet'
 
 
 def _check_ssl_socket(sock):
@@ -37,11 +37,6 @@ def _check_ssl_only_args(has_ssl, ssl_handshake_timeout, ssl_shutdown_timeout):
         raise ValueError('ssl_handshake_timeout is only meaningful with ssl')
     if ssl_shutdown_timeout is not None and not has_ssl:
         raise ValueError('ssl_shutdown_timeout is only meaningful with ssl')
-
-
-def _no_tls(ssl):
-    if ssl:
-        raise NotImplementedError(_TLS_UNSUPPORTED)
 
 
 class NetworkMixin:
@@ -74,11 +69,39 @@ class NetworkMixin:
     def _make_socket_transport(self, sock, protocol, waiter=None, *, extra=None, server=None):
         return _StreamTransport(self, sock, protocol, waiter, extra, server)
 
-    async def _create_connection_transport(self, sock, protocol_factory):
+    def _make_ssl_transport(self, rawsock, protocol, sslcontext, waiter=None, *,
+                            server_side=False, server_hostname=None, extra=None,
+                            server=None, ssl_handshake_timeout=None,
+                            ssl_shutdown_timeout=None, call_connection_made=True):
+        """A stream transport whose protocol is the TLS layer; returns the
+        application's transport (``waiter`` completes when the handshake did)."""
+        tls = make_tls(self, protocol, sslcontext, waiter, server_side, server_hostname,
+                       ssl_handshake_timeout, ssl_shutdown_timeout, call_connection_made)
+        _StreamTransport(self, rawsock, tls, None, extra, server)
+        return tls._app_transport
+
+    async def _create_connection_transport(self, sock, protocol_factory, ssl=None,
+                                           server_hostname=None, server_side=False,
+                                           ssl_handshake_timeout=None,
+                                           ssl_shutdown_timeout=None):
         sock.setblocking(False)
         protocol = protocol_factory()
         waiter = self.create_future()
-        transport = self._make_socket_transport(sock, protocol, waiter)
+        if ssl:
+            sslcontext = None if isinstance(ssl, bool) else ssl
+            try:
+                transport = self._make_ssl_transport(
+                    sock, protocol, sslcontext, waiter, server_side=server_side,
+                    server_hostname=server_hostname,
+                    ssl_handshake_timeout=ssl_handshake_timeout,
+                    ssl_shutdown_timeout=ssl_shutdown_timeout)
+            except BaseException:
+                # A bad timeout is only found here, after connecting: asyncio
+                # leaves the socket to the garbage collector, we close it.
+                sock.close()
+                raise
+        else:
+            transport = self._make_socket_transport(sock, protocol, waiter)
         try:
             await waiter
         except:
@@ -141,7 +164,6 @@ class NetworkMixin:
         _check_ssl_only_args(ssl, ssl_handshake_timeout, ssl_shutdown_timeout)
         if sock is not None:
             _check_ssl_socket(sock)
-        _no_tls(ssl)
         if happy_eyeballs_delay is not None and interleave is None:
             interleave = 1
 
@@ -198,7 +220,10 @@ class NetworkMixin:
             if sock.type != socket.SOCK_STREAM:
                 raise ValueError(f'A Stream Socket was expected, got {sock!r}')
 
-        transport, protocol = await self._create_connection_transport(sock, protocol_factory)
+        transport, protocol = await self._create_connection_transport(
+            sock, protocol_factory, ssl, server_hostname,
+            ssl_handshake_timeout=ssl_handshake_timeout,
+            ssl_shutdown_timeout=ssl_shutdown_timeout)
         if self.get_debug():
             sock = transport.get_extra_info('socket')
             logger.debug('%r connected to %s:%r: (%r, %r)', sock, host, port, transport, protocol)
@@ -222,7 +247,6 @@ class NetworkMixin:
         _check_ssl_only_args(ssl is not None, ssl_handshake_timeout, ssl_shutdown_timeout)
         if sock is not None:
             _check_ssl_socket(sock)
-        _no_tls(ssl)
 
         if host is not None or port is not None:
             if sock is not None:
@@ -300,8 +324,10 @@ class NetworkMixin:
         _check_ssl_only_args(ssl, ssl_handshake_timeout, ssl_shutdown_timeout)
         if sock is not None:
             _check_ssl_socket(sock)
-        _no_tls(ssl)
-        transport, protocol = await self._create_connection_transport(sock, protocol_factory)
+        transport, protocol = await self._create_connection_transport(
+            sock, protocol_factory, ssl, '', server_side=True,
+            ssl_handshake_timeout=ssl_handshake_timeout,
+            ssl_shutdown_timeout=ssl_shutdown_timeout)
         if self.get_debug():
             sock = transport.get_extra_info('socket')
             logger.debug('%r handled: (%r, %r)', sock, transport, protocol)
@@ -321,7 +347,6 @@ class NetworkMixin:
             if server_hostname is not None:
                 raise ValueError('server_hostname is only meaningful with ssl')
             _check_ssl_only_args(False, ssl_handshake_timeout, ssl_shutdown_timeout)
-        _no_tls(ssl)
         if path is not None:
             if sock is not None:
                 raise ValueError('path and sock can not be specified at the same time')
@@ -339,7 +364,10 @@ class NetworkMixin:
             if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
                 raise ValueError(f'A UNIX Domain Stream Socket was expected, got {sock!r}')
             sock.setblocking(False)
-        return await self._create_connection_transport(sock, protocol_factory)
+        return await self._create_connection_transport(
+            sock, protocol_factory, ssl, server_hostname,
+            ssl_handshake_timeout=ssl_handshake_timeout,
+            ssl_shutdown_timeout=ssl_shutdown_timeout)
 
     if sys.version_info >= (3, 13):
         async def create_unix_server(self, protocol_factory, path=None, *, sock=None,
@@ -369,7 +397,6 @@ class NetworkMixin:
         if isinstance(ssl, bool):
             raise TypeError('ssl argument must be an SSLContext or None')
         _check_ssl_only_args(ssl, ssl_handshake_timeout, ssl_shutdown_timeout)
-        _no_tls(ssl)
 
         if path is not None:
             if sock is not None:
@@ -421,24 +448,36 @@ class NetworkMixin:
     async def start_tls(self, transport, protocol, sslcontext, *, server_side=False,
                         server_hostname=None, ssl_handshake_timeout=None,
                         ssl_shutdown_timeout=None):
-        """Upgrade ``transport`` to TLS: not supported yet. asyncio's argument
-        checks, then the upgrade fails the way a failed asyncio handshake does: the
-        transport is closed (the peer sees EOF instead of waiting for a handshake)
-        and the error is raised."""
-        import ssl as _ssl
+        """Upgrade ``transport`` to TLS and return the new transport (asyncio's
+        ``start_tls``): the TLS layer becomes the transport's protocol, and the
+        handshake starts with the data already received."""
+        try:
+            import ssl as _ssl
+        except ImportError:  # pragma: no cover
+            _ssl = None
+        if _ssl is None:
+            raise RuntimeError('Python ssl module is not available')
         if not isinstance(sslcontext, _ssl.SSLContext):
             raise TypeError(f'sslcontext is expected to be an instance of ssl.SSLContext, '
                             f'got {sslcontext!r}')
         if not getattr(transport, '_start_tls_compatible', False):
             raise TypeError(f'transport {transport!r} is not supported by start_tls()')
-        if ssl_handshake_timeout is not None and ssl_handshake_timeout <= 0:
-            raise ValueError(f'ssl_handshake_timeout should be a positive number, '
-                             f'got {ssl_handshake_timeout}')
-        if ssl_shutdown_timeout is not None and ssl_shutdown_timeout <= 0:
-            raise ValueError(f'ssl_shutdown_timeout should be a positive number, '
-                             f'got {ssl_shutdown_timeout}')
-        transport.close()
-        raise NotImplementedError(_TLS_UNSUPPORTED)
+        waiter = self.create_future()
+        tls = make_tls(self, protocol, sslcontext, waiter, server_side, server_hostname,
+                       ssl_handshake_timeout, ssl_shutdown_timeout, False)
+        # Paused first, so that the TLS layer sees no data before connection_made.
+        transport.pause_reading()
+        transport.set_protocol(tls)
+        conmade_cb = self.call_soon(tls.connection_made, transport)
+        resume_cb = self.call_soon(transport.resume_reading)
+        try:
+            await waiter
+        except BaseException:
+            transport.close()
+            conmade_cb.cancel()
+            resume_cb.cancel()
+            raise
+        return tls._app_transport
 
     # ----- sendfile -----------------------------------------------------------------
 

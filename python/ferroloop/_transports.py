@@ -28,7 +28,7 @@ _CORE_METHODS = (
     'is_closing', 'is_reading', 'pause_reading', 'resume_reading',
     'get_protocol', 'set_protocol', 'set_write_buffer_limits',
     'get_write_buffer_limits', 'get_write_buffer_size',
-    '_make_empty_waiter', '_reset_empty_waiter',
+    '_make_empty_waiter', '_reset_empty_waiter', '_force_close',
 )
 
 _ACCEPT_RESOURCE_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
@@ -255,7 +255,16 @@ class Server(events.AbstractServer):
         try:
             protocol = self._protocol_factory()
             extra = {'peername': addr, 'sockname': self._local_name(conn)}
-            transport = _StreamTransport(loop, conn, protocol, None, extra, self)
+            if self._ssl_context:
+                waiter = loop.create_future()
+                transport = loop._make_ssl_transport(
+                    conn, protocol, self._ssl_context, waiter, server_side=True, extra=extra,
+                    server=self, ssl_handshake_timeout=self._ssl_handshake_timeout,
+                    ssl_shutdown_timeout=self._ssl_shutdown_timeout)
+                waiter.add_done_callback(
+                    lambda w: self._on_handshake_done(w, protocol, transport))
+            else:
+                transport = _StreamTransport(loop, conn, protocol, None, extra, self)
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
@@ -263,16 +272,31 @@ class Server(events.AbstractServer):
                 transport.close()
             else:
                 conn.close()
-            if loop.get_debug():  # asyncio reports these in debug mode only
-                context = {
-                    'message': 'Error on transport creation for incoming connection',
-                    'exception': exc,
-                }
-                if protocol is not None:
-                    context['protocol'] = protocol
-                if transport is not None:
-                    context['transport'] = transport
-                loop.call_exception_handler(context)
+            self._report_accept_error(exc, protocol, transport)
+
+    def _on_handshake_done(self, waiter, protocol, transport):
+        """The TLS handshake of an accepted connection ended: on failure the
+        transport is closed (and the error reported in debug mode), as asyncio's
+        ``_accept_connection2`` does."""
+        exc = None if waiter.cancelled() else waiter.exception()
+        if exc is None and not waiter.cancelled():
+            return
+        transport.close()
+        if exc is not None:
+            self._report_accept_error(exc, protocol, transport)
+
+    def _report_accept_error(self, exc, protocol, transport):
+        loop = self._loop
+        if loop.get_debug():  # asyncio reports these in debug mode only
+            context = {
+                'message': 'Error on transport creation for incoming connection',
+                'exception': exc,
+            }
+            if protocol is not None:
+                context['protocol'] = protocol
+            if transport is not None:
+                context['transport'] = transport
+            loop.call_exception_handler(context)
 
     def get_loop(self):
         return self._loop
