@@ -1,5 +1,6 @@
-"""Scheduling micro-benchmarks: the loop's own cost per callback, timer, task step,
-future hand-off, queue item and numeric getaddrinfo. One workload of one loop per
+"""Micro-benchmarks: the loop's own cost per callback, timer, task step, future
+hand-off, queue item and numeric getaddrinfo; and (tls_spawn.py) per TLS echo round
+trip and per subprocess spawn + wait. One workload of one loop per
 process (run.py starts a fresh process for each run), so no run inherits another's
 heap, caches or freelists.
 
@@ -22,6 +23,7 @@ import sys
 import threading
 import time
 
+import tls_spawn
 from loops import Unsupported, factory
 
 BATCH = 1000  # callbacks queued per loop iteration in the batched workloads
@@ -205,6 +207,7 @@ WORKLOADS = {
     'future_ping_pong': (future_ping_pong, 50_000),
     'queue': (queue, 100_000),
     'getaddrinfo_numeric': (getaddrinfo_numeric, 5_000),
+    **tls_spawn.WORKLOADS,
 }
 
 

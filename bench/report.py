@@ -166,7 +166,7 @@ def micro_table(cells):
     cases, _, names, _ = ordered(cells, 'micro')
     if not cases:
         return []
-    out = ['## Scheduling (operations per CPU-second ↑, median [min–max] ×uvloop)', '',
+    out = ['## Micro workloads: scheduling, TLS echo, spawn (operations per CPU-second ↑, median [min–max] ×uvloop)', '',
            'CPU time of the whole benchmark process (all its threads) for the timed part;'
            ' wall-clock ops/s are in results.json.', '',
            '| workload | ' + ' | '.join(names) + ' | others % ↓ (max) |',
@@ -258,7 +258,7 @@ def memory_table(cells):
 
 def chart_rows(cells):
     """Three panels of (label, {loop: ratio}), every ratio oriented so > 1 beats uvloop."""
-    panels = {'Scheduling: ops per CPU-second ÷ uvloop': [], 'Network: req/s ÷ uvloop': [],
+    panels = {'Micro: ops per CPU-second ÷ uvloop': [], 'Network: req/s ÷ uvloop': [],
               'Network and memory: uvloop cost ÷ loop cost (server CPU/req; RSS)': []}
     throughput, net_rps, cost = panels.values()
     for (group, case, style, name), cell in cells.items():

@@ -21,7 +21,7 @@ if [ -z "${BENCH_SKIP_SETUP:-}" ]; then
     "$VPY" -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null
     : >"$FAILS"
     # One package per pip call, so one that cannot install does not stop the others.
-    for pkg in 'maturin>=1.7,<2' uvloop rloop matplotlib; do
+    for pkg in 'maturin>=1.7,<2' uvloop rloop matplotlib trustme; do
         log="$VENV/pip-${pkg%%[<>=]*}.log"
         if ! "$VPY" -m pip install -q --disable-pip-version-check "$pkg" >"$log" 2>&1; then
             echo "bench: could not install $pkg (see $log); the run goes on without it" >&2
