@@ -229,3 +229,11 @@ def test_getaddrinfo_debug_log(loop, caplog):
     assert re.sub(r'took \d+\.\d{3}ms', 'took Nms', messages[1]) == \
         f'Getting address info 127.0.0.1:80, type={socket.SOCK_STREAM!r} took Nms: {got!r}'
     assert len(messages) == 2
+
+
+def test_getaddrinfo_numeric_answers_are_fresh_lists(loop):
+    """A caller may change the list it got; the next caller still gets libc's answer."""
+    first = loop.run_until_complete(loop.getaddrinfo('127.0.0.1', 80, type=socket.SOCK_STREAM))
+    first.clear()
+    again = loop.run_until_complete(loop.getaddrinfo('127.0.0.1', 80, type=socket.SOCK_STREAM))
+    assert again == socket.getaddrinfo('127.0.0.1', 80, type=socket.SOCK_STREAM)

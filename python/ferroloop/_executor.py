@@ -72,9 +72,7 @@ class ExecutorMixin:
         if self.get_debug():
             return await self.run_in_executor(None, _getaddrinfo_logged, self, host, port, family, type, proto, flags)
         if _is_numeric(host, port):
-            # Nothing to look up: libc answers from the strings alone, without
-            # blocking, so a thread hop (two wake-ups) would be all the cost.
-            return socket.getaddrinfo(host, port, family, type, proto, flags)
+            return _numeric_getaddrinfo(host, port, family, type, proto, flags)
         return await self.run_in_executor(None, _getaddrinfo, self, host, port, family, type, proto, flags)
 
     async def getnameinfo(self, sockaddr, flags=0):
@@ -112,6 +110,28 @@ def _is_numeric(host, port):
         return True
     except OSError:
         return False
+
+
+_NUMERIC_ANSWERS = {}
+_NUMERIC_ANSWERS_MAX = 256
+
+
+def _numeric_getaddrinfo(*query):
+    """getaddrinfo of an IP literal and port, on the loop thread: libc answers from
+    the strings alone without blocking, so a thread hop (two wake-ups) would be all
+    the cost. The answer depends on nothing else (but for AI_ADDRCONFIG, which looks
+    at the machine's interfaces), so the last few are kept: a client connecting to
+    one address again and again asks the same question. Callers get a new list of
+    the same tuples, as from libc."""
+    answer = _NUMERIC_ANSWERS.get(query)
+    if answer is None:
+        answer = socket.getaddrinfo(*query)
+        if query[-1] & socket.AI_ADDRCONFIG:
+            return answer
+        if len(_NUMERIC_ANSWERS) >= _NUMERIC_ANSWERS_MAX:
+            _NUMERIC_ANSWERS.clear()
+        _NUMERIC_ANSWERS[query] = answer
+    return list(answer)
 
 
 def _getaddrinfo(loop, host, port, family, type, proto, flags):
