@@ -9,6 +9,7 @@ import gc
 import hashlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -492,3 +493,27 @@ def test_spawn_cancelled_during_preexec_fn_leaves_no_child_and_no_warning(loop):
             os.close(fd)
     assert not os.path.exists(f'/proc/{pid}')
     assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []
+
+
+def test_exit_seen_when_the_pidfd_gets_the_number_of_an_fd_with_a_stale_reader(loop):
+    # An fd closed without remove_reader leaves its number with a reader; the next
+    # fd opened (here the child's pidfd) gets that number. The loop cannot watch it,
+    # so the child is waited for in a thread, as the stdlib's watcher does.
+    if not is_ferroloop(loop) and sys.version_info >= (3, 12):
+        pytest.skip("asyncio 3.12+ watches the pidfd with add_reader, where the stale "
+                    "reader's selector key hides it: the exit is never seen")
+
+    async def main():
+        a, b = socket.socketpair()
+        fd = a.fileno()
+        loop.add_reader(fd, lambda: None)
+        a.close()
+        try:
+            p = await asyncio.create_subprocess_exec('sh', '-c', 'exit 7')
+            return await p.wait()
+        finally:
+            loop.remove_reader(fd)
+            b.close()
+
+    assert run(loop, main(), timeout=10) == 7
+    assert zombies_of_ours() == []

@@ -16,7 +16,7 @@ each Python version gets its own. What ferroloop provides is the rest:
 * its pipes are ferroloop's pipe transports;
 * its exit is watched without ``SIGCHLD`` or a child watcher: a pidfd in the loop's
   poller (``ChildWatch``, ``src/subprocess.rs``), reaped as soon as it is readable;
-  where no pidfd can be had (old kernel, seccomp, no fd left), a thread per child
+  where no pidfd can be had or watched (old kernel, seccomp, no fd left), a thread per child
   blocked in ``waitpid`` (asyncio's ``ThreadedChildWatcher``). Child watchers set on the policy are left
   alone: ferroloop's loops never use them."""
 
