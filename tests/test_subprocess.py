@@ -517,3 +517,26 @@ def test_exit_seen_when_the_pidfd_gets_the_number_of_an_fd_with_a_stale_reader(l
 
     assert run(loop, main(), timeout=10) == 7
     assert zombies_of_ours() == []
+
+
+def test_sigchld_is_left_to_the_application(loop):
+    # Neither loop takes SIGCHLD: the application's handler stays installed and
+    # still sees its children exit.
+    seen = []
+
+    def handler(signum, frame):
+        seen.append(signum)
+
+    previous = signal.signal(signal.SIGCHLD, handler)
+    try:
+        async def main():
+            for _ in range(3):
+                p = await asyncio.create_subprocess_exec('true', stdout=PIPE)
+                await p.communicate()
+            return signal.getsignal(signal.SIGCHLD)
+
+        installed = run(loop, main())
+    finally:
+        signal.signal(signal.SIGCHLD, previous)
+    assert installed is handler
+    assert seen and set(seen) == {signal.SIGCHLD}
