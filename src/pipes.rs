@@ -360,11 +360,15 @@ impl PipeTransportCore {
 
     /// Queued after `connection_made`, as asyncio adds its reader then. A write pipe
     /// to a character device that epoll refuses (`/dev/null`) is simply not
-    /// watched: writes to it never block.
+    /// watched: writes to it never block. A write pipe closed (`write_eof`) with
+    /// data still queued, in `connection_made`, is watched all the same: asyncio
+    /// watches for writability from the `write()` that queued, and only the
+    /// drained queue ends the transport.
     fn _start(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let me = slf.get();
-        if me.state.with(py, |s| s.closing || s.paused || s.pipe.is_none()) {
+        let idle = me.state.with(py, |s| s.pipe.is_none() || if me.write { s.lost } else { s.closing || s.paused });
+        if idle {
             return Ok(());
         }
         match Self::register(slf) {

@@ -11,7 +11,7 @@
 //! code `Popen` saw, as asyncio's watchers fall back to 255.
 //!
 //! A child still running when the loop closes is handed to a thread that reaps it.
-//! Where no pidfd can be had (an old kernel, a seccomp filter, no fd left),
+//! Where no pidfd can be had (an old kernel, a seccomp filter, no fd left) or watched,
 //! `ChildWatch.start` returns `None` and the Python
 //! side runs `wait_child_blocking` in a thread (asyncio's `ThreadedChildWatcher`).
 
@@ -91,8 +91,17 @@ impl ChildWatch {
             },
         )?;
         let owner = IoOwner::Child(watch.clone_ref(py));
-        let replaced = event_loop.get().state.with(py, |s| s.register_owner(fd, owner, true, false))?;
-        drop(replaced);
+        match event_loop.get().state.with(py, |s| s.register_owner(fd, owner, true, false)) {
+            Ok(replaced) => drop(replaced),
+            Err(_) => {
+                // The loop cannot watch this fd (its number still has a reader of an
+                // fd closed without `remove_reader`, or epoll refused it): the caller
+                // waits in a thread. Closed here, so the watch's drop reaps nothing.
+                let pidfd = watch.get().state.with(py, |s| s.pidfd.take());
+                drop(pidfd);
+                return Ok(None);
+            }
+        }
         Ok(Some(watch))
     }
 

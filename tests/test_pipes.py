@@ -375,3 +375,26 @@ def test_unclosed_transport_warns_and_closes_the_pipe(loop, os_pipe):
         loop.close()  # the loop's reader holds the transport until then
         gc.collect()
     assert rf.closed
+
+
+def test_write_and_close_in_connection_made_still_drains(loop, os_pipe):
+    # More than the pipe holds, written and closed before the transport watches
+    # its fd: what the kernel did not take must still go out, then connection_lost.
+    rf, wf = os_pipe
+    payload = os.urandom(1 << 20)
+
+    class WriteAndClose(Recorder):
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            transport.write(payload)
+            transport.close()
+
+    async def main():
+        proto = WriteAndClose(loop)
+        await loop.connect_write_pipe(lambda: proto, wf)
+        reader = asyncio.StreamReader()
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), rf)
+        got = await reader.read(-1)
+        return got == payload, await proto.lost
+
+    assert run(loop, main(), timeout=10) == (True, None)

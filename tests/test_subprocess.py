@@ -5,9 +5,11 @@ stdlib loop is known to behave otherwise (it runs ``preexec_fn`` on the loop
 thread), the test says so and checks each loop's own behaviour."""
 
 import asyncio
+import gc
 import hashlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -445,3 +447,96 @@ def test_a_watcher_on_the_policy_changes_nothing(loop):
     finally:
         policy.set_child_watcher(None)
         watcher.attach_loop(None)
+
+
+def test_spawn_cancelled_during_preexec_fn_leaves_no_child_and_no_warning(loop):
+    # ferroloop spawns with a preexec_fn in a thread: cancelled meanwhile, the child
+    # it made for nobody is killed and reaped, its pipes closed, and its Popen told
+    # the return code (else Popen warns "still running" and keeps it to poll later).
+    # The stdlib runs preexec_fn on the loop thread (so its bound is short, see
+    # test_preexec_fn_that_blocks_does_not_block_the_loop) and is cancelled after.
+    import warnings
+    go_r, go_w = os.pipe()
+    pid_r, pid_w = os.pipe()
+    bound = 10.0 if is_ferroloop(loop) else 0.5
+
+    def preexec():
+        import select
+        os.write(pid_w, str(os.getpid()).encode())
+        select.select([go_r], [], [], bound)
+
+    async def main():
+        task = asyncio.ensure_future(asyncio.create_subprocess_exec(
+            'sleep', '30', preexec_fn=preexec, stdin=PIPE, stdout=PIPE, stderr=PIPE))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        os.write(go_w, b'g')
+        pid = int(os.read(pid_r, 32))
+        for _ in range(1000):  # bounded: until the killed child is reaped
+            if not os.path.exists(f'/proc/{pid}'):
+                break
+            await asyncio.sleep(0.01)
+        for _ in range(5):
+            await asyncio.sleep(0)
+        return pid
+
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter('always')
+            pid = run(loop, main())
+            gc.collect()
+    finally:
+        for fd in (go_r, go_w, pid_r, pid_w):
+            os.close(fd)
+    assert not os.path.exists(f'/proc/{pid}')
+    assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []
+
+
+def test_exit_seen_when_the_pidfd_gets_the_number_of_an_fd_with_a_stale_reader(loop):
+    # An fd closed without remove_reader leaves its number with a reader; the next
+    # fd opened (here the child's pidfd) gets that number. The loop cannot watch it,
+    # so the child is waited for in a thread, as the stdlib's watcher does.
+    if not is_ferroloop(loop) and sys.version_info >= (3, 12):
+        pytest.skip("asyncio 3.12+ watches the pidfd with add_reader, where the stale "
+                    "reader's selector key hides it: the exit is never seen")
+
+    async def main():
+        a, b = socket.socketpair()
+        fd = a.fileno()
+        loop.add_reader(fd, lambda: None)
+        a.close()
+        try:
+            p = await asyncio.create_subprocess_exec('sh', '-c', 'exit 7')
+            return await p.wait()
+        finally:
+            loop.remove_reader(fd)
+            b.close()
+
+    assert run(loop, main(), timeout=10) == 7
+    assert zombies_of_ours() == []
+
+
+def test_sigchld_is_left_to_the_application(loop):
+    # Neither loop takes SIGCHLD: the application's handler stays installed and
+    # still sees its children exit.
+    seen = []
+
+    def handler(signum, frame):
+        seen.append(signum)
+
+    previous = signal.signal(signal.SIGCHLD, handler)
+    try:
+        async def main():
+            for _ in range(3):
+                p = await asyncio.create_subprocess_exec('true', stdout=PIPE)
+                await p.communicate()
+            return signal.getsignal(signal.SIGCHLD)
+
+        installed = run(loop, main())
+    finally:
+        signal.signal(signal.SIGCHLD, previous)
+    assert installed is handler
+    assert seen and set(seen) == {signal.SIGCHLD}

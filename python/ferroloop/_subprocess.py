@@ -16,7 +16,7 @@ each Python version gets its own. What ferroloop provides is the rest:
 * its pipes are ferroloop's pipe transports;
 * its exit is watched without ``SIGCHLD`` or a child watcher: a pidfd in the loop's
   poller (``ChildWatch``, ``src/subprocess.rs``), reaped as soon as it is readable;
-  where no pidfd can be had (old kernel, seccomp, no fd left), a thread per child
+  where no pidfd can be had or watched (old kernel, seccomp, no fd left), a thread per child
   blocked in ``waitpid`` (asyncio's ``ThreadedChildWatcher``). Child watchers set on the policy are left
   alone: ferroloop's loops never use them."""
 
@@ -64,6 +64,23 @@ def _popen(args, shell, stdin, stdout, stderr, bufsize, kwargs):
                             universal_newlines=False, bufsize=bufsize, **kwargs)
 
 
+def _discard(loop, popen):
+    """Kills a child made for nobody (its spawn was cancelled, or its transport
+    failed), closes its pipes and reaps it; the return code goes to its ``Popen``,
+    which would otherwise warn that the child "is still running" when collected and
+    keep it in ``subprocess._active``, to be polled by pid long after it was reaped."""
+    popen.kill()
+    for f in (popen.stdin, popen.stdout, popen.stderr):
+        if f is not None:
+            f.close()
+
+    def exited(returncode):
+        if popen.returncode is None:
+            popen.returncode = 255 if returncode is None else returncode
+
+    _watch_exit(loop, popen.pid, exited)
+
+
 def _watch_exit(loop, pid, callback):
     """Calls ``callback(returncode)`` on ``loop`` once child ``pid`` exited (reaped;
     ``None`` if someone else reaped it)."""
@@ -88,11 +105,7 @@ async def _spawn_in_thread(loop, spawn):
     def done(ok, value):
         if fut.cancelled():
             if ok:  # nobody will use it
-                value.kill()
-                for f in (value.stdin, value.stdout, value.stderr):
-                    if f is not None:
-                        f.close()
-                _watch_exit(loop, value.pid, lambda rc: None)
+                _discard(loop, value)
         elif ok:
             fut.set_result(value)
         else:
@@ -185,8 +198,7 @@ class SubprocessMixin:
             transport = _SubprocessTransport(self, protocol, args, shell, stdin, stdout, stderr,
                                              bufsize, popen=popen, waiter=waiter, extra=extra)
         except BaseException:
-            popen.kill()
-            _watch_exit(self, popen.pid, lambda rc: None)
+            _discard(self, popen)
             raise
         _watch_exit(self, transport.get_pid(), transport._on_exit)
         try:
