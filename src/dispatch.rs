@@ -14,7 +14,7 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::PyDict;
 
-use crate::event_loop::{IoOwner, LoopCore, Ready};
+use crate::event_loop::{IoOwner, LoopCore, Ready, MAX_SPARE_HANDLES};
 use crate::handles::{format_callback_source, Handle};
 use crate::listener::Listener;
 use crate::pipes::PipeTransportCore;
@@ -144,12 +144,10 @@ fn run_once(slf: &Bound<'_, LoopCore>, core: &LoopCore, py: Python<'_>) -> PyRes
     let (debug, virtual_time) = core.state.with(py, |s| (s.debug, s.virtual_now.is_some()));
     for _ in 0..ntodo {
         let Some(item) = core.state.with(py, |s| s.ready.pop_front()) else { break };
-        if let Ready::Handle(h) = &item {
-            if h.get().is_cancelled() {
-                continue;
-            }
-        }
-        if let Err(e) = run_handle(slf, py, &item, debug) {
+        let cancelled = matches!(&item, Ready::Handle(h) if h.get().is_cancelled());
+        let result = if cancelled { Ok(()) } else { run_handle(slf, py, &item, debug) };
+        release(core, py, item);
+        if let Err(e) = result {
             // Leaving the loop (SystemExit, KeyboardInterrupt): what was written
             // during the batch is still sent, as the stdlib sent it at once.
             let _ = flush_deferred_writes(slf, py, debug);
@@ -162,6 +160,26 @@ fn run_once(slf: &Bound<'_, LoopCore>, core: &LoopCore, py: Python<'_>) -> PyRes
         slf.call_method0(pyo3::intern!(py, "_after_virtual_iteration"))?;
     }
     Ok(())
+}
+
+/// Drops a ready entry the loop is done with. A `call_soon` handle nobody else
+/// holds is emptied and kept for the next `call_soon` instead (see
+/// `Handle::take_for_reuse`); what it held is dropped after the state borrow.
+#[inline]
+fn release(core: &LoopCore, py: Python<'_>, item: Ready) {
+    let Ready::Handle(handle) = item else { return };
+    let handle = handle.into_bound(py); // dropping a Bound decrefs without a thread-local lookup
+    let Some(released) = Handle::take_for_reuse(&handle) else { return };
+    let unkept = core.state.with(py, |s| {
+        if s.spare_handles.len() < MAX_SPARE_HANDLES {
+            s.spare_handles.push(handle.unbind());
+            None
+        } else {
+            Some(handle)
+        }
+    });
+    released.drop_now(py);
+    drop(unkept);
 }
 
 /// Sends the writes transports collected during the batch: one `sendmsg` per
@@ -323,6 +341,7 @@ pub fn drop_queued(core: &LoopCore, py: Python<'_>) {
             s.current_handle.take(),
             std::mem::take(&mut s.io),
             std::mem::take(&mut s.deferred_flush),
+            std::mem::take(&mut s.spare_handles),
         )
     });
     let timer_handles: Vec<_> = dropped.1.iter().filter_map(|entry| entry.0.unschedule(py)).collect();

@@ -96,9 +96,16 @@ pub enum Ready {
     Flush(Py<StreamTransportCore>),
 }
 
+/// How many emptied handles the loop keeps for reuse: one iteration's worth of a
+/// busy loop's callbacks (about 130 bytes each).
+pub const MAX_SPARE_HANDLES: usize = 1024;
+
 /// Everything the loop mutates, behind one GIL-guarded cell.
 pub struct LoopState {
     pub ready: VecDeque<Ready>,
+    /// Emptied `call_soon` handles kept for reuse (see `Handle::take_for_reuse`),
+    /// at most `MAX_SPARE_HANDLES`. Not visited by `__traverse__`: they hold nothing.
+    pub spare_handles: Vec<Py<Handle>>,
     pub timers: TimerQueue<TimerEntry>,
     pub readers: FdMap<Py<Handle>>,
     pub writers: FdMap<Py<Handle>>,
@@ -242,6 +249,7 @@ impl LoopCore {
         Ok(LoopCore {
             state: GilCell::new(LoopState {
                 ready: VecDeque::with_capacity(256),
+                spare_handles: Vec::new(),
                 timers: TimerQueue::new(),
                 readers: FdMap::default(),
                 writers: FdMap::default(),

@@ -24,6 +24,8 @@ use crate::gil_cell::GilCell;
 pub struct HandleInner {
     callback: Option<Py<PyAny>>,
     args: Option<Py<PyTuple>>,
+    /// Always set, except in a spare handle waiting in the loop for reuse.
+    context: Option<Py<PyAny>>,
     source_traceback: Option<Py<PyAny>>,
     /// asyncio freezes the repr of a cancelled handle in debug mode.
     frozen_repr: Option<String>,
@@ -32,17 +34,89 @@ pub struct HandleInner {
 #[pyclass(module = "ferroloop", subclass, frozen, weakref)]
 pub struct Handle {
     cancelled: AtomicBool,
-    context: Py<PyAny>,
+    /// Made by `call_soon` and dropped by the loop without anyone else holding it:
+    /// the loop may reuse the object for a later `call_soon` (see `take_for_reuse`).
+    reusable: bool,
     inner: GilCell<HandleInner>,
+}
+
+/// What a handle held, taken out to be dropped after any state borrow ends (dropping
+/// may run Python code). Dropped through `Bound`, which decrefs directly.
+pub struct Released(Option<Py<PyAny>>, Option<Py<PyTuple>>, Option<Py<PyAny>>, Option<Py<PyAny>>);
+
+impl Released {
+    pub fn drop_now(self, py: Python<'_>) {
+        drop((
+            self.0.map(|o| o.into_bound(py)),
+            self.1.map(|o| o.into_bound(py)),
+            self.2.map(|o| o.into_bound(py)),
+            self.3.map(|o| o.into_bound(py)),
+        ));
+    }
 }
 
 impl Handle {
     pub fn new(callback: Py<PyAny>, args: Py<PyTuple>, context: Py<PyAny>, source_traceback: Option<Py<PyAny>>) -> Self {
+        Self::with_fields(false, callback, args, context, source_traceback)
+    }
+
+    /// A handle the loop may reuse once it drops the last reference (`call_soon`'s).
+    pub fn new_reusable(callback: Py<PyAny>, args: Py<PyTuple>, context: Py<PyAny>, source_traceback: Option<Py<PyAny>>) -> Self {
+        Self::with_fields(true, callback, args, context, source_traceback)
+    }
+
+    fn with_fields(reusable: bool, callback: Py<PyAny>, args: Py<PyTuple>, context: Py<PyAny>, tb: Option<Py<PyAny>>) -> Self {
         Handle {
             cancelled: AtomicBool::new(false),
-            context,
-            inner: GilCell::new(HandleInner { callback: Some(callback), args: Some(args), source_traceback, frozen_repr: None }),
+            reusable,
+            inner: GilCell::new(HandleInner {
+                callback: Some(callback),
+                args: Some(args),
+                context: Some(context),
+                source_traceback: tb,
+                frozen_repr: None,
+            }),
         }
+    }
+
+    /// Empties a handle the loop held the only reference to, so the object can be
+    /// refilled by a later `call_soon` instead of freed and allocated again (an
+    /// allocation and a deallocation of a garbage-collected object cost more than
+    /// the rest of `call_soon`). Nobody can observe the reuse: no other reference,
+    /// no weak reference, and the handle came from `call_soon` (not a timer, not a
+    /// subclass). Returns what the handle held, or None if it cannot be reused.
+    pub fn take_for_reuse(slf: &Bound<'_, Handle>) -> Option<Released> {
+        let me = slf.get();
+        // SAFETY: `slf` is a live object; reading its refcount and its type's weak
+        // reference list offset (the list head lives at that offset in the object,
+        // also for managed weakrefs on 3.12+) has no preconditions.
+        let unobserved = unsafe {
+            let obj = slf.as_ptr();
+            let offset = (*pyo3::ffi::Py_TYPE(obj)).tp_weaklistoffset;
+            pyo3::ffi::Py_REFCNT(obj) == 1
+                && offset != 0
+                && (*(obj as *const u8).offset(offset).cast::<*mut pyo3::ffi::PyObject>()).is_null()
+        };
+        if !me.reusable || !unobserved {
+            return None;
+        }
+        me.cancelled.store(false, Ordering::Relaxed);
+        Some(me.inner.with(slf.py(), |i| {
+            i.frozen_repr = None;
+            Released(i.callback.take(), i.args.take(), i.context.take(), i.source_traceback.take())
+        }))
+    }
+
+    /// Refills a handle emptied by `take_for_reuse`. Only stores references (drops
+    /// nothing), so it may run inside the loop state's `with`.
+    pub fn refill(&self, py: Python<'_>, callback: Py<PyAny>, args: Py<PyTuple>, context: Py<PyAny>, tb: Option<Py<PyAny>>) {
+        self.inner.with(py, |i| {
+            debug_assert!(i.callback.is_none() && i.context.is_none());
+            i.callback = Some(callback);
+            i.args = Some(args);
+            i.context = Some(context);
+            i.source_traceback = tb;
+        });
     }
 
     #[inline]
@@ -54,25 +128,46 @@ impl Handle {
     /// to report; the loop decides what propagates.
     #[inline]
     pub fn run(&self, py: Python<'_>) -> PyResult<()> {
-        let Some((callback, args)) = self.inner.with(py, |i| Some((i.callback.as_ref()?.clone_ref(py), i.args.as_ref()?.clone_ref(py))))
+        // Strong references for the call (the callback may cancel its own handle,
+        // which drops them from the handle); the context is kept alive by the thread
+        // state while entered, and nothing replaces it (only spares are refilled).
+        let Some((callback, args, ctx)) = self
+            .inner
+            .with(py, |i| Some((i.callback.as_ref()?.bind(py).clone(), i.args.as_ref()?.bind(py).clone(), i.context.as_ref()?.as_ptr())))
         else {
             return Ok(()); // cancelled while queued
         };
-        let ctx = self.context.as_ptr();
-        // SAFETY: `ctx` is a live reference; the check only reads its type.
+        // SAFETY: `ctx` is a live reference held by the handle; the check only reads its type.
         if unsafe { pyo3::ffi::PyContext_CheckExact(ctx) } == 0 {
             // asyncio calls `context.run(callback, *args)`: any object with a
             // `run` method works, anything else fails here, when run, as there.
-            let mut call_args = vec![callback.clone_ref(py).into_bound(py)];
-            call_args.extend(args.bind(py).iter());
+            let mut call_args = vec![callback];
+            call_args.extend(args.iter());
             let call_args = PyTuple::new(py, call_args)?;
-            return self.context.bind(py).call_method1("run", call_args).map(drop);
+            // SAFETY: as above, `ctx` is live for this call.
+            let ctx = unsafe { Bound::from_borrowed_ptr(py, ctx) };
+            return ctx.call_method1("run", call_args).map(drop);
         }
-        // SAFETY: `ctx` is a live reference owned by `self` for the whole call.
+        // SAFETY: `ctx` is a live reference owned by the handle; entering it takes a
+        // reference of its own for as long as it is entered.
         if unsafe { pyo3::ffi::PyContext_Enter(ctx) } != 0 {
             return Err(PyErr::fetch(py));
         }
-        let result = callback.bind(py).call1(args.bind(py));
+        // Vectorcall with the tuple's own item array: no argument tuple is built
+        // and no `*args` unpacking happens in the callee's call path.
+        // SAFETY: `args` is a tuple we hold a reference to for the whole call, so
+        // its item array stays valid; `callback` is a live object.
+        let result = unsafe {
+            let tuple = args.as_ptr().cast::<pyo3::ffi::PyTupleObject>();
+            let items = (*tuple).ob_item.as_ptr();
+            let ret = pyo3::ffi::PyObject_Vectorcall(
+                callback.as_ptr(),
+                items,
+                pyo3::ffi::PyTuple_GET_SIZE(args.as_ptr()) as usize,
+                std::ptr::null_mut(),
+            );
+            Bound::from_owned_ptr_or_err(py, ret)
+        };
         // SAFETY: we entered `ctx` above on this thread; exiting it is always valid.
         if unsafe { pyo3::ffi::PyContext_Exit(ctx) } != 0 {
             return Err(PyErr::fetch(py));
@@ -107,6 +202,10 @@ impl Handle {
     /// Python code, so it may be called inside the loop state's `with`.
     pub fn callback_is(&self, py: Python<'_>, ptr: *mut pyo3::ffi::PyObject) -> bool {
         !self.is_cancelled() && self.inner.with(py, |i| i.callback.as_ref().is_some_and(|c| c.as_ptr() == ptr))
+    }
+
+    fn context(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.inner.with(py, |i| i.context.as_ref().map(|c| c.clone_ref(py)))
     }
 
     pub fn callback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
@@ -159,8 +258,8 @@ impl Handle {
     // Handles sit in reference cycles often (an object keeps the timer whose callback
     // is its own bound method), so they take part in garbage collection.
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        visit.call(&self.context)?;
         if let Some(i) = self.inner.get_for_traverse() {
+            visit.call(&i.context)?;
             visit.call(&i.callback)?;
             visit.call(&i.args)?;
             visit.call(&i.source_traceback)?;
@@ -169,8 +268,8 @@ impl Handle {
     }
 
     fn __clear__(&self, py: Python<'_>) {
-        let taken = self.inner.with(py, |i| (i.callback.take(), i.args.take(), i.source_traceback.take()));
-        drop(taken);
+        let taken = self.inner.with(py, |i| Released(i.callback.take(), i.args.take(), i.context.take(), i.source_traceback.take()));
+        taken.drop_now(py);
     }
 
     fn cancel(slf: &Bound<'_, Self>) -> PyResult<()> {
@@ -182,8 +281,8 @@ impl Handle {
         self.is_cancelled()
     }
 
-    fn get_context(&self, py: Python<'_>) -> Py<PyAny> {
-        self.context.clone_ref(py)
+    fn get_context(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.context(py)
     }
 
     /// Runs the callback now (asyncio's private `Handle._run`, used by some tests and
@@ -212,8 +311,8 @@ impl Handle {
     }
 
     #[getter]
-    fn _context(&self, py: Python<'_>) -> Py<PyAny> {
-        self.context.clone_ref(py)
+    fn _context(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.context(py)
     }
 
     #[getter]

@@ -93,10 +93,24 @@ pub fn check_thread(core: &LoopCore, py: Python<'_>) -> PyResult<()> {
     }
 }
 
-/// Creates a handle and appends it to the ready queue (no checks).
+/// Queues a `call_soon` handle (no checks), reusing a spare handle object if the
+/// loop has one (see `Handle::take_for_reuse`).
 #[inline]
-pub fn push_ready(core: &LoopCore, py: Python<'_>, handle: Handle) -> PyResult<Py<Handle>> {
-    let handle = Py::new(py, handle)?;
+pub fn push_ready(
+    core: &LoopCore,
+    py: Python<'_>,
+    callback: Bound<'_, PyAny>,
+    args: Bound<'_, PyTuple>,
+    ctx: Py<PyAny>,
+    tb: Option<Py<PyAny>>,
+) -> PyResult<Py<Handle>> {
+    let handle = match core.state.with(py, |s| s.spare_handles.pop()) {
+        Some(spare) => {
+            spare.get().refill(py, callback.unbind(), args.unbind(), ctx, tb);
+            spare
+        }
+        None => Py::new(py, Handle::new_reusable(callback.unbind(), args.unbind(), ctx, tb))?,
+    };
     let queued = handle.clone_ref(py);
     core.state.with(py, |s| s.ready.push_back(crate::event_loop::Ready::Handle(queued)));
     Ok(handle)
@@ -113,7 +127,7 @@ pub fn call_soon(
     let core = slf.get();
     let tb = check_and_trace(core, py, &callback, method, false, HANDLE_STACK_DEPTH)?;
     let ctx = context_or_copy(py, context)?;
-    push_ready(core, py, Handle::new(callback.unbind(), args.unbind(), ctx, tb))
+    push_ready(core, py, callback, args, ctx, tb)
 }
 
 pub fn call_soon_threadsafe(
@@ -126,7 +140,7 @@ pub fn call_soon_threadsafe(
     let core = slf.get();
     let tb = check_and_trace(core, py, &callback, "call_soon_threadsafe", true, HANDLE_STACK_DEPTH)?;
     let ctx = context_or_copy(py, context)?;
-    let handle = push_ready(core, py, Handle::new(callback.unbind(), args.unbind(), ctx, tb))?;
+    let handle = push_ready(core, py, callback, args, ctx, tb)?;
     core.state.with(py, |s| s.waker.as_ref().map(|w| w.wake())).transpose()?;
     Ok(handle)
 }

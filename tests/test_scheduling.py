@@ -399,6 +399,41 @@ def test_cancel_drops_callback_and_args(loop):
     assert ref() is None
 
 
+def test_a_kept_handle_keeps_its_callback_after_running(loop):
+    # ferroloop reuses handle objects nobody else holds: a kept one must not be.
+    args = (object(),)
+    h = loop.call_soon(callback, *args)
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    others = [loop.call_soon(print) for _ in range(10)]
+    assert all(o is not h for o in others)
+    assert h._callback is callback and h._args == args and not h.cancelled()
+    for o in others:
+        o.cancel()
+
+
+def test_callback_args_are_released_once_run(loop):
+    class Arg:
+        pass
+    arg = Arg()
+    ref = weakref.ref(arg)
+    loop.call_soon(callback, arg)
+    del arg
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert ref() is None  # no collection needed: nothing keeps the handle
+
+
+def test_weakly_referenced_handle_dies_once_run(loop):
+    ref = weakref.ref(loop.call_soon(callback))
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert ref() is None
+    loop.call_soon(loop.stop)  # a handle made after is another object
+    loop.run_forever()
+    assert ref() is None
+
+
 def test_get_context(loop):
     ctx = contextvars.Context()
     h = loop.call_soon(callback, context=ctx)
