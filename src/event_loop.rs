@@ -18,7 +18,7 @@ use pyo3::types::{PyTuple, PyWeakrefReference};
 use pyo3::PyTraverseError;
 
 use crate::gil_cell::GilCell;
-use crate::handles::{closed_error, Handle, TimerHandle, TimerSlot};
+use crate::handles::{closed_error, Handle, TimerSlot};
 use crate::listener::Listener;
 use crate::pipes::PipeTransportCore;
 use crate::sock::{self, SockOp};
@@ -284,47 +284,10 @@ impl LoopCore {
         self.state.with(py, |s| s.now())
     }
 
-    #[pyo3(signature = (callback, *args, context=None))]
-    fn call_soon(
-        slf: &Bound<'_, Self>,
-        callback: Bound<'_, PyAny>,
-        args: Bound<'_, PyTuple>,
-        context: Option<Bound<'_, PyAny>>,
-    ) -> PyResult<Py<Handle>> {
-        scheduling::call_soon(slf, callback, args, context, "call_soon")
-    }
-
-    #[pyo3(signature = (callback, *args, context=None))]
-    fn call_soon_threadsafe(
-        slf: &Bound<'_, Self>,
-        callback: Bound<'_, PyAny>,
-        args: Bound<'_, PyTuple>,
-        context: Option<Bound<'_, PyAny>>,
-    ) -> PyResult<Py<Handle>> {
-        scheduling::call_soon_threadsafe(slf, callback, args, context)
-    }
-
-    #[pyo3(signature = (delay, callback, *args, context=None))]
-    fn call_later(
-        slf: &Bound<'_, Self>,
-        delay: Option<Bound<'_, PyAny>>,
-        callback: Bound<'_, PyAny>,
-        args: Bound<'_, PyTuple>,
-        context: Option<Bound<'_, PyAny>>,
-    ) -> PyResult<Py<TimerHandle>> {
-        scheduling::call_later(slf, delay, callback, args, context)
-    }
-
-    #[pyo3(signature = (when, callback, *args, context=None))]
-    fn call_at(
-        slf: &Bound<'_, Self>,
-        when: Option<Bound<'_, PyAny>>,
-        callback: Bound<'_, PyAny>,
-        args: Bound<'_, PyTuple>,
-        context: Option<Bound<'_, PyAny>>,
-    ) -> PyResult<Py<TimerHandle>> {
-        scheduling::call_at(slf, when, callback, args, context)
-    }
+    // `call_soon(callback, *args, context=None)`, `call_soon_threadsafe(callback,
+    // *args, context=None)`, `call_later(delay, callback, *args, context=None)` and
+    // `call_at(when, callback, *args, context=None)` are raw fast-call methods
+    // installed on this class at import (`fastcall`), bodies in `scheduling`.
 
     // ----- running and stopping --------------------------------------------------
 

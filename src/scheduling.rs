@@ -151,13 +151,15 @@ pub fn call_soon_threadsafe(
 /// errors in debug mode name `call_at`, which asyncio's `call_later` delegates to.
 pub fn call_later(
     slf: &Bound<'_, LoopCore>,
-    delay: Option<Bound<'_, PyAny>>,
+    delay: Bound<'_, PyAny>,
     callback: Bound<'_, PyAny>,
     args: Bound<'_, PyTuple>,
     context: Option<Bound<'_, PyAny>>,
 ) -> PyResult<Py<TimerHandle>> {
     let py = slf.py();
-    let delay = delay.filter(|d| !d.is_none()).ok_or_else(|| PyTypeError::new_err("delay must not be None"))?;
+    if delay.is_none() {
+        return Err(PyTypeError::new_err("delay must not be None"));
+    }
     let now = slf.get().state.with(py, |s| s.now());
     let when = match delay.extract::<f64>() {
         Ok(d) if delay.is_exact_instance_of::<PyFloat>() || delay.is_exact_instance_of::<PyInt>() => now + d,
@@ -170,12 +172,14 @@ pub fn call_later(
 /// later, inside the run loop; ferroloop fails here, with `float()`'s message).
 pub fn call_at(
     slf: &Bound<'_, LoopCore>,
-    when: Option<Bound<'_, PyAny>>,
+    when: Bound<'_, PyAny>,
     callback: Bound<'_, PyAny>,
     args: Bound<'_, PyTuple>,
     context: Option<Bound<'_, PyAny>>,
 ) -> PyResult<Py<TimerHandle>> {
-    let when = when.filter(|w| !w.is_none()).ok_or_else(|| PyTypeError::new_err("when cannot be None"))?;
+    if when.is_none() {
+        return Err(PyTypeError::new_err("when cannot be None"));
+    }
     let when = when.extract::<f64>()?;
     schedule_at(slf, when, callback, args, context, "call_at", HANDLE_STACK_DEPTH)
 }

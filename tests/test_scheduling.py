@@ -434,6 +434,35 @@ def test_weakly_referenced_handle_dies_once_run(loop):
     assert ref() is None
 
 
+@pytest.mark.parametrize('call, message', [
+    (lambda loop: loop.call_soon(), "missing 1 required positional argument: 'callback'"),
+    (lambda loop: loop.call_soon(callback, bogus=1), "got an unexpected keyword argument 'bogus'"),
+    (lambda loop: loop.call_soon(callback, callback=callback), "got multiple values for argument 'callback'"),
+    (lambda loop: loop.call_soon_threadsafe(), "missing 1 required positional argument: 'callback'"),
+    (lambda loop: loop.call_later(1), "missing 1 required positional argument: 'callback'"),
+    (lambda loop: loop.call_later(), "missing 2 required positional arguments: 'delay' and 'callback'"),
+    (lambda loop: loop.call_at(callback=callback), "missing 1 required positional argument: 'when'"),
+])
+def test_scheduling_argument_errors(loop, call, message):
+    with pytest.raises(TypeError, match=message):
+        call(loop)
+
+
+def test_scheduling_arguments_by_keyword(loop):
+    out = []
+    ctx = contextvars.copy_context()
+    loop.call_soon(callback=out.append)  # called with no argument: fails, reported
+    loop.call_soon(out.append, 1, context=ctx)
+    loop.call_soon_threadsafe(callback=out.append, context=None)
+    loop.call_later(delay=0, callback=out.append)
+    loop.call_at(loop.time(), out.append, 2, context=ctx)
+    errors = []
+    loop.set_exception_handler(lambda loop, context: errors.append(type(context['exception'])))
+    loop.call_later(0.001, loop.stop)
+    loop.run_forever()
+    assert out == [1, 2] and errors == [TypeError] * 3
+
+
 def test_get_context(loop):
     ctx = contextvars.Context()
     h = loop.call_soon(callback, context=ctx)
