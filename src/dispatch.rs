@@ -216,21 +216,29 @@ fn poll(core: &LoopCore, timeout: Option<Duration>, fds: &mut Vec<ferroloop_core
 /// Runs one ready entry: a callback, or an fd owner's I/O. `SystemExit` and
 /// `KeyboardInterrupt` propagate out of the loop (as in asyncio); anything else goes
 /// to the exception handler. Every callback of the loop passes through here.
-#[inline]
+#[inline(always)]
 fn run_handle(slf: &Bound<'_, LoopCore>, py: Python<'_>, item: &Ready, debug: bool) -> PyResult<()> {
-    if !debug {
-        return item_result(slf, py, item, run_item(py, item));
+    if debug {
+        return run_handle_debug(slf, py, item);
     }
-    // Debug mode, as asyncio: a handle is the loop's `_current_handle` while it
-    // runs (the default exception handler shows where it was created), errors are
-    // reported first, and the time taken includes that report.
+    match run_item(py, item) {
+        Ok(()) => Ok(()),
+        Err(err) => item_error(slf, py, item, err),
+    }
+}
+
+/// `run_handle` in debug mode, as asyncio: a handle is the loop's `_current_handle`
+/// while it runs (the default exception handler shows where it was created), errors
+/// are reported first, and the time taken includes that report.
+#[inline(never)]
+fn run_handle_debug(slf: &Bound<'_, LoopCore>, py: Python<'_>, item: &Ready) -> PyResult<()> {
     let core = slf.get();
     if let Ready::Handle(handle) = item {
         let previous = core.state.with(py, |s| s.current_handle.replace(handle.clone_ref(py)));
         drop(previous); // outside the cell: dropping may run Python code
     }
     let t0 = core.state.with(py, |s| s.now());
-    let result = item_result(slf, py, item, run_item(py, item));
+    let result = run_item(py, item).or_else(|err| item_error(slf, py, item, err));
     let took = core.state.with(py, |s| s.now()) - t0;
     let previous = core.state.with(py, |s| s.current_handle.take());
     drop(previous);
@@ -242,7 +250,7 @@ fn run_handle(slf: &Bound<'_, LoopCore>, py: Python<'_>, item: &Ready, debug: bo
     Ok(())
 }
 
-#[inline]
+#[inline(always)]
 fn run_item(py: Python<'_>, item: &Ready) -> PyResult<()> {
     match item {
         Ready::Handle(handle) => handle.get().run(py),
@@ -257,15 +265,18 @@ fn run_item(py: Python<'_>, item: &Ready) -> PyResult<()> {
     }
 }
 
-fn item_result(slf: &Bound<'_, LoopCore>, py: Python<'_>, item: &Ready, result: PyResult<()>) -> PyResult<()> {
-    match result {
-        Ok(()) => Ok(()),
-        Err(err) if err.is_instance_of::<PySystemExit>(py) || err.is_instance_of::<PyKeyboardInterrupt>(py) => Err(err),
-        Err(err) => match item {
-            Ready::Handle(handle) => report_callback_error(py, Some(slf.as_any()), handle.bind(py), err),
-            Ready::Io { owner, .. } => report_io_error(py, slf.as_any(), owner.describe(py).bind(py), err),
-            Ready::Flush(t) => report_io_error(py, slf.as_any(), t.get().owner(py).bind(py), err),
-        },
+/// A callback's error: `SystemExit` and `KeyboardInterrupt` propagate, anything
+/// else goes to the exception handler.
+#[cold]
+#[inline(never)]
+fn item_error(slf: &Bound<'_, LoopCore>, py: Python<'_>, item: &Ready, err: PyErr) -> PyResult<()> {
+    if err.is_instance_of::<PySystemExit>(py) || err.is_instance_of::<PyKeyboardInterrupt>(py) {
+        return Err(err);
+    }
+    match item {
+        Ready::Handle(handle) => report_callback_error(py, Some(slf.as_any()), handle.bind(py), err),
+        Ready::Io { owner, .. } => report_io_error(py, slf.as_any(), owner.describe(py).bind(py), err),
+        Ready::Flush(t) => report_io_error(py, slf.as_any(), t.get().owner(py).bind(py), err),
     }
 }
 

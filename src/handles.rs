@@ -126,7 +126,7 @@ impl Handle {
 
     /// Runs the callback in its context. The error, if any, is returned for the loop
     /// to report; the loop decides what propagates.
-    #[inline]
+    #[inline(always)]
     pub fn run(&self, py: Python<'_>) -> PyResult<()> {
         // Strong references for the call (the callback may cancel its own handle,
         // which drops them from the handle); the context is kept alive by the thread
