@@ -169,7 +169,10 @@ fn run_once(slf: &Bound<'_, LoopCore>, core: &LoopCore, py: Python<'_>) -> PyRes
 fn release(core: &LoopCore, py: Python<'_>, item: Ready) {
     let Ready::Handle(handle) = item else { return };
     let handle = handle.into_bound(py); // dropping a Bound decrefs without a thread-local lookup
-    let Some(released) = Handle::take_for_reuse(&handle) else { return };
+    let Some(released) = Handle::take_for_reuse(&handle) else {
+        Handle::track_again(&handle); // someone else holds it
+        return;
+    };
     let unkept = core.state.with(py, |s| {
         if s.spare_handles.len() < MAX_SPARE_HANDLES {
             s.spare_handles.push(handle.unbind());
@@ -355,6 +358,11 @@ pub fn drop_queued(core: &LoopCore, py: Python<'_>) {
             std::mem::take(&mut s.spare_handles),
         )
     });
+    for r in &dropped.0 {
+        if let Ready::Handle(h) = r {
+            Handle::track_again(h.bind(py)); // before dropping: the caller may hold it
+        }
+    }
     let timer_handles: Vec<_> = dropped.1.iter().filter_map(|entry| entry.0.unschedule(py)).collect();
     drop((dropped, timer_handles));
 }

@@ -219,6 +219,13 @@ impl LoopCore {
         let Some(s) = self.state.get_for_traverse() else { return Ok(()) };
         for r in s.ready.iter() {
             match r {
+                // A queued `call_soon` handle is untracked (`Handle::untrack_queued`):
+                // when the loop holds the only reference, the handle is part of the
+                // loop as far as reachability goes, so its references are visited
+                // here. Held elsewhere too, it is visited as itself (a no-op while
+                // untracked: its references then count as external, which can only
+                // keep objects alive, never free them early).
+                Ready::Handle(h) if Handle::untracked_and_held_only_once(h) => h.get().traverse_contents(&visit)?,
                 Ready::Handle(h) => visit.call(h)?,
                 Ready::Io { owner, .. } => visit.call(owner.as_any())?,
                 Ready::Flush(t) => visit.call(t)?,

@@ -31,6 +31,16 @@ pub struct HandleInner {
     frozen_repr: Option<String>,
 }
 
+impl Drop for HandleInner {
+    /// However the handle dies, its context must be tracked again before its last
+    /// reference can go (see `Released::drop_now`).
+    fn drop(&mut self) {
+        if let Some(ctx) = &self.context {
+            track_if_untracked(ctx.as_ptr());
+        }
+    }
+}
+
 #[pyclass(module = "ferroloop", subclass, frozen, weakref)]
 pub struct Handle {
     cancelled: AtomicBool,
@@ -45,7 +55,13 @@ pub struct Handle {
 pub struct Released(Option<Py<PyAny>>, Option<Py<PyTuple>>, Option<Py<PyAny>>, Option<Py<PyAny>>);
 
 impl Released {
+    /// Drops what a handle held. A context copy the loop untracked for the queue
+    /// goes back under the collector first: CPython's context dealloc unlinks it
+    /// from the collector's lists unconditionally (and something else may hold it).
     pub fn drop_now(self, py: Python<'_>) {
+        if let Some(ctx) = &self.2 {
+            track_if_untracked(ctx.as_ptr());
+        }
         drop((
             self.0.map(|o| o.into_bound(py)),
             self.1.map(|o| o.into_bound(py)),
@@ -105,6 +121,55 @@ impl Handle {
             i.frozen_repr = None;
             Released(i.callback.take(), i.args.take(), i.context.take(), i.source_traceback.take())
         }))
+    }
+
+    /// Visits what the handle references (for its own `__traverse__`, and for the
+    /// loop's while the handle waits in the ready queue untracked).
+    pub fn traverse_contents(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        if let Some(i) = self.inner.get_for_traverse() {
+            visit.call(&i.context)?;
+            visit.call(&i.callback)?;
+            visit.call(&i.args)?;
+            visit.call(&i.source_traceback)?;
+        }
+        Ok(())
+    }
+
+    /// Takes a handle just made for the ready queue out of the garbage collector's
+    /// lists. A long ready queue (a burst of `call_soon_threadsafe`, a thousand task
+    /// steps) otherwise fills the young generation with handles that every
+    /// collection traverses, though the loop is about to run and drop them. While
+    /// queued, the loop's `__traverse__` visits the handle's references on its
+    /// behalf if the loop holds the only reference (see `LoopCore::__traverse__`),
+    /// and `track_again` puts the handle back under the collector once the loop lets
+    /// go of it while someone else still holds it.
+    pub fn untrack_queued(slf: &Bound<'_, Handle>) {
+        // SAFETY: a live garbage-collected object; untracking only unlinks it from
+        // the collector's lists (a no-op if it is not tracked).
+        unsafe { pyo3::ffi::PyObject_GC_UnTrack(slf.as_ptr().cast()) }
+    }
+
+    /// Whether the handle is out of the collector's lists (see `untrack_queued`).
+    pub fn is_untracked(slf: &Bound<'_, Handle>) -> bool {
+        // SAFETY: a live object; only reads its GC header.
+        unsafe { pyo3::ffi::PyObject_GC_IsTracked(slf.as_ptr()) == 0 }
+    }
+
+    /// For the loop's `__traverse__` (no `Python` token there, the collector holds
+    /// the GIL): an untracked handle whose one reference is the caller's.
+    pub fn untracked_and_held_only_once(h: &Py<Handle>) -> bool {
+        // SAFETY: a live object; reads its refcount and GC header only.
+        unsafe { pyo3::ffi::Py_REFCNT(h.as_ptr()) == 1 && pyo3::ffi::PyObject_GC_IsTracked(h.as_ptr()) == 0 }
+    }
+
+    /// Puts an untracked handle, and the context copy made for it, back under the
+    /// garbage collector: before the loop drops its reference to a handle somebody
+    /// else still holds, or drops its queue at close.
+    pub fn track_again(slf: &Bound<'_, Handle>) {
+        track_if_untracked(slf.as_ptr());
+        if let Some(ctx) = slf.get().inner.with(slf.py(), |i| i.context.as_ref().map(Py::as_ptr)) {
+            track_if_untracked(ctx);
+        }
     }
 
     /// Refills a handle emptied by `take_for_reuse`. Only stores references (drops
@@ -241,6 +306,17 @@ impl Handle {
     }
 }
 
+/// Puts a garbage-collected object the loop untracked back under the collector.
+pub fn track_if_untracked(obj: *mut pyo3::ffi::PyObject) {
+    // SAFETY: `obj` is a live garbage-collected object (a handle or a context);
+    // tracking one that is not tracked only links it into the collector's lists.
+    unsafe {
+        if pyo3::ffi::PyObject_GC_IsTracked(obj) == 0 {
+            pyo3::ffi::PyObject_GC_Track(obj.cast());
+        }
+    }
+}
+
 /// asyncio's own rendering of a callback and its arguments ("func(1, 2) at f.py:3").
 pub fn format_callback_source(py: Python<'_>, callback: &Bound<'_, PyAny>, args: Option<Py<PyTuple>>) -> PyResult<String> {
     static FORMAT: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
@@ -258,13 +334,7 @@ impl Handle {
     // Handles sit in reference cycles often (an object keeps the timer whose callback
     // is its own bound method), so they take part in garbage collection.
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        if let Some(i) = self.inner.get_for_traverse() {
-            visit.call(&i.context)?;
-            visit.call(&i.callback)?;
-            visit.call(&i.args)?;
-            visit.call(&i.source_traceback)?;
-        }
-        Ok(())
+        self.traverse_contents(&visit)
     }
 
     fn __clear__(&self, py: Python<'_>) {

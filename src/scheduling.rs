@@ -24,6 +24,25 @@ pub fn context_or_copy(py: Python<'_>, context: Option<Bound<'_, PyAny>>) -> PyR
     }
 }
 
+/// `context_or_copy` for a handle going to the ready queue: a fresh copy is taken
+/// out of the garbage collector's lists while queued, like the handle itself (see
+/// `Handle::untrack_queued`); only the handle references it, and the loop puts it
+/// back under the collector if anything else takes a reference (`track_again`,
+/// `Released::drop_now`).
+#[inline]
+fn queued_context(py: Python<'_>, context: Option<Bound<'_, PyAny>>) -> PyResult<Py<PyAny>> {
+    match context {
+        Some(ctx) if !ctx.is_none() => Ok(ctx.unbind()),
+        _ => {
+            // SAFETY: returns a new reference or NULL with an exception set.
+            let ctx = unsafe { Bound::from_owned_ptr_or_err(py, pyo3::ffi::PyContext_CopyCurrent()) }?;
+            // SAFETY: a live context we hold the only reference to.
+            unsafe { pyo3::ffi::PyObject_GC_UnTrack(ctx.as_ptr().cast()) };
+            Ok(ctx.unbind())
+        }
+    }
+}
+
 /// The checks asyncio makes before queueing: closed loop always; thread and callback
 /// type in debug mode only. Returns the source traceback in debug mode.
 /// How many frames a debug-mode handle records: asyncio extracts 10 frames
@@ -94,7 +113,8 @@ pub fn check_thread(core: &LoopCore, py: Python<'_>) -> PyResult<()> {
 }
 
 /// Queues a `call_soon` handle (no checks), reusing a spare handle object if the
-/// loop has one (see `Handle::take_for_reuse`).
+/// loop has one (see `Handle::take_for_reuse`). The handle is not tracked by the
+/// garbage collector while queued (see `Handle::untrack_queued`); spares neither.
 #[inline]
 pub fn push_ready(
     core: &LoopCore,
@@ -109,7 +129,11 @@ pub fn push_ready(
             spare.get().refill(py, callback.unbind(), args.unbind(), ctx, tb);
             spare
         }
-        None => Py::new(py, Handle::new_reusable(callback.unbind(), args.unbind(), ctx, tb))?,
+        None => {
+            let handle = Bound::new(py, Handle::new_reusable(callback.unbind(), args.unbind(), ctx, tb))?;
+            Handle::untrack_queued(&handle);
+            handle.unbind()
+        }
     };
     let queued = handle.clone_ref(py);
     core.state.with(py, |s| s.ready.push_back(crate::event_loop::Ready::Handle(queued)));
@@ -126,7 +150,7 @@ pub fn call_soon(
     let py = slf.py();
     let core = slf.get();
     let tb = check_and_trace(core, py, &callback, method, false, HANDLE_STACK_DEPTH)?;
-    let ctx = context_or_copy(py, context)?;
+    let ctx = queued_context(py, context)?;
     push_ready(core, py, callback, args, ctx, tb)
 }
 
@@ -139,7 +163,7 @@ pub fn call_soon_threadsafe(
     let py = slf.py();
     let core = slf.get();
     let tb = check_and_trace(core, py, &callback, "call_soon_threadsafe", true, HANDLE_STACK_DEPTH)?;
-    let ctx = context_or_copy(py, context)?;
+    let ctx = queued_context(py, context)?;
     let handle = push_ready(core, py, callback, args, ctx, tb)?;
     core.state.with(py, |s| s.waker.as_ref().map(|w| w.wake())).transpose()?;
     Ok(handle)
