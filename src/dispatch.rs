@@ -364,6 +364,9 @@ pub fn drop_queued(core: &LoopCore, py: Python<'_>) {
         }
     }
     let timer_handles: Vec<_> = dropped.1.iter().filter_map(|entry| entry.0.unschedule(py)).collect();
+    for h in &timer_handles {
+        Handle::track_again(h.bind(py));
+    }
     drop((dropped, timer_handles));
 }
 

@@ -240,8 +240,12 @@ impl LoopCore {
         for t in &s.deferred_flush {
             visit.call(t)?;
         }
+        // Scheduled timers are untracked too: the same rule as queued handles.
         for entry in s.timers.iter() {
-            visit.call(entry.0.handle_for_traverse())?;
+            match entry.0.handle_for_traverse() {
+                Some(h) if Handle::untracked_and_held_only_once(h) => h.get().traverse_contents(&visit)?,
+                h => visit.call(h)?,
+            }
         }
         Ok(())
     }

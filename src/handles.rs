@@ -29,14 +29,17 @@ pub struct HandleInner {
     source_traceback: Option<Py<PyAny>>,
     /// asyncio freezes the repr of a cancelled handle in debug mode.
     frozen_repr: Option<String>,
+    /// The context is a copy the loop took out of the collector's lists
+    /// (`Handle::untrack_queued`).
+    context_untracked: bool,
 }
 
 impl Drop for HandleInner {
-    /// However the handle dies, its context must be tracked again before its last
-    /// reference can go (see `Released::drop_now`).
+    /// However the handle dies, an untracked context must be tracked again before
+    /// its last reference can go (see `Released::drop_now`).
     fn drop(&mut self) {
-        if let Some(ctx) = &self.context {
-            track_if_untracked(ctx.as_ptr());
+        if let (Some(ctx), true) = (&self.context, self.context_untracked) {
+            track(ctx.as_ptr());
         }
     }
 }
@@ -47,20 +50,22 @@ pub struct Handle {
     /// Made by `call_soon` and dropped by the loop without anyone else holding it:
     /// the loop may reuse the object for a later `call_soon` (see `take_for_reuse`).
     reusable: bool,
+    /// The loop took the handle out of the collector's lists (`untrack_queued`).
+    untracked: AtomicBool,
     inner: GilCell<HandleInner>,
 }
 
 /// What a handle held, taken out to be dropped after any state borrow ends (dropping
 /// may run Python code). Dropped through `Bound`, which decrefs directly.
-pub struct Released(Option<Py<PyAny>>, Option<Py<PyTuple>>, Option<Py<PyAny>>, Option<Py<PyAny>>);
+pub struct Released(Option<Py<PyAny>>, Option<Py<PyTuple>>, Option<Py<PyAny>>, Option<Py<PyAny>>, bool);
 
 impl Released {
     /// Drops what a handle held. A context copy the loop untracked for the queue
     /// goes back under the collector first: CPython's context dealloc unlinks it
     /// from the collector's lists unconditionally (and something else may hold it).
     pub fn drop_now(self, py: Python<'_>) {
-        if let Some(ctx) = &self.2 {
-            track_if_untracked(ctx.as_ptr());
+        if let (Some(ctx), true) = (&self.2, self.4) {
+            track(ctx.as_ptr());
         }
         drop((
             self.0.map(|o| o.into_bound(py)),
@@ -85,12 +90,14 @@ impl Handle {
         Handle {
             cancelled: AtomicBool::new(false),
             reusable,
+            untracked: AtomicBool::new(false),
             inner: GilCell::new(HandleInner {
                 callback: Some(callback),
                 args: Some(args),
                 context: Some(context),
                 source_traceback: tb,
                 frozen_repr: None,
+                context_untracked: false,
             }),
         }
     }
@@ -119,7 +126,8 @@ impl Handle {
         me.cancelled.store(false, Ordering::Relaxed);
         Some(me.inner.with(slf.py(), |i| {
             i.frozen_repr = None;
-            Released(i.callback.take(), i.args.take(), i.context.take(), i.source_traceback.take())
+            let ctx_untracked = std::mem::take(&mut i.context_untracked);
+            Released(i.callback.take(), i.args.take(), i.context.take(), i.source_traceback.take(), ctx_untracked)
         }))
     }
 
@@ -135,41 +143,57 @@ impl Handle {
         Ok(())
     }
 
-    /// Takes a handle just made for the ready queue out of the garbage collector's
-    /// lists. A long ready queue (a burst of `call_soon_threadsafe`, a thousand task
+    /// Takes a handle just made for the ready queue (or a timer for the heap) out of
+    /// the garbage collector's lists. A long ready queue (a burst of `call_soon_threadsafe`, a thousand task
     /// steps) otherwise fills the young generation with handles that every
     /// collection traverses, though the loop is about to run and drop them. While
     /// queued, the loop's `__traverse__` visits the handle's references on its
     /// behalf if the loop holds the only reference (see `LoopCore::__traverse__`),
     /// and `track_again` puts the handle back under the collector once the loop lets
     /// go of it while someone else still holds it.
-    pub fn untrack_queued(slf: &Bound<'_, Handle>) {
-        // SAFETY: a live garbage-collected object; untracking only unlinks it from
-        // the collector's lists (a no-op if it is not tracked).
-        unsafe { pyo3::ffi::PyObject_GC_UnTrack(slf.as_ptr().cast()) }
-    }
-
-    /// Whether the handle is out of the collector's lists (see `untrack_queued`).
-    pub fn is_untracked(slf: &Bound<'_, Handle>) -> bool {
-        // SAFETY: a live object; only reads its GC header.
-        unsafe { pyo3::ffi::PyObject_GC_IsTracked(slf.as_ptr()) == 0 }
+    /// `fresh_context`: the context is a copy made for this handle alone, untracked
+    /// with it (CPython's context dealloc requires it tracked again first: see
+    /// `Released::drop_now` and `HandleInner`'s `Drop`).
+    pub fn untrack_queued(slf: &Bound<'_, Handle>, fresh_context: bool) {
+        let me = slf.get();
+        if !me.untracked.swap(true, Ordering::Relaxed) {
+            // SAFETY: a live, tracked garbage-collected object (the flag says so).
+            unsafe { pyo3::ffi::PyObject_GC_UnTrack(slf.as_ptr().cast()) };
+        }
+        if fresh_context {
+            me.inner.with(slf.py(), |i| {
+                if let (Some(ctx), false) = (&i.context, i.context_untracked) {
+                    // SAFETY: a live context only this handle holds, tracked (flag).
+                    unsafe { pyo3::ffi::PyObject_GC_UnTrack(ctx.as_ptr().cast()) };
+                    i.context_untracked = true;
+                }
+            });
+        }
     }
 
     /// For the loop's `__traverse__` (no `Python` token there, the collector holds
     /// the GIL): an untracked handle whose one reference is the caller's.
     pub fn untracked_and_held_only_once(h: &Py<Handle>) -> bool {
-        // SAFETY: a live object; reads its refcount and GC header only.
-        unsafe { pyo3::ffi::Py_REFCNT(h.as_ptr()) == 1 && pyo3::ffi::PyObject_GC_IsTracked(h.as_ptr()) == 0 }
+        // SAFETY: a live object; reads its refcount only.
+        h.get().untracked.load(Ordering::Relaxed) && unsafe { pyo3::ffi::Py_REFCNT(h.as_ptr()) } == 1
     }
 
-    /// Puts an untracked handle, and the context copy made for it, back under the
-    /// garbage collector: before the loop drops its reference to a handle somebody
-    /// else still holds, or drops its queue at close.
+    /// Puts an untracked handle, and the context copy untracked with it, back under
+    /// the garbage collector: before the loop drops its reference to a handle
+    /// somebody else still holds, or drops its queue at close.
+    #[inline]
     pub fn track_again(slf: &Bound<'_, Handle>) {
-        track_if_untracked(slf.as_ptr());
-        if let Some(ctx) = slf.get().inner.with(slf.py(), |i| i.context.as_ref().map(Py::as_ptr)) {
-            track_if_untracked(ctx);
+        let me = slf.get();
+        if !me.untracked.swap(false, Ordering::Relaxed) {
+            return; // never untracked, so neither was its context
         }
+        track(slf.as_ptr());
+        me.inner.with(slf.py(), |i| {
+            if let (Some(ctx), true) = (&i.context, i.context_untracked) {
+                track(ctx.as_ptr());
+                i.context_untracked = false;
+            }
+        });
     }
 
     /// Refills a handle emptied by `take_for_reuse`. Only stores references (drops
@@ -307,14 +331,11 @@ impl Handle {
 }
 
 /// Puts a garbage-collected object the loop untracked back under the collector.
-pub fn track_if_untracked(obj: *mut pyo3::ffi::PyObject) {
-    // SAFETY: `obj` is a live garbage-collected object (a handle or a context);
-    // tracking one that is not tracked only links it into the collector's lists.
-    unsafe {
-        if pyo3::ffi::PyObject_GC_IsTracked(obj) == 0 {
-            pyo3::ffi::PyObject_GC_Track(obj.cast());
-        }
-    }
+fn track(obj: *mut pyo3::ffi::PyObject) {
+    // SAFETY: `obj` is a live garbage-collected object (a handle or a context)
+    // the loop untracked, as its flag recorded; tracking only links it into the
+    // collector's lists.
+    unsafe { pyo3::ffi::PyObject_GC_Track(obj.cast()) }
 }
 
 /// asyncio's own rendering of a callback and its arguments ("func(1, 2) at f.py:3").
@@ -338,7 +359,10 @@ impl Handle {
     }
 
     fn __clear__(&self, py: Python<'_>) {
-        let taken = self.inner.with(py, |i| Released(i.callback.take(), i.args.take(), i.context.take(), i.source_traceback.take()));
+        let taken = self.inner.with(py, |i| {
+            let ctx_untracked = std::mem::take(&mut i.context_untracked);
+            Released(i.callback.take(), i.args.take(), i.context.take(), i.source_traceback.take(), ctx_untracked)
+        });
         taken.drop_now(py);
     }
 
@@ -495,6 +519,9 @@ impl TimerHandle {
         let me = slf.get();
         let was_scheduled = me.slot.is_scheduled();
         let unscheduled = me.slot.unschedule(py);
+        if let Some(h) = &unscheduled {
+            Handle::track_again(h.bind(py)); // out of the heap, and the caller holds it
+        }
         if was_scheduled {
             me.cancelled_timers.fetch_add(1, Ordering::Relaxed);
         }

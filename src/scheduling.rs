@@ -24,24 +24,19 @@ pub fn context_or_copy(py: Python<'_>, context: Option<Bound<'_, PyAny>>) -> PyR
     }
 }
 
-/// `context_or_copy` for a handle going to the ready queue: a fresh copy is taken
-/// out of the garbage collector's lists while queued, like the handle itself (see
-/// `Handle::untrack_queued`); only the handle references it, and the loop puts it
-/// back under the collector if anything else takes a reference (`track_again`,
-/// `Released::drop_now`).
+/// `context_or_copy`, also saying whether the context is a fresh copy (which only
+/// the new handle will hold, so it may be untracked with it: `Handle::untrack_queued`).
 #[inline]
-fn queued_context(py: Python<'_>, context: Option<Bound<'_, PyAny>>) -> PyResult<Py<PyAny>> {
-    match context {
-        Some(ctx) if !ctx.is_none() => Ok(ctx.unbind()),
-        _ => {
-            // SAFETY: returns a new reference or NULL with an exception set.
-            let ctx = unsafe { Bound::from_owned_ptr_or_err(py, pyo3::ffi::PyContext_CopyCurrent()) }?;
-            // SAFETY: a live context we hold the only reference to.
-            unsafe { pyo3::ffi::PyObject_GC_UnTrack(ctx.as_ptr().cast()) };
-            Ok(ctx.unbind())
-        }
-    }
+fn context_for_queue(py: Python<'_>, context: Option<Bound<'_, PyAny>>) -> PyResult<(Py<PyAny>, bool)> {
+    let fresh = context.as_ref().is_none_or(|c| c.is_none());
+    Ok((context_or_copy(py, context)?, fresh))
 }
+
+/// From this many entries in the ready queue (or live timers in the heap) on, new entries
+/// are kept out of the garbage collector's lists (`Handle::untrack_queued`). A
+/// shorter queue adds little to a collection, and untracking then tracking again
+/// would cost more than it saves.
+pub const UNTRACK_FROM_LEN: usize = 128;
 
 /// The checks asyncio makes before queueing: closed loop always; thread and callback
 /// type in debug mode only. Returns the source traceback in debug mode.
@@ -113,15 +108,16 @@ pub fn check_thread(core: &LoopCore, py: Python<'_>) -> PyResult<()> {
 }
 
 /// Queues a `call_soon` handle (no checks), reusing a spare handle object if the
-/// loop has one (see `Handle::take_for_reuse`). The handle is not tracked by the
-/// garbage collector while queued (see `Handle::untrack_queued`); spares neither.
+/// loop has one (see `Handle::take_for_reuse`). In a long queue the handle, and
+/// its context if it is a fresh copy, are not tracked by the garbage collector
+/// while queued (see `Handle::untrack_queued`).
 #[inline]
 pub fn push_ready(
     core: &LoopCore,
     py: Python<'_>,
     callback: Bound<'_, PyAny>,
     args: Bound<'_, PyTuple>,
-    ctx: Py<PyAny>,
+    (ctx, fresh_ctx): (Py<PyAny>, bool),
     tb: Option<Py<PyAny>>,
 ) -> PyResult<Py<Handle>> {
     let handle = match core.state.with(py, |s| s.spare_handles.pop()) {
@@ -129,14 +125,16 @@ pub fn push_ready(
             spare.get().refill(py, callback.unbind(), args.unbind(), ctx, tb);
             spare
         }
-        None => {
-            let handle = Bound::new(py, Handle::new_reusable(callback.unbind(), args.unbind(), ctx, tb))?;
-            Handle::untrack_queued(&handle);
-            handle.unbind()
-        }
+        None => Py::new(py, Handle::new_reusable(callback.unbind(), args.unbind(), ctx, tb))?,
     };
     let queued = handle.clone_ref(py);
-    core.state.with(py, |s| s.ready.push_back(crate::event_loop::Ready::Handle(queued)));
+    let long = core.state.with(py, |s| {
+        s.ready.push_back(crate::event_loop::Ready::Handle(queued));
+        s.ready.len() >= UNTRACK_FROM_LEN
+    });
+    if long {
+        Handle::untrack_queued(handle.bind(py), fresh_ctx);
+    }
     Ok(handle)
 }
 
@@ -150,7 +148,7 @@ pub fn call_soon(
     let py = slf.py();
     let core = slf.get();
     let tb = check_and_trace(core, py, &callback, method, false, HANDLE_STACK_DEPTH)?;
-    let ctx = queued_context(py, context)?;
+    let ctx = context_for_queue(py, context)?;
     push_ready(core, py, callback, args, ctx, tb)
 }
 
@@ -163,7 +161,7 @@ pub fn call_soon_threadsafe(
     let py = slf.py();
     let core = slf.get();
     let tb = check_and_trace(core, py, &callback, "call_soon_threadsafe", true, HANDLE_STACK_DEPTH)?;
-    let ctx = queued_context(py, context)?;
+    let ctx = context_for_queue(py, context)?;
     let handle = push_ready(core, py, callback, args, ctx, tb)?;
     core.state.with(py, |s| s.waker.as_ref().map(|w| w.wake())).transpose()?;
     Ok(handle)
@@ -220,15 +218,22 @@ fn schedule_at(
     let py = slf.py();
     let core = slf.get();
     let tb = check_and_trace(core, py, &callback, method, false, depth)?;
-    let ctx = context_or_copy(py, context)?;
+    let (ctx, fresh_ctx) = context_for_queue(py, context)?;
     let (timer, slot) = TimerHandle::new(when, core.cancelled_timers.clone());
     let init = PyClassInitializer::from(Handle::new(callback.unbind(), args.unbind(), ctx, tb)).add_subclass(timer);
     let timer = Bound::new(py, init)?;
     TimerHandle::fill_slot(&timer);
-    let timer = timer.unbind();
     // asyncio fires a NaN deadline at once (its comparisons with NaN are false).
     let key = if when.is_nan() { f64::NEG_INFINITY } else { when };
     let entry = TimerEntry(slot);
-    core.state.with(py, |s| s.timers.push(key, entry));
-    Ok(timer)
+    let pending_cancelled = core.cancelled_timers.load(std::sync::atomic::Ordering::Relaxed);
+    let long = core.state.with(py, |s| {
+        s.timers.push(key, entry);
+        s.timers.live_len(pending_cancelled) >= UNTRACK_FROM_LEN
+    });
+    if long {
+        // Out of the collector's lists while scheduled, as in a long ready queue.
+        Handle::untrack_queued(timer.as_super(), fresh_ctx);
+    }
+    Ok(timer.unbind())
 }

@@ -434,6 +434,37 @@ def test_weakly_referenced_handle_dies_once_run(loop):
     assert ref() is None
 
 
+class _Owner:
+    """Holds the handle of its own callback: a reference cycle."""
+
+    def callback(self):
+        pass
+
+
+@pytest.mark.parametrize('crowd', [0, 300])
+@pytest.mark.parametrize('schedule', ['call_soon', 'call_later', 'call_later_cancelled'])
+def test_handle_in_a_cycle_with_its_owner_is_collected_once_done(loop, schedule, crowd):
+    # ferroloop keeps the entries of long queues (crowd) out of the collector's
+    # lists; once the loop is done with one somebody holds, the collector must see
+    # it again.
+    crowded = [loop.call_soon(callback) for _ in range(crowd)] + [loop.call_later(3600, callback) for _ in range(crowd)]
+    owner = _Owner()
+    if schedule == 'call_soon':
+        owner.handle = loop.call_soon(owner.callback)
+    else:
+        owner.handle = loop.call_later(0 if schedule == 'call_later' else 3600, owner.callback)
+        if schedule == 'call_later_cancelled':
+            owner.handle.cancel()
+    ref = weakref.ref(owner)
+    del owner
+    loop.call_later(0.001, loop.stop)
+    loop.run_forever()
+    gc.collect()
+    assert ref() is None
+    for h in crowded:
+        h.cancel()
+
+
 @pytest.mark.parametrize('call, message', [
     (lambda loop: loop.call_soon(), "missing 1 required positional argument: 'callback'"),
     (lambda loop: loop.call_soon(callback, bogus=1), "got an unexpected keyword argument 'bogus'"),
