@@ -284,7 +284,9 @@ impl Handle {
             }
             (i.callback.take(), i.args.take())
         });
-        drop((cb, args)); // outside the cell: dropping may run Python code
+        // Outside the cell: dropping may run Python code. Through Bound, which
+        // decrefs directly (PyO3's Py drop reads a thread-local first).
+        drop((cb.map(|o| o.into_bound(py)), args.map(|o| o.into_bound(py))));
     }
 
     /// Whether the callback is the object at `ptr` (false once cancelled). Runs no
@@ -526,7 +528,7 @@ impl TimerHandle {
             me.cancelled_timers.fetch_add(1, Ordering::Relaxed);
         }
         let result = base.get().cancel_with_repr(py, slf.as_any());
-        drop(unscheduled); // a reference to ourselves, not the last one
+        drop(unscheduled.map(|h| h.into_bound(py))); // a reference to ourselves, not the last one
         result
     }
 
