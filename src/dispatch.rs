@@ -14,7 +14,7 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::PyDict;
 
-use crate::event_loop::{IoOwner, LoopCore, Ready};
+use crate::event_loop::{IoOwner, LoopCore, Ready, MAX_SPARE_HANDLES};
 use crate::handles::{format_callback_source, Handle};
 use crate::listener::Listener;
 use crate::pipes::PipeTransportCore;
@@ -144,12 +144,10 @@ fn run_once(slf: &Bound<'_, LoopCore>, core: &LoopCore, py: Python<'_>) -> PyRes
     let (debug, virtual_time) = core.state.with(py, |s| (s.debug, s.virtual_now.is_some()));
     for _ in 0..ntodo {
         let Some(item) = core.state.with(py, |s| s.ready.pop_front()) else { break };
-        if let Ready::Handle(h) = &item {
-            if h.get().is_cancelled() {
-                continue;
-            }
-        }
-        if let Err(e) = run_handle(slf, py, &item, debug) {
+        let cancelled = matches!(&item, Ready::Handle(h) if h.get().is_cancelled());
+        let result = if cancelled { Ok(()) } else { run_handle(slf, py, &item, debug) };
+        release(core, py, item);
+        if let Err(e) = result {
             // Leaving the loop (SystemExit, KeyboardInterrupt): what was written
             // during the batch is still sent, as the stdlib sent it at once.
             let _ = flush_deferred_writes(slf, py, debug);
@@ -162,6 +160,29 @@ fn run_once(slf: &Bound<'_, LoopCore>, core: &LoopCore, py: Python<'_>) -> PyRes
         slf.call_method0(pyo3::intern!(py, "_after_virtual_iteration"))?;
     }
     Ok(())
+}
+
+/// Drops a ready entry the loop is done with. A `call_soon` handle nobody else
+/// holds is emptied and kept for the next `call_soon` instead (see
+/// `Handle::take_for_reuse`); what it held is dropped after the state borrow.
+#[inline]
+fn release(core: &LoopCore, py: Python<'_>, item: Ready) {
+    let Ready::Handle(handle) = item else { return };
+    let handle = handle.into_bound(py); // dropping a Bound decrefs without a thread-local lookup
+    let Some(released) = Handle::take_for_reuse(&handle) else {
+        Handle::track_again(&handle); // someone else holds it
+        return;
+    };
+    let unkept = core.state.with(py, |s| {
+        if s.spare_handles.len() < MAX_SPARE_HANDLES {
+            s.spare_handles.push(handle.unbind());
+            None
+        } else {
+            Some(handle)
+        }
+    });
+    released.drop_now(py);
+    drop(unkept);
 }
 
 /// Sends the writes transports collected during the batch: one `sendmsg` per
@@ -198,21 +219,29 @@ fn poll(core: &LoopCore, timeout: Option<Duration>, fds: &mut Vec<ferroloop_core
 /// Runs one ready entry: a callback, or an fd owner's I/O. `SystemExit` and
 /// `KeyboardInterrupt` propagate out of the loop (as in asyncio); anything else goes
 /// to the exception handler. Every callback of the loop passes through here.
-#[inline]
+#[inline(always)]
 fn run_handle(slf: &Bound<'_, LoopCore>, py: Python<'_>, item: &Ready, debug: bool) -> PyResult<()> {
-    if !debug {
-        return item_result(slf, py, item, run_item(py, item));
+    if debug {
+        return run_handle_debug(slf, py, item);
     }
-    // Debug mode, as asyncio: a handle is the loop's `_current_handle` while it
-    // runs (the default exception handler shows where it was created), errors are
-    // reported first, and the time taken includes that report.
+    match run_item(py, item) {
+        Ok(()) => Ok(()),
+        Err(err) => item_error(slf, py, item, err),
+    }
+}
+
+/// `run_handle` in debug mode, as asyncio: a handle is the loop's `_current_handle`
+/// while it runs (the default exception handler shows where it was created), errors
+/// are reported first, and the time taken includes that report.
+#[inline(never)]
+fn run_handle_debug(slf: &Bound<'_, LoopCore>, py: Python<'_>, item: &Ready) -> PyResult<()> {
     let core = slf.get();
     if let Ready::Handle(handle) = item {
         let previous = core.state.with(py, |s| s.current_handle.replace(handle.clone_ref(py)));
         drop(previous); // outside the cell: dropping may run Python code
     }
     let t0 = core.state.with(py, |s| s.now());
-    let result = item_result(slf, py, item, run_item(py, item));
+    let result = run_item(py, item).or_else(|err| item_error(slf, py, item, err));
     let took = core.state.with(py, |s| s.now()) - t0;
     let previous = core.state.with(py, |s| s.current_handle.take());
     drop(previous);
@@ -224,7 +253,7 @@ fn run_handle(slf: &Bound<'_, LoopCore>, py: Python<'_>, item: &Ready, debug: bo
     Ok(())
 }
 
-#[inline]
+#[inline(always)]
 fn run_item(py: Python<'_>, item: &Ready) -> PyResult<()> {
     match item {
         Ready::Handle(handle) => handle.get().run(py),
@@ -239,15 +268,18 @@ fn run_item(py: Python<'_>, item: &Ready) -> PyResult<()> {
     }
 }
 
-fn item_result(slf: &Bound<'_, LoopCore>, py: Python<'_>, item: &Ready, result: PyResult<()>) -> PyResult<()> {
-    match result {
-        Ok(()) => Ok(()),
-        Err(err) if err.is_instance_of::<PySystemExit>(py) || err.is_instance_of::<PyKeyboardInterrupt>(py) => Err(err),
-        Err(err) => match item {
-            Ready::Handle(handle) => report_callback_error(py, Some(slf.as_any()), handle.bind(py), err),
-            Ready::Io { owner, .. } => report_io_error(py, slf.as_any(), owner.describe(py).bind(py), err),
-            Ready::Flush(t) => report_io_error(py, slf.as_any(), t.get().owner(py).bind(py), err),
-        },
+/// A callback's error: `SystemExit` and `KeyboardInterrupt` propagate, anything
+/// else goes to the exception handler.
+#[cold]
+#[inline(never)]
+fn item_error(slf: &Bound<'_, LoopCore>, py: Python<'_>, item: &Ready, err: PyErr) -> PyResult<()> {
+    if err.is_instance_of::<PySystemExit>(py) || err.is_instance_of::<PyKeyboardInterrupt>(py) {
+        return Err(err);
+    }
+    match item {
+        Ready::Handle(handle) => report_callback_error(py, Some(slf.as_any()), handle.bind(py), err),
+        Ready::Io { owner, .. } => report_io_error(py, slf.as_any(), owner.describe(py).bind(py), err),
+        Ready::Flush(t) => report_io_error(py, slf.as_any(), t.get().owner(py).bind(py), err),
     }
 }
 
@@ -323,9 +355,18 @@ pub fn drop_queued(core: &LoopCore, py: Python<'_>) {
             s.current_handle.take(),
             std::mem::take(&mut s.io),
             std::mem::take(&mut s.deferred_flush),
+            std::mem::take(&mut s.spare_handles),
         )
     });
+    for r in &dropped.0 {
+        if let Ready::Handle(h) = r {
+            Handle::track_again(h.bind(py)); // before dropping: the caller may hold it
+        }
+    }
     let timer_handles: Vec<_> = dropped.1.iter().filter_map(|entry| entry.0.unschedule(py)).collect();
+    for h in &timer_handles {
+        Handle::track_again(h.bind(py));
+    }
     drop((dropped, timer_handles));
 }
 

@@ -18,7 +18,7 @@ use pyo3::types::{PyTuple, PyWeakrefReference};
 use pyo3::PyTraverseError;
 
 use crate::gil_cell::GilCell;
-use crate::handles::{closed_error, Handle, TimerHandle, TimerSlot};
+use crate::handles::{closed_error, Handle, TimerSlot};
 use crate::listener::Listener;
 use crate::pipes::PipeTransportCore;
 use crate::sock::{self, SockOp};
@@ -96,9 +96,16 @@ pub enum Ready {
     Flush(Py<StreamTransportCore>),
 }
 
+/// How many emptied handles the loop keeps for reuse: one iteration's worth of a
+/// busy loop's callbacks (about 130 bytes each).
+pub const MAX_SPARE_HANDLES: usize = 1024;
+
 /// Everything the loop mutates, behind one GIL-guarded cell.
 pub struct LoopState {
     pub ready: VecDeque<Ready>,
+    /// Emptied `call_soon` handles kept for reuse (see `Handle::take_for_reuse`),
+    /// at most `MAX_SPARE_HANDLES`. Not visited by `__traverse__`: they hold nothing.
+    pub spare_handles: Vec<Py<Handle>>,
     pub timers: TimerQueue<TimerEntry>,
     pub readers: FdMap<Py<Handle>>,
     pub writers: FdMap<Py<Handle>>,
@@ -212,6 +219,13 @@ impl LoopCore {
         let Some(s) = self.state.get_for_traverse() else { return Ok(()) };
         for r in s.ready.iter() {
             match r {
+                // A queued `call_soon` handle is untracked (`Handle::untrack_queued`):
+                // when the loop holds the only reference, the handle is part of the
+                // loop as far as reachability goes, so its references are visited
+                // here. Held elsewhere too, it is visited as itself (a no-op while
+                // untracked: its references then count as external, which can only
+                // keep objects alive, never free them early).
+                Ready::Handle(h) if Handle::untracked_and_held_only_once(h) => h.get().traverse_contents(&visit)?,
                 Ready::Handle(h) => visit.call(h)?,
                 Ready::Io { owner, .. } => visit.call(owner.as_any())?,
                 Ready::Flush(t) => visit.call(t)?,
@@ -226,8 +240,12 @@ impl LoopCore {
         for t in &s.deferred_flush {
             visit.call(t)?;
         }
+        // Scheduled timers are untracked too: the same rule as queued handles.
         for entry in s.timers.iter() {
-            visit.call(entry.0.handle_for_traverse())?;
+            match entry.0.handle_for_traverse() {
+                Some(h) if Handle::untracked_and_held_only_once(h) => h.get().traverse_contents(&visit)?,
+                h => visit.call(h)?,
+            }
         }
         Ok(())
     }
@@ -242,6 +260,7 @@ impl LoopCore {
         Ok(LoopCore {
             state: GilCell::new(LoopState {
                 ready: VecDeque::with_capacity(256),
+                spare_handles: Vec::new(),
                 timers: TimerQueue::new(),
                 readers: FdMap::default(),
                 writers: FdMap::default(),
@@ -276,47 +295,10 @@ impl LoopCore {
         self.state.with(py, |s| s.now())
     }
 
-    #[pyo3(signature = (callback, *args, context=None))]
-    fn call_soon(
-        slf: &Bound<'_, Self>,
-        callback: Bound<'_, PyAny>,
-        args: Bound<'_, PyTuple>,
-        context: Option<Bound<'_, PyAny>>,
-    ) -> PyResult<Py<Handle>> {
-        scheduling::call_soon(slf, callback, args, context, "call_soon")
-    }
-
-    #[pyo3(signature = (callback, *args, context=None))]
-    fn call_soon_threadsafe(
-        slf: &Bound<'_, Self>,
-        callback: Bound<'_, PyAny>,
-        args: Bound<'_, PyTuple>,
-        context: Option<Bound<'_, PyAny>>,
-    ) -> PyResult<Py<Handle>> {
-        scheduling::call_soon_threadsafe(slf, callback, args, context)
-    }
-
-    #[pyo3(signature = (delay, callback, *args, context=None))]
-    fn call_later(
-        slf: &Bound<'_, Self>,
-        delay: Option<Bound<'_, PyAny>>,
-        callback: Bound<'_, PyAny>,
-        args: Bound<'_, PyTuple>,
-        context: Option<Bound<'_, PyAny>>,
-    ) -> PyResult<Py<TimerHandle>> {
-        scheduling::call_later(slf, delay, callback, args, context)
-    }
-
-    #[pyo3(signature = (when, callback, *args, context=None))]
-    fn call_at(
-        slf: &Bound<'_, Self>,
-        when: Option<Bound<'_, PyAny>>,
-        callback: Bound<'_, PyAny>,
-        args: Bound<'_, PyTuple>,
-        context: Option<Bound<'_, PyAny>>,
-    ) -> PyResult<Py<TimerHandle>> {
-        scheduling::call_at(slf, when, callback, args, context)
-    }
+    // `call_soon(callback, *args, context=None)`, `call_soon_threadsafe(callback,
+    // *args, context=None)`, `call_later(delay, callback, *args, context=None)` and
+    // `call_at(when, callback, *args, context=None)` are raw fast-call methods
+    // installed on this class at import (`fastcall`), bodies in `scheduling`.
 
     // ----- running and stopping --------------------------------------------------
 

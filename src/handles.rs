@@ -24,25 +24,188 @@ use crate::gil_cell::GilCell;
 pub struct HandleInner {
     callback: Option<Py<PyAny>>,
     args: Option<Py<PyTuple>>,
+    /// Always set, except in a spare handle waiting in the loop for reuse.
+    context: Option<Py<PyAny>>,
     source_traceback: Option<Py<PyAny>>,
     /// asyncio freezes the repr of a cancelled handle in debug mode.
     frozen_repr: Option<String>,
+    /// The context is a copy the loop took out of the collector's lists
+    /// (`Handle::untrack_queued`).
+    context_untracked: bool,
+}
+
+impl Drop for HandleInner {
+    /// However the handle dies, an untracked context must be tracked again before
+    /// its last reference can go (see `Released::drop_now`).
+    fn drop(&mut self) {
+        if let (Some(ctx), true) = (&self.context, self.context_untracked) {
+            track(ctx.as_ptr());
+        }
+    }
 }
 
 #[pyclass(module = "ferroloop", subclass, frozen, weakref)]
 pub struct Handle {
     cancelled: AtomicBool,
-    context: Py<PyAny>,
+    /// Made by `call_soon` and dropped by the loop without anyone else holding it:
+    /// the loop may reuse the object for a later `call_soon` (see `take_for_reuse`).
+    reusable: bool,
+    /// The loop took the handle out of the collector's lists (`untrack_queued`).
+    untracked: AtomicBool,
     inner: GilCell<HandleInner>,
+}
+
+/// What a handle held, taken out to be dropped after any state borrow ends (dropping
+/// may run Python code). Dropped through `Bound`, which decrefs directly.
+pub struct Released(Option<Py<PyAny>>, Option<Py<PyTuple>>, Option<Py<PyAny>>, Option<Py<PyAny>>, bool);
+
+impl Released {
+    /// Drops what a handle held. A context copy the loop untracked for the queue
+    /// goes back under the collector first: CPython's context dealloc unlinks it
+    /// from the collector's lists unconditionally (and something else may hold it).
+    pub fn drop_now(self, py: Python<'_>) {
+        if let (Some(ctx), true) = (&self.2, self.4) {
+            track(ctx.as_ptr());
+        }
+        drop((
+            self.0.map(|o| o.into_bound(py)),
+            self.1.map(|o| o.into_bound(py)),
+            self.2.map(|o| o.into_bound(py)),
+            self.3.map(|o| o.into_bound(py)),
+        ));
+    }
 }
 
 impl Handle {
     pub fn new(callback: Py<PyAny>, args: Py<PyTuple>, context: Py<PyAny>, source_traceback: Option<Py<PyAny>>) -> Self {
+        Self::with_fields(false, callback, args, context, source_traceback)
+    }
+
+    /// A handle the loop may reuse once it drops the last reference (`call_soon`'s).
+    pub fn new_reusable(callback: Py<PyAny>, args: Py<PyTuple>, context: Py<PyAny>, source_traceback: Option<Py<PyAny>>) -> Self {
+        Self::with_fields(true, callback, args, context, source_traceback)
+    }
+
+    fn with_fields(reusable: bool, callback: Py<PyAny>, args: Py<PyTuple>, context: Py<PyAny>, tb: Option<Py<PyAny>>) -> Self {
         Handle {
             cancelled: AtomicBool::new(false),
-            context,
-            inner: GilCell::new(HandleInner { callback: Some(callback), args: Some(args), source_traceback, frozen_repr: None }),
+            reusable,
+            untracked: AtomicBool::new(false),
+            inner: GilCell::new(HandleInner {
+                callback: Some(callback),
+                args: Some(args),
+                context: Some(context),
+                source_traceback: tb,
+                frozen_repr: None,
+                context_untracked: false,
+            }),
         }
+    }
+
+    /// Empties a handle the loop held the only reference to, so the object can be
+    /// refilled by a later `call_soon` instead of freed and allocated again (an
+    /// allocation and a deallocation of a garbage-collected object cost more than
+    /// the rest of `call_soon`). Nobody can observe the reuse: no other reference,
+    /// no weak reference, and the handle came from `call_soon` (not a timer, not a
+    /// subclass). Returns what the handle held, or None if it cannot be reused.
+    pub fn take_for_reuse(slf: &Bound<'_, Handle>) -> Option<Released> {
+        let me = slf.get();
+        // SAFETY: `slf` is a live object; reading its refcount and its type's weak
+        // reference list offset (the list head lives at that offset in the object,
+        // also for managed weakrefs on 3.12+) has no preconditions.
+        let unobserved = unsafe {
+            let obj = slf.as_ptr();
+            let offset = (*pyo3::ffi::Py_TYPE(obj)).tp_weaklistoffset;
+            pyo3::ffi::Py_REFCNT(obj) == 1
+                && offset != 0
+                && (*(obj as *const u8).offset(offset).cast::<*mut pyo3::ffi::PyObject>()).is_null()
+        };
+        if !me.reusable || !unobserved {
+            return None;
+        }
+        me.cancelled.store(false, Ordering::Relaxed);
+        Some(me.inner.with(slf.py(), |i| {
+            i.frozen_repr = None;
+            let ctx_untracked = std::mem::take(&mut i.context_untracked);
+            Released(i.callback.take(), i.args.take(), i.context.take(), i.source_traceback.take(), ctx_untracked)
+        }))
+    }
+
+    /// Visits what the handle references (for its own `__traverse__`, and for the
+    /// loop's while the handle waits in the ready queue untracked).
+    pub fn traverse_contents(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        if let Some(i) = self.inner.get_for_traverse() {
+            visit.call(&i.context)?;
+            visit.call(&i.callback)?;
+            visit.call(&i.args)?;
+            visit.call(&i.source_traceback)?;
+        }
+        Ok(())
+    }
+
+    /// Takes a handle just made for the ready queue (or a timer for the heap) out of
+    /// the garbage collector's lists. A long ready queue (a burst of `call_soon_threadsafe`, a thousand task
+    /// steps) otherwise fills the young generation with handles that every
+    /// collection traverses, though the loop is about to run and drop them. While
+    /// queued, the loop's `__traverse__` visits the handle's references on its
+    /// behalf if the loop holds the only reference (see `LoopCore::__traverse__`),
+    /// and `track_again` puts the handle back under the collector once the loop lets
+    /// go of it while someone else still holds it.
+    /// `fresh_context`: the context is a copy made for this handle alone, untracked
+    /// with it (CPython's context dealloc requires it tracked again first: see
+    /// `Released::drop_now` and `HandleInner`'s `Drop`).
+    pub fn untrack_queued(slf: &Bound<'_, Handle>, fresh_context: bool) {
+        let me = slf.get();
+        if !me.untracked.swap(true, Ordering::Relaxed) {
+            // SAFETY: a live, tracked garbage-collected object (the flag says so).
+            unsafe { pyo3::ffi::PyObject_GC_UnTrack(slf.as_ptr().cast()) };
+        }
+        if fresh_context {
+            me.inner.with(slf.py(), |i| {
+                if let (Some(ctx), false) = (&i.context, i.context_untracked) {
+                    // SAFETY: a live context only this handle holds, tracked (flag).
+                    unsafe { pyo3::ffi::PyObject_GC_UnTrack(ctx.as_ptr().cast()) };
+                    i.context_untracked = true;
+                }
+            });
+        }
+    }
+
+    /// For the loop's `__traverse__` (no `Python` token there, the collector holds
+    /// the GIL): an untracked handle whose one reference is the caller's.
+    pub fn untracked_and_held_only_once(h: &Py<Handle>) -> bool {
+        // SAFETY: a live object; reads its refcount only.
+        h.get().untracked.load(Ordering::Relaxed) && unsafe { pyo3::ffi::Py_REFCNT(h.as_ptr()) } == 1
+    }
+
+    /// Puts an untracked handle, and the context copy untracked with it, back under
+    /// the garbage collector: before the loop drops its reference to a handle
+    /// somebody else still holds, or drops its queue at close.
+    #[inline]
+    pub fn track_again(slf: &Bound<'_, Handle>) {
+        let me = slf.get();
+        if !me.untracked.swap(false, Ordering::Relaxed) {
+            return; // never untracked, so neither was its context
+        }
+        track(slf.as_ptr());
+        me.inner.with(slf.py(), |i| {
+            if let (Some(ctx), true) = (&i.context, i.context_untracked) {
+                track(ctx.as_ptr());
+                i.context_untracked = false;
+            }
+        });
+    }
+
+    /// Refills a handle emptied by `take_for_reuse`. Only stores references (drops
+    /// nothing), so it may run inside the loop state's `with`.
+    pub fn refill(&self, py: Python<'_>, callback: Py<PyAny>, args: Py<PyTuple>, context: Py<PyAny>, tb: Option<Py<PyAny>>) {
+        self.inner.with(py, |i| {
+            debug_assert!(i.callback.is_none() && i.context.is_none());
+            i.callback = Some(callback);
+            i.args = Some(args);
+            i.context = Some(context);
+            i.source_traceback = tb;
+        });
     }
 
     #[inline]
@@ -52,27 +215,48 @@ impl Handle {
 
     /// Runs the callback in its context. The error, if any, is returned for the loop
     /// to report; the loop decides what propagates.
-    #[inline]
+    #[inline(always)]
     pub fn run(&self, py: Python<'_>) -> PyResult<()> {
-        let Some((callback, args)) = self.inner.with(py, |i| Some((i.callback.as_ref()?.clone_ref(py), i.args.as_ref()?.clone_ref(py))))
+        // Strong references for the call (the callback may cancel its own handle,
+        // which drops them from the handle); the context is kept alive by the thread
+        // state while entered, and nothing replaces it (only spares are refilled).
+        let Some((callback, args, ctx)) = self
+            .inner
+            .with(py, |i| Some((i.callback.as_ref()?.bind(py).clone(), i.args.as_ref()?.bind(py).clone(), i.context.as_ref()?.as_ptr())))
         else {
             return Ok(()); // cancelled while queued
         };
-        let ctx = self.context.as_ptr();
-        // SAFETY: `ctx` is a live reference; the check only reads its type.
+        // SAFETY: `ctx` is a live reference held by the handle; the check only reads its type.
         if unsafe { pyo3::ffi::PyContext_CheckExact(ctx) } == 0 {
             // asyncio calls `context.run(callback, *args)`: any object with a
             // `run` method works, anything else fails here, when run, as there.
-            let mut call_args = vec![callback.clone_ref(py).into_bound(py)];
-            call_args.extend(args.bind(py).iter());
+            let mut call_args = vec![callback];
+            call_args.extend(args.iter());
             let call_args = PyTuple::new(py, call_args)?;
-            return self.context.bind(py).call_method1("run", call_args).map(drop);
+            // SAFETY: as above, `ctx` is live for this call.
+            let ctx = unsafe { Bound::from_borrowed_ptr(py, ctx) };
+            return ctx.call_method1("run", call_args).map(drop);
         }
-        // SAFETY: `ctx` is a live reference owned by `self` for the whole call.
+        // SAFETY: `ctx` is a live reference owned by the handle; entering it takes a
+        // reference of its own for as long as it is entered.
         if unsafe { pyo3::ffi::PyContext_Enter(ctx) } != 0 {
             return Err(PyErr::fetch(py));
         }
-        let result = callback.bind(py).call1(args.bind(py));
+        // Vectorcall with the tuple's own item array: no argument tuple is built
+        // and no `*args` unpacking happens in the callee's call path.
+        // SAFETY: `args` is a tuple we hold a reference to for the whole call, so
+        // its item array stays valid; `callback` is a live object.
+        let result = unsafe {
+            let tuple = args.as_ptr().cast::<pyo3::ffi::PyTupleObject>();
+            let items = (*tuple).ob_item.as_ptr();
+            let ret = pyo3::ffi::PyObject_Vectorcall(
+                callback.as_ptr(),
+                items,
+                pyo3::ffi::PyTuple_GET_SIZE(args.as_ptr()) as usize,
+                std::ptr::null_mut(),
+            );
+            Bound::from_owned_ptr_or_err(py, ret)
+        };
         // SAFETY: we entered `ctx` above on this thread; exiting it is always valid.
         if unsafe { pyo3::ffi::PyContext_Exit(ctx) } != 0 {
             return Err(PyErr::fetch(py));
@@ -100,13 +284,19 @@ impl Handle {
             }
             (i.callback.take(), i.args.take())
         });
-        drop((cb, args)); // outside the cell: dropping may run Python code
+        // Outside the cell: dropping may run Python code. Through Bound, which
+        // decrefs directly (PyO3's Py drop reads a thread-local first).
+        drop((cb.map(|o| o.into_bound(py)), args.map(|o| o.into_bound(py))));
     }
 
     /// Whether the callback is the object at `ptr` (false once cancelled). Runs no
     /// Python code, so it may be called inside the loop state's `with`.
     pub fn callback_is(&self, py: Python<'_>, ptr: *mut pyo3::ffi::PyObject) -> bool {
         !self.is_cancelled() && self.inner.with(py, |i| i.callback.as_ref().is_some_and(|c| c.as_ptr() == ptr))
+    }
+
+    fn context(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.inner.with(py, |i| i.context.as_ref().map(|c| c.clone_ref(py)))
     }
 
     pub fn callback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
@@ -142,6 +332,14 @@ impl Handle {
     }
 }
 
+/// Puts a garbage-collected object the loop untracked back under the collector.
+fn track(obj: *mut pyo3::ffi::PyObject) {
+    // SAFETY: `obj` is a live garbage-collected object (a handle or a context)
+    // the loop untracked, as its flag recorded; tracking only links it into the
+    // collector's lists.
+    unsafe { pyo3::ffi::PyObject_GC_Track(obj.cast()) }
+}
+
 /// asyncio's own rendering of a callback and its arguments ("func(1, 2) at f.py:3").
 pub fn format_callback_source(py: Python<'_>, callback: &Bound<'_, PyAny>, args: Option<Py<PyTuple>>) -> PyResult<String> {
     static FORMAT: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
@@ -159,18 +357,15 @@ impl Handle {
     // Handles sit in reference cycles often (an object keeps the timer whose callback
     // is its own bound method), so they take part in garbage collection.
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        visit.call(&self.context)?;
-        if let Some(i) = self.inner.get_for_traverse() {
-            visit.call(&i.callback)?;
-            visit.call(&i.args)?;
-            visit.call(&i.source_traceback)?;
-        }
-        Ok(())
+        self.traverse_contents(&visit)
     }
 
     fn __clear__(&self, py: Python<'_>) {
-        let taken = self.inner.with(py, |i| (i.callback.take(), i.args.take(), i.source_traceback.take()));
-        drop(taken);
+        let taken = self.inner.with(py, |i| {
+            let ctx_untracked = std::mem::take(&mut i.context_untracked);
+            Released(i.callback.take(), i.args.take(), i.context.take(), i.source_traceback.take(), ctx_untracked)
+        });
+        taken.drop_now(py);
     }
 
     fn cancel(slf: &Bound<'_, Self>) -> PyResult<()> {
@@ -182,8 +377,8 @@ impl Handle {
         self.is_cancelled()
     }
 
-    fn get_context(&self, py: Python<'_>) -> Py<PyAny> {
-        self.context.clone_ref(py)
+    fn get_context(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.context(py)
     }
 
     /// Runs the callback now (asyncio's private `Handle._run`, used by some tests and
@@ -212,8 +407,8 @@ impl Handle {
     }
 
     #[getter]
-    fn _context(&self, py: Python<'_>) -> Py<PyAny> {
-        self.context.clone_ref(py)
+    fn _context(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.context(py)
     }
 
     #[getter]
@@ -326,11 +521,14 @@ impl TimerHandle {
         let me = slf.get();
         let was_scheduled = me.slot.is_scheduled();
         let unscheduled = me.slot.unschedule(py);
+        if let Some(h) = &unscheduled {
+            Handle::track_again(h.bind(py)); // out of the heap, and the caller holds it
+        }
         if was_scheduled {
             me.cancelled_timers.fetch_add(1, Ordering::Relaxed);
         }
         let result = base.get().cancel_with_repr(py, slf.as_any());
-        drop(unscheduled); // a reference to ourselves, not the last one
+        drop(unscheduled.map(|h| h.into_bound(py))); // a reference to ourselves, not the last one
         result
     }
 

@@ -1,7 +1,7 @@
 //! The `ferroloop._ferroloop` extension module: the Rust half of `ferroloop.Loop`.
 //!
 //! Modules by asyncio concept: `handles` (Handle, TimerHandle), `scheduling`
-//! (call_soon/call_later), `dispatch` (the loop iteration), `fd_callbacks`
+//! (call_soon/call_later; `fastcall` is their C entry), `dispatch` (the loop iteration), `fd_callbacks`
 //! (add_reader/add_writer), `sock` and `sendfile` (the `sock_*` coroutines), `buffer`
 //! (Python buffers as bytes), `transport`/`listener` (streams), `tls` (the TLS layer
 //! over a stream transport), `udp` (datagram transports), `pipes` (pipe transports),
@@ -10,6 +10,7 @@
 mod buffer;
 mod dispatch;
 mod event_loop;
+mod fastcall;
 mod fd_callbacks;
 mod flow_control;
 mod gil_cell;
@@ -32,6 +33,7 @@ use pyo3::prelude::*;
 #[pymodule(gil_used = true)]
 fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<event_loop::LoopCore>()?;
+    fastcall::install(&m.py().get_type::<event_loop::LoopCore>())?;
     m.add_class::<handles::Handle>()?;
     m.add_class::<handles::TimerHandle>()?;
     m.add_class::<sock::SockOp>()?;

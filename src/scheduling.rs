@@ -24,6 +24,20 @@ pub fn context_or_copy(py: Python<'_>, context: Option<Bound<'_, PyAny>>) -> PyR
     }
 }
 
+/// `context_or_copy`, also saying whether the context is a fresh copy (which only
+/// the new handle will hold, so it may be untracked with it: `Handle::untrack_queued`).
+#[inline]
+fn context_for_queue(py: Python<'_>, context: Option<Bound<'_, PyAny>>) -> PyResult<(Py<PyAny>, bool)> {
+    let fresh = context.as_ref().is_none_or(|c| c.is_none());
+    Ok((context_or_copy(py, context)?, fresh))
+}
+
+/// From this many entries in the ready queue (or live timers in the heap) on, new entries
+/// are kept out of the garbage collector's lists (`Handle::untrack_queued`). A
+/// shorter queue adds little to a collection, and untracking then tracking again
+/// would cost more than it saves.
+pub const UNTRACK_FROM_LEN: usize = 128;
+
 /// The checks asyncio makes before queueing: closed loop always; thread and callback
 /// type in debug mode only. Returns the source traceback in debug mode.
 /// How many frames a debug-mode handle records: asyncio extracts 10 frames
@@ -93,12 +107,34 @@ pub fn check_thread(core: &LoopCore, py: Python<'_>) -> PyResult<()> {
     }
 }
 
-/// Creates a handle and appends it to the ready queue (no checks).
+/// Queues a `call_soon` handle (no checks), reusing a spare handle object if the
+/// loop has one (see `Handle::take_for_reuse`). In a long queue the handle, and
+/// its context if it is a fresh copy, are not tracked by the garbage collector
+/// while queued (see `Handle::untrack_queued`).
 #[inline]
-pub fn push_ready(core: &LoopCore, py: Python<'_>, handle: Handle) -> PyResult<Py<Handle>> {
-    let handle = Py::new(py, handle)?;
+pub fn push_ready(
+    core: &LoopCore,
+    py: Python<'_>,
+    callback: Bound<'_, PyAny>,
+    args: Bound<'_, PyTuple>,
+    (ctx, fresh_ctx): (Py<PyAny>, bool),
+    tb: Option<Py<PyAny>>,
+) -> PyResult<Py<Handle>> {
+    let handle = match core.state.with(py, |s| s.spare_handles.pop()) {
+        Some(spare) => {
+            spare.get().refill(py, callback.unbind(), args.unbind(), ctx, tb);
+            spare
+        }
+        None => Py::new(py, Handle::new_reusable(callback.unbind(), args.unbind(), ctx, tb))?,
+    };
     let queued = handle.clone_ref(py);
-    core.state.with(py, |s| s.ready.push_back(crate::event_loop::Ready::Handle(queued)));
+    let long = core.state.with(py, |s| {
+        s.ready.push_back(crate::event_loop::Ready::Handle(queued));
+        s.ready.len() >= UNTRACK_FROM_LEN
+    });
+    if long {
+        Handle::untrack_queued(handle.bind(py), fresh_ctx);
+    }
     Ok(handle)
 }
 
@@ -112,8 +148,8 @@ pub fn call_soon(
     let py = slf.py();
     let core = slf.get();
     let tb = check_and_trace(core, py, &callback, method, false, HANDLE_STACK_DEPTH)?;
-    let ctx = context_or_copy(py, context)?;
-    push_ready(core, py, Handle::new(callback.unbind(), args.unbind(), ctx, tb))
+    let ctx = context_for_queue(py, context)?;
+    push_ready(core, py, callback, args, ctx, tb)
 }
 
 pub fn call_soon_threadsafe(
@@ -125,8 +161,8 @@ pub fn call_soon_threadsafe(
     let py = slf.py();
     let core = slf.get();
     let tb = check_and_trace(core, py, &callback, "call_soon_threadsafe", true, HANDLE_STACK_DEPTH)?;
-    let ctx = context_or_copy(py, context)?;
-    let handle = push_ready(core, py, Handle::new(callback.unbind(), args.unbind(), ctx, tb))?;
+    let ctx = context_for_queue(py, context)?;
+    let handle = push_ready(core, py, callback, args, ctx, tb)?;
     core.state.with(py, |s| s.waker.as_ref().map(|w| w.wake())).transpose()?;
     Ok(handle)
 }
@@ -137,13 +173,15 @@ pub fn call_soon_threadsafe(
 /// errors in debug mode name `call_at`, which asyncio's `call_later` delegates to.
 pub fn call_later(
     slf: &Bound<'_, LoopCore>,
-    delay: Option<Bound<'_, PyAny>>,
+    delay: Bound<'_, PyAny>,
     callback: Bound<'_, PyAny>,
     args: Bound<'_, PyTuple>,
     context: Option<Bound<'_, PyAny>>,
 ) -> PyResult<Py<TimerHandle>> {
     let py = slf.py();
-    let delay = delay.filter(|d| !d.is_none()).ok_or_else(|| PyTypeError::new_err("delay must not be None"))?;
+    if delay.is_none() {
+        return Err(PyTypeError::new_err("delay must not be None"));
+    }
     let now = slf.get().state.with(py, |s| s.now());
     let when = match delay.extract::<f64>() {
         Ok(d) if delay.is_exact_instance_of::<PyFloat>() || delay.is_exact_instance_of::<PyInt>() => now + d,
@@ -156,12 +194,14 @@ pub fn call_later(
 /// later, inside the run loop; ferroloop fails here, with `float()`'s message).
 pub fn call_at(
     slf: &Bound<'_, LoopCore>,
-    when: Option<Bound<'_, PyAny>>,
+    when: Bound<'_, PyAny>,
     callback: Bound<'_, PyAny>,
     args: Bound<'_, PyTuple>,
     context: Option<Bound<'_, PyAny>>,
 ) -> PyResult<Py<TimerHandle>> {
-    let when = when.filter(|w| !w.is_none()).ok_or_else(|| PyTypeError::new_err("when cannot be None"))?;
+    if when.is_none() {
+        return Err(PyTypeError::new_err("when cannot be None"));
+    }
     let when = when.extract::<f64>()?;
     schedule_at(slf, when, callback, args, context, "call_at", HANDLE_STACK_DEPTH)
 }
@@ -178,15 +218,22 @@ fn schedule_at(
     let py = slf.py();
     let core = slf.get();
     let tb = check_and_trace(core, py, &callback, method, false, depth)?;
-    let ctx = context_or_copy(py, context)?;
+    let (ctx, fresh_ctx) = context_for_queue(py, context)?;
     let (timer, slot) = TimerHandle::new(when, core.cancelled_timers.clone());
     let init = PyClassInitializer::from(Handle::new(callback.unbind(), args.unbind(), ctx, tb)).add_subclass(timer);
     let timer = Bound::new(py, init)?;
     TimerHandle::fill_slot(&timer);
-    let timer = timer.unbind();
     // asyncio fires a NaN deadline at once (its comparisons with NaN are false).
     let key = if when.is_nan() { f64::NEG_INFINITY } else { when };
     let entry = TimerEntry(slot);
-    core.state.with(py, |s| s.timers.push(key, entry));
-    Ok(timer)
+    let pending_cancelled = core.cancelled_timers.load(std::sync::atomic::Ordering::Relaxed);
+    let long = core.state.with(py, |s| {
+        s.timers.push(key, entry);
+        s.timers.live_len(pending_cancelled) >= UNTRACK_FROM_LEN
+    });
+    if long {
+        // Out of the collector's lists while scheduled, as in a long ready queue.
+        Handle::untrack_queued(timer.as_super(), fresh_ctx);
+    }
+    Ok(timer.unbind())
 }

@@ -399,6 +399,101 @@ def test_cancel_drops_callback_and_args(loop):
     assert ref() is None
 
 
+def test_a_kept_handle_keeps_its_callback_after_running(loop):
+    # ferroloop reuses handle objects nobody else holds: a kept one must not be.
+    args = (object(),)
+    h = loop.call_soon(callback, *args)
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    others = [loop.call_soon(print) for _ in range(10)]
+    assert all(o is not h for o in others)
+    assert h._callback is callback and h._args == args and not h.cancelled()
+    for o in others:
+        o.cancel()
+
+
+def test_callback_args_are_released_once_run(loop):
+    class Arg:
+        pass
+    arg = Arg()
+    ref = weakref.ref(arg)
+    loop.call_soon(callback, arg)
+    del arg
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert ref() is None  # no collection needed: nothing keeps the handle
+
+
+def test_weakly_referenced_handle_dies_once_run(loop):
+    ref = weakref.ref(loop.call_soon(callback))
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert ref() is None
+    loop.call_soon(loop.stop)  # a handle made after is another object
+    loop.run_forever()
+    assert ref() is None
+
+
+class _Owner:
+    """Holds the handle of its own callback: a reference cycle."""
+
+    def callback(self):
+        pass
+
+
+@pytest.mark.parametrize('crowd', [0, 300])
+@pytest.mark.parametrize('schedule', ['call_soon', 'call_later', 'call_later_cancelled'])
+def test_handle_in_a_cycle_with_its_owner_is_collected_once_done(loop, schedule, crowd):
+    # ferroloop keeps the entries of long queues (crowd) out of the collector's
+    # lists; once the loop is done with one somebody holds, the collector must see
+    # it again.
+    crowded = [loop.call_soon(callback) for _ in range(crowd)] + [loop.call_later(3600, callback) for _ in range(crowd)]
+    owner = _Owner()
+    if schedule == 'call_soon':
+        owner.handle = loop.call_soon(owner.callback)
+    else:
+        owner.handle = loop.call_later(0 if schedule == 'call_later' else 3600, owner.callback)
+        if schedule == 'call_later_cancelled':
+            owner.handle.cancel()
+    ref = weakref.ref(owner)
+    del owner
+    loop.call_later(0.001, loop.stop)
+    loop.run_forever()
+    gc.collect()
+    assert ref() is None
+    for h in crowded:
+        h.cancel()
+
+
+@pytest.mark.parametrize('call, message', [
+    (lambda loop: loop.call_soon(), "missing 1 required positional argument: 'callback'"),
+    (lambda loop: loop.call_soon(callback, bogus=1), "got an unexpected keyword argument 'bogus'"),
+    (lambda loop: loop.call_soon(callback, callback=callback), "got multiple values for argument 'callback'"),
+    (lambda loop: loop.call_soon_threadsafe(), "missing 1 required positional argument: 'callback'"),
+    (lambda loop: loop.call_later(1), "missing 1 required positional argument: 'callback'"),
+    (lambda loop: loop.call_later(), "missing 2 required positional arguments: 'delay' and 'callback'"),
+    (lambda loop: loop.call_at(callback=callback), "missing 1 required positional argument: 'when'"),
+])
+def test_scheduling_argument_errors(loop, call, message):
+    with pytest.raises(TypeError, match=message):
+        call(loop)
+
+
+def test_scheduling_arguments_by_keyword(loop):
+    out = []
+    ctx = contextvars.copy_context()
+    loop.call_soon(callback=out.append)  # called with no argument: fails, reported
+    loop.call_soon(out.append, 1, context=ctx)
+    loop.call_soon_threadsafe(callback=out.append, context=None)
+    loop.call_later(delay=0, callback=out.append)
+    loop.call_at(loop.time(), out.append, 2, context=ctx)
+    errors = []
+    loop.set_exception_handler(lambda loop, context: errors.append(type(context['exception'])))
+    loop.call_later(0.001, loop.stop)
+    loop.run_forever()
+    assert out == [1, 2] and errors == [TypeError] * 3
+
+
 def test_get_context(loop):
     ctx = contextvars.Context()
     h = loop.call_soon(callback, context=ctx)

@@ -49,7 +49,7 @@ def _run_until_complete_cb(fut):
     futures._get_loop(fut).stop()
 
 
-class Loop(NetworkMixin, DatagramMixin, PipesMixin, SubprocessMixin, SignalsMixin, ExecutorMixin, ExceptionHandlerMixin, LoopCore, asyncio.AbstractEventLoop):
+class Loop(LoopCore, NetworkMixin, DatagramMixin, PipesMixin, SubprocessMixin, SignalsMixin, ExecutorMixin, ExceptionHandlerMixin, asyncio.AbstractEventLoop):
     """An asyncio event loop whose core runs in Rust."""
 
     __module__ = "ferroloop"

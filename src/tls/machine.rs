@@ -62,7 +62,7 @@ impl TlsCore {
         let py = slf.py();
         let callback = slf.getattr(method)?;
         let handle =
-            crate::scheduling::call_later(slf.get().event_loop.bind(py), Some(delay.bind(py).clone()), callback, PyTuple::empty(py), None)?;
+            crate::scheduling::call_later(slf.get().event_loop.bind(py), delay.bind(py).clone(), callback, PyTuple::empty(py), None)?;
         Ok(handle.into_any())
     }
 

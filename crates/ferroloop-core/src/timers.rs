@@ -63,6 +63,12 @@ impl<T: Cancellable> TimerQueue<T> {
         self.heap.len()
     }
 
+    /// Items not known to be cancelled, given `pending` cancellations not yet
+    /// passed to `note_cancelled`.
+    pub fn live_len(&self, pending: usize) -> usize {
+        self.heap.len().saturating_sub(self.cancelled + pending)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.heap.is_empty()
     }

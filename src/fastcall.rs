@@ -1,0 +1,191 @@
+//! Raw vectorcall entry points for the loop's hottest methods: `call_soon`,
+//! `call_soon_threadsafe`, `call_later` and `call_at`.
+//!
+//! C `Task` and `Future` call `call_soon` on every step and done-callback, so its
+//! fixed cost is the loop's. PyO3's generic method wrapper (argument description
+//! walk, `*args` tuple, a second type check, thread-local bookkeeping) cost about as
+//! much as the rest of `call_soon` together, so these four methods are plain
+//! `METH_FASTCALL | METH_KEYWORDS` C functions, installed on `LoopCore` when the
+//! module is imported. Each parses its fixed signature `(leading..., *args,
+//! context=None)` by hand, with the errors PyO3 gives for the same signature, and
+//! calls the body in `scheduling`.
+//!
+//! No PyO3 trampoline runs, so PyO3 does not count this thread as attached: code
+//! here must not drop a `Py<T>` on the success path (PyO3 would defer the decref to
+//! its pool); values are held as `Bound`, whose drop decrefs directly.
+
+use std::ffi::{c_char, CStr};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use pyo3::exceptions::PyTypeError;
+use pyo3::ffi;
+use pyo3::panic::PanicException;
+use pyo3::prelude::*;
+use pyo3::types::{PyString, PyTuple, PyType};
+
+use crate::event_loop::LoopCore;
+use crate::scheduling;
+
+/// Installs the four methods on `ty` (the `LoopCore` type object).
+pub fn install(ty: &Bound<'_, PyType>) -> PyResult<()> {
+    let methods: [(&'static CStr, ffi::PyCFunctionFastWithKeywords, &'static CStr); 4] = [
+        (c"call_soon", call_soon, c"Arrange for a callback to be called as soon as possible."),
+        (c"call_soon_threadsafe", call_soon_threadsafe, c"Like call_soon(), but thread-safe."),
+        (c"call_later", call_later, c"Arrange for a callback to be called at a given time."),
+        (c"call_at", call_at, c"Like call_later(), but uses an absolute time."),
+    ];
+    for (name, meth, doc) in methods {
+        // CPython keeps a pointer to the definition for the life of the descriptor,
+        // so it must live forever: leaked once per module initialisation.
+        let def = Box::leak(Box::new(ffi::PyMethodDef {
+            ml_name: name.as_ptr(),
+            ml_meth: ffi::PyMethodDefPointer { PyCFunctionFastWithKeywords: meth },
+            ml_flags: ffi::METH_FASTCALL | ffi::METH_KEYWORDS,
+            ml_doc: doc.as_ptr(),
+        }));
+        // SAFETY: `ty` is a live type object and `def` a valid, 'static method
+        // definition; a NULL result has an exception set.
+        let descr = unsafe { Bound::from_owned_ptr_or_err(ty.py(), ffi::PyDescr_NewMethod(ty.as_type_ptr(), def))? };
+        // SAFETY: `name` is a NUL-terminated string.
+        ty.setattr(unsafe { CStr::from_ptr(name.as_ptr() as *const c_char) }.to_str().expect("ascii name"), descr)?;
+    }
+    Ok(())
+}
+
+/// The arguments of one call, as the method's signature binds them.
+struct Args<'py, const N: usize> {
+    leading: [Bound<'py, PyAny>; N],
+    rest: Bound<'py, PyTuple>,
+    context: Option<Bound<'py, PyAny>>,
+}
+
+/// Binds `(names[0], ..., names[N-1], *args, context=None)`: the leading parameters
+/// positionally or by keyword, the remaining positionals into a tuple.
+///
+/// SAFETY: `args` must point to `nargs + len(kwnames)` live object pointers and
+/// `kwnames` be NULL or a tuple of strings, as CPython's vectorcall protocol passes them.
+unsafe fn bind_args<'py, const N: usize>(
+    py: Python<'py>,
+    method: &str,
+    names: [&str; N],
+    args: *const *mut ffi::PyObject,
+    nargsf: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> PyResult<Args<'py, N>> {
+    let nargs = ffi::PyVectorcall_NARGS(nargsf as usize) as usize;
+    let mut leading: [Option<Bound<'py, PyAny>>; N] =
+        std::array::from_fn(|i| (i < nargs).then(|| Bound::from_borrowed_ptr(py, *args.add(i))));
+    let rest = if nargs > N { tuple_of(py, args.add(N), nargs - N)? } else { PyTuple::empty(py) };
+    let mut context = None;
+    if !kwnames.is_null() {
+        let context_name = pyo3::intern!(py, "context");
+        for k in 0..ffi::PyTuple_GET_SIZE(kwnames) as usize {
+            let key = Bound::from_borrowed_ptr(py, ffi::PyTuple_GET_ITEM(kwnames, k as ffi::Py_ssize_t)).cast_into_unchecked::<PyString>();
+            let value = Bound::from_borrowed_ptr(py, *args.add(nargs + k));
+            if key.is(context_name) || key == "context" {
+                context = Some(value);
+                continue;
+            }
+            let slot = names.iter().position(|n| key == *n).map(|i| &mut leading[i]);
+            match slot {
+                Some(Some(_)) => return Err(PyTypeError::new_err(format!("LoopCore.{method}() got multiple values for argument '{key}'"))),
+                Some(slot) => *slot = Some(value),
+                None => return Err(PyTypeError::new_err(format!("LoopCore.{method}() got an unexpected keyword argument '{key}'"))),
+            }
+        }
+    }
+    if leading.iter().any(Option::is_none) {
+        let missing: Vec<&str> = names.iter().zip(&leading).filter(|(_, v)| v.is_none()).map(|(n, _)| *n).collect();
+        return Err(missing_arguments(method, &missing));
+    }
+    Ok(Args { leading: leading.map(|v| v.expect("checked above")), rest, context: context.filter(|c| !c.is_none()) })
+}
+
+/// A new tuple of `n` objects from `items`.
+///
+/// SAFETY: `items` must point to `n` live object pointers.
+unsafe fn tuple_of<'py>(py: Python<'py>, items: *const *mut ffi::PyObject, n: usize) -> PyResult<Bound<'py, PyTuple>> {
+    let tuple = Bound::from_owned_ptr_or_err(py, ffi::PyTuple_New(n as ffi::Py_ssize_t))?;
+    for i in 0..n {
+        let item = *items.add(i);
+        ffi::Py_INCREF(item);
+        ffi::PyTuple_SET_ITEM(tuple.as_ptr(), i as ffi::Py_ssize_t, item);
+    }
+    Ok(tuple.cast_into_unchecked())
+}
+
+/// PyO3's wording: "LoopCore.call_later() missing 2 required positional arguments: 'delay' and 'callback'".
+#[cold]
+fn missing_arguments(method: &str, missing: &[&str]) -> PyErr {
+    let quoted: Vec<String> = missing.iter().map(|n| format!("'{n}'")).collect();
+    let list = match quoted.as_slice() {
+        [one] => one.clone(),
+        [init @ .., last] => format!("{}{} and {last}", init.join(", "), if init.len() > 1 { "," } else { "" }),
+        [] => String::new(),
+    };
+    let plural = if missing.len() == 1 { "argument" } else { "arguments" };
+    PyTypeError::new_err(format!("LoopCore.{method}() missing {} required positional {plural}: {list}", missing.len()))
+}
+
+/// Runs `body` as a method call from C: the error (or a panic, as PyO3's
+/// `PanicException`) is raised in Python and NULL returned.
+///
+/// SAFETY: called by CPython with the GIL held; `slf` is an instance of `LoopCore`
+/// (the method descriptor checked its type before calling).
+#[inline]
+unsafe fn enter(
+    slf: *mut ffi::PyObject,
+    body: impl for<'py> FnOnce(&Bound<'py, LoopCore>) -> PyResult<Bound<'py, PyAny>>,
+) -> *mut ffi::PyObject {
+    let py = Python::assume_attached();
+    let slf = Bound::from_borrowed_ptr(py, slf).cast_into_unchecked::<LoopCore>();
+    match catch_unwind(AssertUnwindSafe(|| body(&slf))) {
+        Ok(Ok(value)) => value.into_ptr(),
+        Ok(Err(err)) => {
+            err.restore(py);
+            std::ptr::null_mut()
+        }
+        Err(payload) => {
+            let msg = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "panic in ferroloop".to_string());
+            PanicException::new_err(msg).restore(py);
+            std::ptr::null_mut()
+        }
+    }
+}
+
+/// Defines one entry point: binds the call's arguments to `params` (then `*args`
+/// and `context=`) and returns what `body` makes of them.
+macro_rules! entry_point {
+    ($name:ident, [$($param:literal),+], |$slf:ident, [$($arg:ident),+], $rest:ident, $context:ident| $body:expr) => {
+        unsafe extern "C" fn $name(
+            slf: *mut ffi::PyObject,
+            args: *const *mut ffi::PyObject,
+            nargsf: ffi::Py_ssize_t,
+            kwnames: *mut ffi::PyObject,
+        ) -> *mut ffi::PyObject {
+            // SAFETY: CPython calls this with the GIL held and its vectorcall
+            // arguments, passed on unchanged; the descriptor checked `slf`'s type.
+            unsafe {
+                enter(slf, |$slf| {
+                    let bound = bind_args($slf.py(), stringify!($name), [$($param),+], args, nargsf, kwnames)?;
+                    let [$($arg),+] = bound.leading;
+                    let ($rest, $context) = (bound.rest, bound.context);
+                    Ok($body?.into_bound($slf.py()).into_any())
+                })
+            }
+        }
+    };
+}
+
+entry_point!(call_soon, ["callback"], |slf, [callback], rest, context| scheduling::call_soon(slf, callback, rest, context, "call_soon"));
+entry_point!(call_soon_threadsafe, ["callback"], |slf, [callback], rest, context| scheduling::call_soon_threadsafe(
+    slf, callback, rest, context
+));
+entry_point!(call_later, ["delay", "callback"], |slf, [delay, callback], rest, context| scheduling::call_later(
+    slf, delay, callback, rest, context
+));
+entry_point!(call_at, ["when", "callback"], |slf, [when, callback], rest, context| scheduling::call_at(slf, when, callback, rest, context));
