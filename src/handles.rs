@@ -490,8 +490,15 @@ pub struct TimerHandle {
 
 impl TimerHandle {
     /// A timer and the slot for the heap, which `fill_slot` then points at it.
-    pub fn new(when: f64, cancelled_timers: Arc<AtomicUsize>) -> (Self, Arc<TimerSlot>) {
-        let slot = Arc::new(TimerSlot { scheduled: AtomicBool::new(true), handle: GilCell::new(None) });
+    /// `spare`: an empty slot nobody else holds, from the loop's reserve.
+    pub fn new(when: f64, cancelled_timers: Arc<AtomicUsize>, spare: Option<Arc<TimerSlot>>) -> (Self, Arc<TimerSlot>) {
+        let slot = match spare {
+            Some(slot) => {
+                slot.scheduled.store(true, Ordering::Relaxed);
+                slot
+            }
+            None => Arc::new(TimerSlot { scheduled: AtomicBool::new(true), handle: GilCell::new(None) }),
+        };
         (TimerHandle { when, slot: slot.clone(), cancelled_timers }, slot)
     }
 
