@@ -511,15 +511,9 @@ impl TimerHandle {
     pub fn is_scheduled(&self) -> bool {
         self.slot.is_scheduled()
     }
-}
 
-#[pymethods]
-impl TimerHandle {
-    fn when(&self) -> f64 {
-        self.when
-    }
-
-    fn cancel(slf: &Bound<'_, Self>) -> PyResult<()> {
+    /// `TimerHandle.cancel()`: out of the heap at once, callback and arguments dropped.
+    pub fn cancel(slf: &Bound<'_, Self>) -> PyResult<()> {
         let base = slf.as_super();
         if base.get().is_cancelled() {
             return Ok(());
@@ -538,6 +532,17 @@ impl TimerHandle {
         drop(unscheduled.map(|h| h.into_bound(py))); // a reference to ourselves, not the last one
         result
     }
+}
+
+#[pymethods]
+impl TimerHandle {
+    fn when(&self) -> f64 {
+        self.when
+    }
+
+    // `cancel()` is a raw no-argument C method (`fastcall::install`) calling the
+    // inherent `TimerHandle::cancel`: `asyncio.timeout` and `wait_for` cancel a timer
+    // every time.
 
     #[getter]
     fn _when(&self) -> f64 {
