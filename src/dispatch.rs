@@ -50,9 +50,15 @@ pub fn run_until_stopped(slf: &Bound<'_, LoopCore>) -> PyResult<()> {
 
 fn run_once(slf: &Bound<'_, LoopCore>, core: &LoopCore, py: Python<'_>) -> PyResult<()> {
     let cancelled = core.cancelled_timers.swap(0, std::sync::atomic::Ordering::Relaxed);
-    let (timeout, skip_poll, mut fds, purged) = core.state.with(py, |s| {
+    let (timeout, skip_poll, mut fds) = core.state.with(py, |s| {
         s.timers.note_cancelled(cancelled);
-        let purged = s.timers.purge_cancelled();
+        // Cancelled slots are empty: recycling them here drops no Python object.
+        for entry in s.timers.purge_cancelled() {
+            s.recycle_slot(entry.0, false);
+        }
+        for slot in std::mem::take(&mut s.retired_slots) {
+            s.recycle_slot(slot, false);
+        }
         // Virtual time never sleeps: the clock moves only when told.
         let timeout = if !s.ready.is_empty() || s.stopping || s.virtual_now.is_some() {
             Some(Duration::ZERO)
@@ -72,9 +78,8 @@ fn run_once(slf: &Bound<'_, LoopCore>, core: &LoopCore, py: Python<'_>) -> PyRes
         // (Unless signal handlers are installed: their numbers arrive on that socket.)
         let skip_poll =
             timeout == Some(Duration::ZERO) && s.signal_handlers.is_empty() && s.registrar.as_ref().is_none_or(|r| r.watched_count() == 0);
-        (timeout, skip_poll, std::mem::take(&mut s.ready_fds), purged)
+        (timeout, skip_poll, std::mem::take(&mut s.ready_fds))
     });
-    drop(purged);
 
     let polled = if skip_poll {
         Ok(())
@@ -91,7 +96,6 @@ fn run_once(slf: &Bound<'_, LoopCore>, core: &LoopCore, py: Python<'_>) -> PyRes
     // Objects leaving the loop are dropped after the state borrow ends: dropping
     // may run Python code (see gil_cell).
     let mut dead_handles = Vec::new();
-    let mut dead_timers = Vec::new();
     let ntodo = core.state.with(py, |s| {
         if let Some(w) = &s.waker {
             w.disarm();
@@ -132,11 +136,11 @@ fn run_once(slf: &Bound<'_, LoopCore>, core: &LoopCore, py: Python<'_>) -> PyRes
             if let Some(handle) = entry.0.unschedule(py) {
                 s.ready.push_back(Ready::Handle(handle));
             }
-            dead_timers.push(entry);
+            s.recycle_slot(entry.0, true);
         }
         s.ready.len()
     });
-    drop((dead_handles, dead_timers));
+    drop(dead_handles);
     // Python-level signal handlers (KeyboardInterrupt) run here, after the poll's
     // events and the signals' handlers are queued: raising before would lose them.
     py.check_signals()?;
@@ -349,6 +353,8 @@ pub fn drop_queued(core: &LoopCore, py: Python<'_>) {
         (
             std::mem::take(&mut s.ready),
             s.timers.drain(),
+            std::mem::take(&mut s.spare_slots),
+            std::mem::take(&mut s.retired_slots),
             std::mem::take(&mut s.readers),
             std::mem::take(&mut s.writers),
             std::mem::take(&mut s.signal_handlers),

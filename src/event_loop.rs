@@ -100,6 +100,10 @@ pub enum Ready {
 /// busy loop's callbacks (about 130 bytes each).
 pub const MAX_SPARE_HANDLES: usize = 1024;
 
+/// How many empty timer slots the loop keeps for reuse (a few dozen bytes each):
+/// a `call_later` then costs no allocation and its end no free.
+pub const MAX_SPARE_SLOTS: usize = 1024;
+
 /// Everything the loop mutates, behind one GIL-guarded cell.
 pub struct LoopState {
     pub ready: VecDeque<Ready>,
@@ -107,6 +111,11 @@ pub struct LoopState {
     /// at most `MAX_SPARE_HANDLES`. Not visited by `__traverse__`: they hold nothing.
     pub spare_handles: Vec<Py<Handle>>,
     pub timers: TimerQueue<TimerEntry>,
+    /// Empty timer slots for reuse by `call_later` (see `recycle_slot`).
+    pub spare_slots: Vec<Arc<TimerSlot>>,
+    /// Slots of timers that fired in the last iteration whose handle was still alive
+    /// (queued to run): looked at once more in the next iteration, then let go.
+    pub retired_slots: Vec<Arc<TimerSlot>>,
     pub readers: FdMap<Py<Handle>>,
     pub writers: FdMap<Py<Handle>>,
     /// Fds owned by Rust I/O objects (transports, listeners).
@@ -142,6 +151,23 @@ pub struct LoopState {
 }
 
 impl LoopState {
+    /// Keeps a slot that left the heap for a later `call_later`, if its handle is
+    /// gone (nobody else can reach it then); otherwise `retire` keeps it one more
+    /// iteration, since a fired timer's handle usually dies right after it runs.
+    /// Only unscheduled slots come here: they hold no Python object, so dropping one
+    /// inside the state borrow is safe.
+    #[inline]
+    pub fn recycle_slot(&mut self, slot: Arc<TimerSlot>, retire: bool) {
+        debug_assert!(!slot.is_scheduled());
+        if Arc::strong_count(&slot) == 1 {
+            if self.spare_slots.len() < MAX_SPARE_SLOTS {
+                self.spare_slots.push(slot);
+            }
+        } else if retire {
+            self.retired_slots.push(slot);
+        }
+    }
+
     /// The loop's "now": the virtual clock if enabled, else `CLOCK_MONOTONIC`. Every
     /// clock read of the loop goes through here.
     #[inline]
@@ -262,6 +288,8 @@ impl LoopCore {
                 ready: VecDeque::with_capacity(256),
                 spare_handles: Vec::new(),
                 timers: TimerQueue::new(),
+                spare_slots: Vec::new(),
+                retired_slots: Vec::new(),
                 readers: FdMap::default(),
                 writers: FdMap::default(),
                 io: FdMap::default(),

@@ -1,5 +1,6 @@
 //! Raw vectorcall entry points for the loop's hottest methods: `call_soon`,
-//! `call_soon_threadsafe`, `call_later` and `call_at`.
+//! `call_soon_threadsafe`, `call_later` and `call_at`, and `TimerHandle.cancel`
+//! (`asyncio.timeout` and `wait_for` schedule and cancel a timer every time).
 //!
 //! C `Task` and `Future` call `call_soon` on every step and done-callback, so its
 //! fixed cost is the loop's. PyO3's generic method wrapper (argument description
@@ -21,13 +22,15 @@ use pyo3::exceptions::PyTypeError;
 use pyo3::ffi;
 use pyo3::panic::PanicException;
 use pyo3::prelude::*;
-use pyo3::types::{PyString, PyTuple, PyType};
+use pyo3::types::{PyNone, PyString, PyTuple, PyType};
 
 use crate::event_loop::LoopCore;
+use crate::handles::TimerHandle;
 use crate::scheduling;
 
-/// Installs the four methods on `ty` (the `LoopCore` type object).
-pub fn install(ty: &Bound<'_, PyType>) -> PyResult<()> {
+/// Installs the four methods on `loop_type` (the `LoopCore` type object), and
+/// `cancel` on `timer_type` (`TimerHandle`).
+pub fn install(loop_type: &Bound<'_, PyType>, timer_type: &Bound<'_, PyType>) -> PyResult<()> {
     let methods: [(&'static CStr, ffi::PyCFunctionFastWithKeywords, &'static CStr); 4] = [
         (c"call_soon", call_soon, c"Arrange for a callback to be called as soon as possible."),
         (c"call_soon_threadsafe", call_soon_threadsafe, c"Like call_soon(), but thread-safe."),
@@ -35,21 +38,21 @@ pub fn install(ty: &Bound<'_, PyType>) -> PyResult<()> {
         (c"call_at", call_at, c"Like call_later(), but uses an absolute time."),
     ];
     for (name, meth, doc) in methods {
-        // CPython keeps a pointer to the definition for the life of the descriptor,
-        // so it must live forever: leaked once per module initialisation.
-        let def = Box::leak(Box::new(ffi::PyMethodDef {
-            ml_name: name.as_ptr(),
-            ml_meth: ffi::PyMethodDefPointer { PyCFunctionFastWithKeywords: meth },
-            ml_flags: ffi::METH_FASTCALL | ffi::METH_KEYWORDS,
-            ml_doc: doc.as_ptr(),
-        }));
-        // SAFETY: `ty` is a live type object and `def` a valid, 'static method
-        // definition; a NULL result has an exception set.
-        let descr = unsafe { Bound::from_owned_ptr_or_err(ty.py(), ffi::PyDescr_NewMethod(ty.as_type_ptr(), def))? };
-        // SAFETY: `name` is a NUL-terminated string.
-        ty.setattr(unsafe { CStr::from_ptr(name.as_ptr() as *const c_char) }.to_str().expect("ascii name"), descr)?;
+        let meth = ffi::PyMethodDefPointer { PyCFunctionFastWithKeywords: meth };
+        add_method(loop_type, name, meth, ffi::METH_FASTCALL | ffi::METH_KEYWORDS, doc)?;
     }
-    Ok(())
+    add_method(timer_type, c"cancel", ffi::PyMethodDefPointer { PyCFunction: timer_cancel }, ffi::METH_NOARGS, c"Cancel the timer.")
+}
+
+fn add_method(ty: &Bound<'_, PyType>, name: &'static CStr, meth: ffi::PyMethodDefPointer, flags: i32, doc: &'static CStr) -> PyResult<()> {
+    // CPython keeps a pointer to the definition for the life of the descriptor,
+    // so it must live forever: leaked once per module initialisation.
+    let def = Box::leak(Box::new(ffi::PyMethodDef { ml_name: name.as_ptr(), ml_meth: meth, ml_flags: flags, ml_doc: doc.as_ptr() }));
+    // SAFETY: `ty` is a live type object and `def` a valid, 'static method
+    // definition; a NULL result has an exception set.
+    let descr = unsafe { Bound::from_owned_ptr_or_err(ty.py(), ffi::PyDescr_NewMethod(ty.as_type_ptr(), def))? };
+    // SAFETY: `name` is a NUL-terminated string.
+    ty.setattr(unsafe { CStr::from_ptr(name.as_ptr() as *const c_char) }.to_str().expect("ascii name"), descr)
 }
 
 /// The arguments of one call, as the method's signature binds them.
@@ -130,15 +133,15 @@ fn missing_arguments(method: &str, missing: &[&str]) -> PyErr {
 /// Runs `body` as a method call from C: the error (or a panic, as PyO3's
 /// `PanicException`) is raised in Python and NULL returned.
 ///
-/// SAFETY: called by CPython with the GIL held; `slf` is an instance of `LoopCore`
-/// (the method descriptor checked its type before calling).
+/// SAFETY: called by CPython with the GIL held; `slf` is an instance of `T` (the
+/// method descriptor checked its type before calling).
 #[inline]
-unsafe fn enter(
+unsafe fn enter<T: pyo3::PyClass>(
     slf: *mut ffi::PyObject,
-    body: impl for<'py> FnOnce(&Bound<'py, LoopCore>) -> PyResult<Bound<'py, PyAny>>,
+    body: impl for<'py> FnOnce(&Bound<'py, T>) -> PyResult<Bound<'py, PyAny>>,
 ) -> *mut ffi::PyObject {
     let py = Python::assume_attached();
-    let slf = Bound::from_borrowed_ptr(py, slf).cast_into_unchecked::<LoopCore>();
+    let slf = Bound::from_borrowed_ptr(py, slf).cast_into_unchecked::<T>();
     match catch_unwind(AssertUnwindSafe(|| body(&slf))) {
         Ok(Ok(value)) => value.into_ptr(),
         Ok(Err(err)) => {
@@ -170,7 +173,7 @@ macro_rules! entry_point {
             // SAFETY: CPython calls this with the GIL held and its vectorcall
             // arguments, passed on unchanged; the descriptor checked `slf`'s type.
             unsafe {
-                enter(slf, |$slf| {
+                enter::<LoopCore>(slf, |$slf| {
                     let bound = bind_args($slf.py(), stringify!($name), [$($param),+], args, nargsf, kwnames)?;
                     let [$($arg),+] = bound.leading;
                     let ($rest, $context) = (bound.rest, bound.context);
@@ -189,3 +192,14 @@ entry_point!(call_later, ["delay", "callback"], |slf, [delay, callback], rest, c
     slf, delay, callback, rest, context
 ));
 entry_point!(call_at, ["when", "callback"], |slf, [when, callback], rest, context| scheduling::call_at(slf, when, callback, rest, context));
+
+/// `TimerHandle.cancel()`.
+unsafe extern "C" fn timer_cancel(slf: *mut ffi::PyObject, _unused: *mut ffi::PyObject) -> *mut ffi::PyObject {
+    // SAFETY: CPython calls this with the GIL held; the descriptor checked `slf`'s type.
+    unsafe {
+        enter::<TimerHandle>(slf, |timer| {
+            TimerHandle::cancel(timer)?;
+            Ok(PyNone::get(timer.py()).to_owned().into_any())
+        })
+    }
+}

@@ -490,8 +490,15 @@ pub struct TimerHandle {
 
 impl TimerHandle {
     /// A timer and the slot for the heap, which `fill_slot` then points at it.
-    pub fn new(when: f64, cancelled_timers: Arc<AtomicUsize>) -> (Self, Arc<TimerSlot>) {
-        let slot = Arc::new(TimerSlot { scheduled: AtomicBool::new(true), handle: GilCell::new(None) });
+    /// `spare`: an empty slot nobody else holds, from the loop's reserve.
+    pub fn new(when: f64, cancelled_timers: Arc<AtomicUsize>, spare: Option<Arc<TimerSlot>>) -> (Self, Arc<TimerSlot>) {
+        let slot = match spare {
+            Some(slot) => {
+                slot.scheduled.store(true, Ordering::Relaxed);
+                slot
+            }
+            None => Arc::new(TimerSlot { scheduled: AtomicBool::new(true), handle: GilCell::new(None) }),
+        };
         (TimerHandle { when, slot: slot.clone(), cancelled_timers }, slot)
     }
 
@@ -504,15 +511,9 @@ impl TimerHandle {
     pub fn is_scheduled(&self) -> bool {
         self.slot.is_scheduled()
     }
-}
 
-#[pymethods]
-impl TimerHandle {
-    fn when(&self) -> f64 {
-        self.when
-    }
-
-    fn cancel(slf: &Bound<'_, Self>) -> PyResult<()> {
+    /// `TimerHandle.cancel()`: out of the heap at once, callback and arguments dropped.
+    pub fn cancel(slf: &Bound<'_, Self>) -> PyResult<()> {
         let base = slf.as_super();
         if base.get().is_cancelled() {
             return Ok(());
@@ -531,6 +532,17 @@ impl TimerHandle {
         drop(unscheduled.map(|h| h.into_bound(py))); // a reference to ourselves, not the last one
         result
     }
+}
+
+#[pymethods]
+impl TimerHandle {
+    fn when(&self) -> f64 {
+        self.when
+    }
+
+    // `cancel()` is a raw no-argument C method (`fastcall::install`) calling the
+    // inherent `TimerHandle::cancel`: `asyncio.timeout` and `wait_for` cancel a timer
+    // every time.
 
     #[getter]
     fn _when(&self) -> f64 {

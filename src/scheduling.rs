@@ -219,7 +219,8 @@ fn schedule_at(
     let core = slf.get();
     let tb = check_and_trace(core, py, &callback, method, false, depth)?;
     let (ctx, fresh_ctx) = context_for_queue(py, context)?;
-    let (timer, slot) = TimerHandle::new(when, core.cancelled_timers.clone());
+    let spare = core.state.with(py, |s| s.spare_slots.pop());
+    let (timer, slot) = TimerHandle::new(when, core.cancelled_timers.clone(), spare);
     let init = PyClassInitializer::from(Handle::new(callback.unbind(), args.unbind(), ctx, tb)).add_subclass(timer);
     let timer = Bound::new(py, init)?;
     TimerHandle::fill_slot(&timer);
