@@ -39,17 +39,18 @@ WARMUP = 1000  # operations run before the measured ones, in both runs (not coun
 
 # Scheduling: N per workload, so that the stdlib loop's 2N phase costs ~100 M
 # instructions (a few seconds under callgrind, ~50x slower than native) and the
-# whole run stays near 10 minutes; the batched workloads need multiples of 1000.
+# whole run stays near 10 minutes (TLS and spawns take ~55 and ~30 s a loop, mostly
+# start-up, handshakes and forks); the batched workloads need multiples of 1000.
 MICRO_N = {
     'call_soon': 10_000, 'call_soon_args': 10_000, 'call_soon_context': 10_000, 'call_soon_chain': 5_000,
     'call_soon_batch': 10_000, 'call_soon_threadsafe': 3_000, 'call_later_fire': 5_000, 'timer_cancel': 5_000,
     'tasks_sleep0': 1_000, 'create_task_done': 2_000, 'future_ping_pong': 2_000, 'queue': 3_000,
-    'getaddrinfo_numeric': 300,
+    'getaddrinfo_numeric': 300, 'tls_echo_1k': 500, 'tls_echo_64k': 50, 'spawn_true': 20, 'spawn_true_concurrent': 32,
 }
-# How often the loop wakes depends on how its thread and the producer interleave,
-# which valgrind leaves to timing: the count varies by up to ~25 % between runs, so
-# the table marks it and --compare does not flag it.
-TIMING_DEPENDENT = {'micro/call_soon_threadsafe'}
+# How often the loop wakes depends on how its thread and the producer interleave (or
+# when the children exit), which valgrind leaves to timing: the count varies by up to
+# ~25 % between runs, so the table marks these and --compare does not flag them.
+TIMING_DEPENDENT = {'micro/call_soon_threadsafe', 'micro/spawn_true', 'micro/spawn_true_concurrent'}
 # Network: (label, servers.py style, loadgen mode, size, N requests), one connection.
 NET_JOBS = [
     ('echo/1 KiB x1/protocol', 'protocol', 'tcp', KIB, 2_000),
@@ -137,7 +138,7 @@ def net_run(loop, style, mode, size, n, tmp, under_valgrind=True):
 # ---------------------------------------------------------------- the matrix
 
 def jobs(names, only):
-    out = [dict(label=f'micro/{w}', kind='micro', workload=w, n=MICRO_N[w], loops=names) for w in micro.WORKLOADS]
+    out = [dict(label=f'micro/{w}', kind='micro', workload=w, n=MICRO_N.get(w), loops=names) for w in micro.WORKLOADS]
     for label, style, mode, size, n in NET_JOBS:
         out.append(dict(label=label, kind='net', style=style, mode=mode, size=size, n=n, loops=[*names, run.CEILING]))
     return [j for j in out if not only or only in j['label']]
@@ -146,6 +147,8 @@ def jobs(names, only):
 def measure(job, loop, tmp):
     """{'instr_per_op', ...} for one loop on one job, or {'error': why}."""
     t0 = time.monotonic()
+    if job['n'] is None:
+        return {'error': 'no N chosen for it: add it to MICRO_N in callgrind.py'}
     try:
         if job['kind'] == 'micro':
             micro_check(loop, job['workload'])
@@ -197,14 +200,14 @@ def table(data):
                 ratio = f" ({res['instr_per_op'] / base:.2f}×)" if base else ''
                 cells.append(f"{res['instr_per_op']:,.0f}{ratio}")
         mark = ' †' if label in TIMING_DEPENDENT else ''
-        lines.append(f"| {label}{mark} | {row['n']:,} | " + ' | '.join(cells) + ' |')
+        lines.append(f"| {label}{mark} | {row['n'] or 0:,} | " + ' | '.join(cells) + ' |')
     m = data['machine']
     return '\n'.join([
         f"## Instructions per operation (callgrind; lower is better; (×) = ratio to {loops.BASELINE})", '',
         f"{m['cpu_model']}, {m['python']}, commit {m['commit']}, {m['date_utc']} UTC; "
         f"(Ir(2N) − Ir(N)) / N, {data['elapsed_s']} s in all. Loops: "
         + ', '.join(f'{name} {ver}' for name, ver in m['loops'].items()) + '.', '', *lines, '',
-        '† depends on how two threads interleave: varies by up to ~25 % between runs, never flagged.', ''])
+        '† depends on how threads or child processes interleave: varies by up to ~25 % between runs, never flagged.', ''])
 
 
 def compare(base, cur, threshold):
