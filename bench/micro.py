@@ -4,15 +4,16 @@ trip and per subprocess spawn + wait. One workload of one loop per
 process (run.py starts a fresh process for each run), so no run inherits another's
 heap, caches or freelists.
 
-    python bench/micro.py LOOP WORKLOAD [--n N]
+    python bench/micro.py LOOP WORKLOAD [--n N] [--warmup W]
     python bench/micro.py --list
 
 Prints one JSON line: {"loop", "workload", "ops", "seconds", "cpu_s", "ops_per_s",
 "ops_per_cpu_s"}; cpu_s is the process's CPU time (all threads), which run.py
 compares: on a shared machine wall time also counts the time other processes ran.
-A warm-up pass (a tenth of N) runs first on the same loop and is not timed, so the
-number is the steady state rather than first-call costs. A loop lacking something a
-workload needs prints {"unsupported": "<reason>"} and exits 0: run.py shows it.
+A warm-up pass (a tenth of N, at least 1000, or --warmup W) runs first on the same
+loop and is not timed, so the number is the steady state rather than first-call
+costs. A loop lacking something a workload needs prints {"unsupported": "<reason>"}
+and exits 0: run.py shows it.
 """
 import argparse
 import asyncio
@@ -211,12 +212,12 @@ WORKLOADS = {
 }
 
 
-def measure(loop_name, workload, n):
+def measure(loop_name, workload, n, warmup=None):
     fn = WORKLOADS[workload][0]
     loop = factory(loop_name)()
     try:
         asyncio.set_event_loop(loop)
-        fn(loop, max(n // 10, 1000))  # warm-up: allocators, freelists, lazily made objects
+        fn(loop, max(n // 10, 1000) if warmup is None else warmup)  # allocators, freelists, lazily made objects
         t0, c0 = time.perf_counter(), time.process_time()
         ops = fn(loop, n)
         seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
@@ -231,6 +232,7 @@ def main():
     ap.add_argument('loop', nargs='?')
     ap.add_argument('workload', nargs='?', choices=sorted(WORKLOADS))
     ap.add_argument('--n', type=int, help='operations to time (default: per workload)')
+    ap.add_argument('--warmup', type=int, help='operations run first, untimed (default: N/10, at least 1000)')
     ap.add_argument('--list', action='store_true', help='print the workload names and exit')
     args = ap.parse_args()
     if args.list:
@@ -239,7 +241,7 @@ def main():
     if not args.loop or not args.workload:
         ap.error('LOOP and WORKLOAD are required')
     try:
-        result = measure(args.loop, args.workload, args.n or WORKLOADS[args.workload][1])
+        result = measure(args.loop, args.workload, args.n or WORKLOADS[args.workload][1], args.warmup)
     except Unsupported as exc:
         result = {'loop': args.loop, 'workload': args.workload, 'unsupported': str(exc)}
     except (NotImplementedError, AttributeError) as exc:

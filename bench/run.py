@@ -129,12 +129,14 @@ def last_line(path):
 
 
 class Server:
-    """A server process: started, its `PORT n` line awaited, then SIGTERMed."""
+    """A server process: started, its `PORT n` line awaited, then SIGTERMed. `timeout`
+    bounds both the start and the exit after SIGTERM (longer under valgrind)."""
 
-    def __init__(self, cmd):
+    def __init__(self, cmd, timeout=30, env=None):
         self.err = tempfile.NamedTemporaryFile('w+', prefix='bench-server-', suffix='.log', delete=False)
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.err, stdin=subprocess.DEVNULL)
-        line = read_line(self.proc, 30)
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.err, stdin=subprocess.DEVNULL, env=env)
+        self.timeout = timeout
+        line = read_line(self.proc, timeout)
         if line and line.startswith('UNSUPPORTED '):
             self.stop()
             raise Unsupported(line[len('UNSUPPORTED '):])
@@ -151,7 +153,7 @@ class Server:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(10)
+                self.proc.wait(self.timeout)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()

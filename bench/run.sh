@@ -6,6 +6,7 @@
 # bench/.venv/install-failures.txt and the run goes on: run.py reports it in the table.
 #
 #     bash bench/run.sh [--quick] [--rounds N] [--loops a,b] [--only SUBSTR] [--out DIR]
+#     bash bench/run.sh --callgrind [callgrind.py options]   # instruction counts instead
 #     BENCH_SKIP_SETUP=1 bash bench/run.sh ...   # reuse the venv and builds as they are
 set -euo pipefail
 BENCH="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -37,5 +38,9 @@ if [ -z "${BENCH_SKIP_SETUP:-}" ]; then
              "loadgen and echo-server it finds in \${BENCH_TOOLS_DIR:-target/release}, and reports every" \
              "network workload as unsupported if there are none" >&2
     fi
+fi
+if [ "${1:-}" = --callgrind ]; then
+    shift
+    exec "$VPY" "$BENCH/callgrind.py" "$@"
 fi
 exec "$VPY" "$BENCH/run.py" "$@"

@@ -53,6 +53,10 @@ pub struct Config {
     pub size: usize,
     pub warmup: Duration,
     pub duration: Duration,
+    /// `--requests N`: measure exactly N requests from the first one on (no warm-up);
+    /// `duration` is then only the time allowed for them. Makes the server's work a
+    /// fixed amount, which instruction counting (bench/callgrind.py) needs.
+    pub requests: Option<usize>,
     pub server_pid: Option<u32>,
 }
 

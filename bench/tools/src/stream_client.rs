@@ -100,10 +100,16 @@ pub fn run(cfg: &Config, http: bool) -> Result<Report<'static>, String> {
     let socks = connect_all(&mut poll, cfg.addr, cfg.conns, cfg.deadline(t0), false)?;
     let request = if http { REQUEST.to_vec() } else { pattern(cfg.size) };
     let now = Instant::now();
-    let mut conns: Vec<Conn> = socks.into_iter().map(|sock| Conn { sock, sent: 0, received: 0, inbuf: Vec::new(), started: now }).collect();
+    // `sent` at the full length: nothing to send until `start` (which a request limit
+    // may never allow on some connections).
+    let idle = request.len();
+    let mut conns: Vec<Conn> =
+        socks.into_iter().map(|sock| Conn { sock, sent: idle, received: 0, inbuf: Vec::new(), started: now }).collect();
     let mut window = Window::new(cfg, now);
     for c in &mut conns {
-        c.start(&request, now)?;
+        if window.may_send() {
+            c.start(&request, now)?;
+        }
     }
     let mut events = Events::with_capacity(1024);
     let mut buf = vec![0u8; READ_BUF];
@@ -127,7 +133,9 @@ pub fn run(cfg: &Config, http: bool) -> Result<Report<'static>, String> {
                     if let Some(sent) = c.receive(&request, http, &mut buf)? {
                         let now = Instant::now();
                         window.complete(sent, now);
-                        c.start(&request, now)?;
+                        if window.may_send() {
+                            c.start(&request, now)?;
+                        }
                     }
                 }
                 Ok::<(), String>(())

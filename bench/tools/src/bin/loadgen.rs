@@ -1,5 +1,5 @@
 //! `loadgen <tcp|http|udp|idle> --addr HOST:PORT [--conns N] [--size BYTES]
-//! [--duration SECS] [--warmup SECS] [--cpu N] [--server-pid PID] [--ping]`
+//! [--duration SECS] [--warmup SECS] [--requests N] [--cpu N] [--server-pid PID] [--ping]`
 //!
 //! The benchmark suite's client, identical for every loop measured. Prints one JSON
 //! line on success (see `report`); a misbehaving server (wrong bytes, refused or reset
@@ -15,7 +15,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
 const USAGE: &str = "usage: loadgen <tcp|http|udp|idle> --addr HOST:PORT [--conns N] [--size BYTES] \
-                     [--duration SECS] [--warmup SECS] [--cpu N] [--server-pid PID] [--ping]";
+                     [--duration SECS] [--warmup SECS] [--requests N] [--cpu N] [--server-pid PID] [--ping]";
 
 fn main() {
     if let Err(e) = run() {
@@ -30,20 +30,31 @@ fn seconds(args: &Args, name: &str, default: f64) -> Result<Duration, String> {
 }
 
 fn run() -> Result<(), String> {
-    let args = Args::parse(std::env::args().skip(1), &["addr", "conns", "size", "duration", "warmup", "cpu", "server-pid"], &["ping"])?;
+    let args = Args::parse(
+        std::env::args().skip(1),
+        &["addr", "conns", "size", "duration", "warmup", "requests", "cpu", "server-pid"],
+        &["ping"],
+    )?;
     let [mode] = args.positional.as_slice() else { return Err(USAGE.into()) };
     let addr: String = args.get_opt("addr")?.ok_or(USAGE)?;
     let addr: SocketAddr = addr.to_socket_addrs().ok().and_then(|mut a| a.next()).ok_or(format!("cannot resolve --addr {addr}"))?;
+    let requests: Option<usize> = args.get_opt("requests")?;
     let cfg = Config {
         addr,
         conns: args.get("conns", 1)?,
         size: args.get("size", 1024)?,
-        warmup: seconds(&args, "warmup", 1.0)?,
+        // A fixed request count is measured from the first request: a timed warm-up
+        // would make the server's total work vary from run to run.
+        warmup: if requests.is_some() { Duration::ZERO } else { seconds(&args, "warmup", 1.0)? },
         duration: seconds(&args, "duration", 5.0)?,
+        requests,
         server_pid: args.get_opt("server-pid")?,
     };
-    if cfg.conns == 0 || cfg.size == 0 || cfg.duration.is_zero() {
-        return Err("--conns, --size and --duration must be positive".into());
+    if cfg.conns == 0 || cfg.size == 0 || cfg.duration.is_zero() || cfg.requests == Some(0) {
+        return Err("--conns, --size, --duration and --requests must be positive".into());
+    }
+    if cfg.requests.is_some() && !matches!(mode.as_str(), "tcp" | "http") {
+        return Err("--requests applies to the tcp and http modes only".into());
     }
     sys::setup(args.get_opt("cpu")?)?;
     let report = match mode.as_str() {
