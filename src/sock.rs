@@ -48,9 +48,19 @@ use crate::flow_control::is_fatal;
 use crate::gil_cell::GilCell;
 use crate::sendfile::Sendfile;
 
-/// Reads of up to this many bytes go through one reused buffer and are copied into
-/// a `bytes` of the received size, so a `sock_recv(sock, 256 * 1024)` costs no
-/// mmap/munmap pair per call; larger requests allocate their `bytes` directly.
+/// Reads of up to this many bytes receive straight into a `bytes` of the size asked
+/// for, shrunk in place to what came (as the socket module does): glibc serves
+/// them from the heap (its default mmap threshold is 128 KiB), and one same-sized
+/// block per read reuses freed blocks well. Copying out of a scratch buffer into a
+/// `bytes` of the received size instead cost a memcpy per read and, with 64 KiB
+/// reads on 10 connections, 0.30 `brk` per request (the heap top trimmed and
+/// grown again, each page faulted back in): 46 against 29 µs of server CPU.
+const DIRECT_MAX: usize = 128 * 1024;
+
+/// Reads above `DIRECT_MAX` and up to this many bytes go through one reused buffer
+/// and are copied into a `bytes` of the received size, so a
+/// `sock_recv(sock, 256 * 1024)` costs no mmap/munmap pair per call; larger
+/// requests allocate their `bytes` directly.
 const SCRATCH_MAX: usize = 256 * 1024;
 
 static RECV_SCRATCH: GilCell<Vec<u8>> = GilCell::new(Vec::new());
@@ -366,7 +376,7 @@ fn recv_bytes(py: Python<'_>, fd: RawFd, n: usize) -> Attempt {
         // The socket module returns b'' without a syscall (which could EAGAIN).
         return Ok(Some(PyBytes::new(py, b"").into_any().unbind()));
     }
-    if n <= SCRATCH_MAX {
+    if n > DIRECT_MAX && n <= SCRATCH_MAX {
         return RECV_SCRATCH.with(py, |buf| {
             if buf.len() < n {
                 buf.resize(n, 0);

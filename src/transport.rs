@@ -48,6 +48,12 @@ use crate::sock::os_error;
 
 /// asyncio's `max_size` for one `recv` of a transport.
 const MAX_READ: usize = 256 * 1024;
+/// A read of at least this many bytes sends the next one straight into a fresh
+/// `bytes` of `MAX_READ` (`bulk`). Not `MAX_READ / 2`: 100 KiB reads on 10
+/// connections, copied out of the scratch buffer into exact-size `bytes`, made
+/// glibc trim and regrow the heap top (0.37 `brk` per request, each page faulted
+/// back in), 56-60 against 34-38 µs of server CPU per request.
+const BULK_MIN: usize = MAX_READ / 4;
 /// Reads per readiness event before the transport yields to other work.
 const MAX_READS_PER_EVENT: usize = 4;
 /// Writes while the loop runs are collected up to this many bytes and sent at the
@@ -87,7 +93,7 @@ pub fn read_step<'py>(py: Python<'py>, fd: RawFd, bulk: bool, op: ReadOp) -> PyR
             Err(e) => (ReadStep::Failed(e), bulk),
             Ok(data) if data.as_bytes().is_empty() => (ReadStep::Eof, bulk),
             Ok(data) => {
-                let bulk = data.as_bytes().len() >= MAX_READ / 2;
+                let bulk = data.as_bytes().len() >= BULK_MIN;
                 (ReadStep::Data(data), bulk)
             }
         });

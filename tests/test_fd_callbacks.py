@@ -1,6 +1,7 @@
 """add_reader / add_writer / remove_reader / remove_writer: level-triggered fd
 callbacks, with the stdlib selector loop's argument rules and errors."""
 
+import asyncio
 import contextvars
 import os
 import socket
@@ -327,3 +328,52 @@ def test_pipe_fds(loop):
     finally:
         os.close(r)
         os.close(w)
+
+
+def _ready_before_next_batch(loop, watch, b):
+    """A callback sends to our own socket and schedules B; B schedules C. The
+    stdlib polls (timeout 0) before every batch, so the fd's event is found in the
+    iteration that runs B and its callback runs between B and C. A loop that
+    skipped that poll when work is queued would run it after C."""
+    order = []
+    done = loop.create_future()
+
+    def c():
+        order.append('C')
+        loop.call_soon(done.set_result, None)
+
+    def a():
+        order.append('A')
+        b.send(b'x')
+        loop.call_soon(lambda: (order.append('B'), loop.call_soon(c)))
+
+    watch(lambda: order.append('io'))
+    loop.call_soon(a)
+    loop.run_until_complete(asyncio.wait_for(done, 10))
+    return order
+
+
+def test_io_is_polled_before_every_batch(loop, pair):
+    a, b = pair
+
+    def watch(on_io):
+        loop.add_reader(a, lambda: (on_io(), a.recv(10), loop.remove_reader(a)))
+
+    assert _ready_before_next_batch(loop, watch, b) == ['A', 'B', 'io', 'C']
+
+
+def test_transport_io_is_polled_before_every_batch(loop, pair):
+    a, b = pair
+    transports = []
+
+    def watch(on_io):
+        class Proto(asyncio.Protocol):
+            def data_received(self, data):
+                on_io()
+
+        transport, _ = loop.run_until_complete(loop.create_connection(Proto, sock=a))
+        transports.append(transport)
+
+    assert _ready_before_next_batch(loop, watch, b) == ['A', 'B', 'io', 'C']
+    transports[0].close()
+    run_iterations(loop, 2)

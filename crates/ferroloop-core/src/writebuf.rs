@@ -80,12 +80,19 @@ impl Vectored {
             return Ok(0);
         }
         let iov = iov.as_ptr().cast::<libc::iovec>();
-        // SAFETY: the first `count` entries of `iov` are initialised, outlive the
-        // call, and each points to a live readable slice of the given length; a
-        // zeroed msghdr is valid (no name, no control data).
+        // SAFETY: the first `count` (>= 1) entries of `iov` are initialised,
+        // outlive the call, and each points to a live readable slice of the given
+        // length; a zeroed msghdr is valid (no name, no control data).
         let ret = unsafe {
             match self {
                 Vectored::Writev => libc::writev(fd, iov, count as libc::c_int),
+                // One slice (a reply written in one call): `send` hands the kernel
+                // a plain buffer, sparing `sendmsg`'s copy-in of the header and
+                // the iovec array.
+                Vectored::Sendmsg if count == 1 => {
+                    let one = *iov;
+                    libc::send(fd, one.iov_base, one.iov_len, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT)
+                }
                 Vectored::Sendmsg => {
                     let mut msg: libc::msghdr = std::mem::zeroed();
                     msg.msg_iov = iov.cast_mut();
