@@ -431,6 +431,11 @@ def test_peer_reset_reaches_connection_lost(loop):
 
 
 def test_write_after_connection_lost_is_dropped(loop):
+    if sys.version_info[:2] == (3, 12) and not is_ferroloop(loop):
+        # 3.12's new stdlib writelines() reaches for the loop the lost transport
+        # already dropped (AttributeError); ferroloop keeps 3.11's silent drop.
+        pytest.skip("3.12's stdlib writelines() fails on a lost connection")
+
     async def main():
         server, addr = await start_echo_server(loop)
         tr, pr = await loop.create_connection(lambda: Recorder(loop), *addr)
