@@ -219,7 +219,11 @@ def test_run_forever_while_running(loop, loop_kind):
     assert loop.run_until_complete(asyncio.sleep(0, 'ok')) == 'ok'
 
 
-def test_run_while_another_loop_is_running(loop, make_loop):
+def test_run_while_another_loop_is_running(loop, make_loop, loop_kind):
+    if loop_kind == 'asyncio' and _nested_run_forever_unmarks_running(loop):
+        # The same 3.13.0 cleanup also clears the running loop, so the second
+        # nested call below is let through.
+        pytest.skip("this stdlib's refused nested run_forever resets the running loop")
     other = make_loop()
     errors = []
 
