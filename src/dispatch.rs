@@ -329,7 +329,7 @@ pub fn report_callback_error(
     let ctx = PyDict::new(py);
     let (callback, args) = (handle.get().callback(py), handle.getattr("_args")?);
     let source = match callback {
-        Some(cb) => format_callback_source(py, cb.bind(py), args.extract().ok())?,
+        Some(cb) => format_callback_source(py, cb.bind(py), args.extract().ok(), event_loop.call_method0("get_debug")?.is_truthy()?)?,
         None => String::new(),
     };
     ctx.set_item("message", format!("Exception in callback {source}"))?;

@@ -16,7 +16,7 @@ use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
 use pyo3::pyclass::CompareOp;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBool, PyFloat, PyTuple};
+use pyo3::types::{PyBool, PyDict, PyFloat, PyTuple};
 use pyo3::PyTraverseError;
 
 use crate::gil_cell::GilCell;
@@ -315,7 +315,10 @@ impl Handle {
             parts.push("cancelled".to_string());
         }
         if let Some(cb) = callback {
-            parts.push(format_callback_source(py, cb.bind(py), args)?);
+            // 3.13 shows the arguments only when the handle's loop is in debug mode;
+            // a handle does not keep its loop, but it has a source traceback exactly
+            // when that loop was in debug mode as it made the handle.
+            parts.push(format_callback_source(py, cb.bind(py), args, tb.is_some())?);
         }
         if let Some(tb) = tb {
             if let Ok(frame) = tb.bind(py).get_item(-1) {
@@ -341,10 +344,17 @@ fn track(obj: *mut pyo3::ffi::PyObject) {
 }
 
 /// asyncio's own rendering of a callback and its arguments ("func(1, 2) at f.py:3").
-pub fn format_callback_source(py: Python<'_>, callback: &Bound<'_, PyAny>, args: Option<Py<PyTuple>>) -> PyResult<String> {
+/// From 3.13 asyncio hides the arguments ("func() at f.py:3") unless `debug`, as
+/// they may hold secrets; earlier versions always show them and take no `debug`.
+pub fn format_callback_source(py: Python<'_>, callback: &Bound<'_, PyAny>, args: Option<Py<PyTuple>>, debug: bool) -> PyResult<String> {
     static FORMAT: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
     let format = FORMAT.import(py, "asyncio.format_helpers", "_format_callback_source")?;
     let args = args.map_or_else(|| PyTuple::empty(py), |a| a.into_bound(py));
+    if py.version_info() >= (3, 13) {
+        let kwargs = PyDict::new(py);
+        kwargs.set_item("debug", debug)?;
+        return format.call((callback, args), Some(&kwargs))?.extract();
+    }
     format.call1((callback, args))?.extract()
 }
 

@@ -21,6 +21,16 @@ def boom(*args):
     raise ValueError('boom')
 
 
+# From 3.13 asyncio shows a callback's arguments only in debug mode (they may hold
+# secrets): "boom() at ..." instead of "boom(1) at ...".
+ARGS_HIDDEN = sys.version_info >= (3, 13)
+
+
+def shown(args):
+    """How a callback's argument list appears outside debug mode."""
+    return '()' if ARGS_HIDDEN else args
+
+
 _INTERNAL_LOCATION = re.compile(r'/\S*/(asyncio|ferroloop)/\w+\.py:\d+')
 _LOOP_METHOD = re.compile(r'\b(BaseEventLoop|Loop)\.')
 
@@ -99,11 +109,11 @@ def test_exception_in_timer_and_fd_callback_context(loop):
         a.close()
         b.close()
     messages = sorted(ctx['message'] for ctx in errors[:2])
-    assert messages[0].startswith('Exception in callback boom(\'timer\') at ') or \
-        messages[1].startswith('Exception in callback boom(\'timer\') at ')
+    timer_message = 'Exception in callback boom' + shown("('timer')") + ' at '
+    assert messages[0].startswith(timer_message) or messages[1].startswith(timer_message)
     assert any(ctx['handle'] is t for ctx in errors)
     assert all(type(ctx['exception']) is ValueError for ctx in errors)
-    assert any("boom('writer')" in ctx['message'] for ctx in errors)
+    assert any('boom' + shown("('writer')") in ctx['message'] for ctx in errors)
 
 
 def test_default_handler_log_for_callback_error(caplog):
@@ -115,8 +125,8 @@ def test_default_handler_log_for_callback_error(caplog):
     assert len(logs) == 1
     level, message, exc = logs[0]
     assert level == 'ERROR'
-    assert message.startswith('Exception in callback boom(1) at ')
-    assert '\nhandle: <Handle boom(1) at ' in message
+    assert message.startswith(f'Exception in callback boom{shown("(1)")} at ')
+    assert f'\nhandle: <Handle boom{shown("(1)")} at ' in message
     assert exc == ('ValueError', 'boom')
 
 

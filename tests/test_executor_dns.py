@@ -6,6 +6,7 @@ import concurrent.futures
 import logging
 import re
 import socket
+import sys
 import threading
 
 import pytest
@@ -81,8 +82,16 @@ def test_set_default_executor_type_error(loop, bad):
     if bad == 'process pool':
         bad = concurrent.futures.ProcessPoolExecutor(1)
     try:
-        with pytest.raises(TypeError, match='^executor must be ThreadPoolExecutor instance$'):
-            loop.set_default_executor(bad)
+        if sys.version_info < (3, 11):
+            # 3.10 takes any executor and only warns.
+            with pytest.warns(DeprecationWarning, match='^Using the default executor that is not an instance of '
+                              'ThreadPoolExecutor is deprecated and will be prohibited in Python 3.9$'):
+                loop.set_default_executor(bad)
+            assert loop._default_executor is bad
+            loop._default_executor = None  # not a pool close() could shut down
+        else:
+            with pytest.raises(TypeError, match='^executor must be ThreadPoolExecutor instance$'):
+                loop.set_default_executor(bad)
     finally:
         if isinstance(bad, concurrent.futures.Executor):
             bad.shutdown()

@@ -179,7 +179,29 @@ def test_is_running_and_is_closed(loop):
     assert loop.is_closed() and not loop.is_running()
 
 
-def test_run_forever_while_running(loop):
+def _nested_run_forever_unmarks_running(loop):
+    """True on a stdlib whose run_forever, refused because the loop is already
+    running, still runs its cleanup and marks the outer loop as not running
+    (3.13.0): there the nested run_until_complete below would then really run and
+    never return. ferroloop keeps the outer loop running on every version."""
+    seen = []
+
+    def probe():
+        try:
+            loop.run_forever()
+        except RuntimeError:
+            pass
+        seen.append(loop.is_running())
+        loop.stop()
+
+    loop.call_soon(probe)
+    loop.run_forever()
+    return seen == [False]
+
+
+def test_run_forever_while_running(loop, loop_kind):
+    if loop_kind == 'asyncio' and _nested_run_forever_unmarks_running(loop):
+        pytest.skip("this stdlib's refused nested run_forever resets the running loop")
     errors = []
 
     def nested():
@@ -197,7 +219,11 @@ def test_run_forever_while_running(loop):
     assert loop.run_until_complete(asyncio.sleep(0, 'ok')) == 'ok'
 
 
-def test_run_while_another_loop_is_running(loop, make_loop):
+def test_run_while_another_loop_is_running(loop, make_loop, loop_kind):
+    if loop_kind == 'asyncio' and _nested_run_forever_unmarks_running(loop):
+        # The same 3.13.0 cleanup also clears the running loop, so the second
+        # nested call below is let through.
+        pytest.skip("this stdlib's refused nested run_forever resets the running loop")
     other = make_loop()
     errors = []
 
@@ -466,6 +492,11 @@ def test_shutdown_default_executor_without_executor(loop):
 def test_shutdown_default_executor_timeout(loop, loop_kind):
     if loop_kind == 'asyncio' and sys.version_info < (3, 12):
         pytest.skip('timeout= is new in Python 3.12')
+    if loop_kind == 'asyncio' and sys.version_info < (3, 13):
+        # 3.12's stdlib awaits the joining thread before applying timeout=, so a
+        # blocked worker makes it wait for the worker and never warn; 3.13 fixed
+        # it, and ferroloop keeps the fixed behaviour on every version.
+        pytest.skip("3.12's stdlib ignores timeout= while a worker is blocked")
     release = threading.Event()
     started = threading.Event()
 

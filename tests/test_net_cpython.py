@@ -6,6 +6,7 @@ assertions unchanged.
 Skipped, each with its reason: what belongs to later issues (TLS, UDP, pipes and
 subprocesses), and tests of the stdlib loop's private internals."""
 
+import sys
 import unittest
 
 import pytest
@@ -102,5 +103,7 @@ def test_the_skipped_tests_exist():
     # A renamed upstream test would otherwise silently stop being skipped.
     classes = (TestFerroloopEventLoopNetwork, TestFerroloopStartServer, TestFerroloopStreams,
                TestFerroloopSendfile)
-    missing = [name for name in SKIPS if not any(hasattr(c, name) for c in classes)]
+    # test_start_tls (StreamWriter.start_tls) only exists from 3.11.
+    expected = [name for name in SKIPS if sys.version_info >= (3, 11) or name != 'test_start_tls']
+    missing = [name for name in expected if not any(hasattr(c, name) for c in classes)]
     assert not missing, missing

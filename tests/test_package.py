@@ -116,6 +116,7 @@ def test_run_errors_match_asyncio_run():
         'asyncio.run() cannot be called from a running event loop'
 
 
+@pytest.mark.skipif(not hasattr(asyncio, 'Runner'), reason='asyncio.Runner is new in 3.11')
 def test_runner_with_loop_factory():
     async def main():
         return type(asyncio.get_running_loop())

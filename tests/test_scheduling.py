@@ -514,7 +514,9 @@ def _expected_repr(cls, cb, args, cancelled=False, when=None, created=None):
     if when is not None:
         info.append(f'when={when}')
     if cb is not None:
-        info.append(format_helpers._format_callback_source(cb, args))
+        # From 3.13 the arguments show only in debug mode, which made `created`.
+        debug = {'debug': created is not None} if sys.version_info >= (3, 13) else {}
+        info.append(format_helpers._format_callback_source(cb, args, **debug))
     if created:
         info.append(f'created at {created[0]}:{created[1]}')
     return '<{}>'.format(' '.join(info))
@@ -523,7 +525,8 @@ def _expected_repr(cls, cb, args, cancelled=False, when=None, created=None):
 def test_handle_repr(loop):
     h = loop.call_soon(callback, 1, 'x')
     assert repr(h) == _expected_repr('Handle', callback, (1, 'x'))
-    assert 'callback(1, ' in repr(h) and 'test_scheduling.py' in repr(h)
+    shown = 'callback() ' if sys.version_info >= (3, 13) else 'callback(1, '  # 3.13 hides them outside debug
+    assert shown in repr(h) and 'test_scheduling.py' in repr(h)
     h.cancel()
     assert repr(h) == '<Handle cancelled>'
 
@@ -575,7 +578,9 @@ def test_call_later_huge_delay(loop):
     assert out == []
 
 
-def test_call_later_nan_fires_at_once(loop):
+def test_call_later_nan_fires_at_once(loop, loop_kind):
+    if loop_kind == 'asyncio' and sys.version_info >= (3, 13):
+        pytest.skip("3.13's stdlib run_once fails on a NaN deadline (ValueError)")
     out = []
     h = loop.call_later(math.nan, out.append, 'nan')
     assert math.isnan(h.when())
@@ -608,12 +613,16 @@ def test_call_later_int_too_large_for_a_float(loop):
         loop.call_later(10 ** 400, callback)
 
 
-def test_call_later_none(loop):
+def test_call_later_none(loop, loop_kind):
+    if loop_kind == 'asyncio' and sys.version_info < (3, 11):
+        pytest.skip("3.10's stdlib has no None check (it fails adding None to the time)")
     with pytest.raises(TypeError, match='^delay must not be None$'):
         loop.call_later(None, callback)
 
 
-def test_call_at_none(loop):
+def test_call_at_none(loop, loop_kind):
+    if loop_kind == 'asyncio' and sys.version_info < (3, 11):
+        pytest.skip("3.10's stdlib only asserts when is not None")
     with pytest.raises(TypeError, match='^when cannot be None$'):
         loop.call_at(None, callback)
 

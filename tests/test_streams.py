@@ -269,8 +269,13 @@ def _abandoned_connection_warnings(kind):
         gc.enable()
 
 
+# StreamWriter warns when collected unclosed from 3.11; on 3.10 only its
+# transport does, later.
+WRITER_WARNS = hasattr(asyncio.StreamWriter, '__del__')
+
+
 def test_unclosed_writer_warns_once_like_asyncio():
-    expected = (['unclosed <StreamWriter'], [])
+    expected = (['unclosed <StreamWriter'], []) if WRITER_WARNS else ([], ['unclosed transport'])
     assert _unclosed_writer_warnings('asyncio') == expected
     assert _unclosed_writer_warnings('ferroloop') == expected
 
@@ -278,5 +283,6 @@ def test_unclosed_writer_warns_once_like_asyncio():
 def test_abandoned_connection_warnings_like_asyncio():
     stdlib = _abandoned_connection_warnings('asyncio')
     # The client's three; the server side's too before 3.13.
-    assert set(stdlib) == {'loop is closed', 'unclosed <socket.socket', 'unclosed transport'}
+    writer = {'loop is closed'} if WRITER_WARNS else set()
+    assert set(stdlib) == writer | {'unclosed <socket.socket', 'unclosed transport'}
     assert _abandoned_connection_warnings('ferroloop') == stdlib

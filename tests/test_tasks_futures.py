@@ -67,6 +67,7 @@ def test_create_task_name(loop):
     loop.run_until_complete(asyncio.gather(t1, t2, t3))
 
 
+@pytest.mark.skipif(sys.version_info < (3, 11), reason='create_task(context=) is new in 3.11')
 def test_create_task_context(loop):
     ctx = contextvars.Context()
     ctx.run(VAR.set, 'task ctx')
@@ -150,6 +151,7 @@ def test_all_tasks_and_current_task(loop):
 
 # ----- task factory ---------------------------------------------------------------
 
+@pytest.mark.skipif(sys.version_info < (3, 11), reason='create_task(context=) is new in 3.11')
 def test_task_factory_get_set(loop):
     assert loop.get_task_factory() is None
     calls = []

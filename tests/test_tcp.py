@@ -431,6 +431,12 @@ def test_peer_reset_reaches_connection_lost(loop):
 
 
 def test_write_after_connection_lost_is_dropped(loop):
+    if sys.version_info >= (3, 12) and not is_ferroloop(loop):
+        # The stdlib's writelines() of 3.12.1 and 3.13.0 reaches for the loop the
+        # lost transport already dropped (AttributeError); ferroloop keeps 3.11's
+        # silent drop.
+        pytest.skip("this stdlib's writelines() fails on a lost connection")
+
     async def main():
         server, addr = await start_echo_server(loop)
         tr, pr = await loop.create_connection(lambda: Recorder(loop), *addr)
@@ -630,6 +636,8 @@ def test_multiple_exceptions_message(loop):
 def test_all_errors_raises_an_exception_group(loop):
     if sys.version_info < (3, 12) and not is_ferroloop(loop):
         pytest.skip('all_errors is 3.12+ in the stdlib')
+    if sys.version_info < (3, 11):
+        pytest.skip('ExceptionGroup is new in 3.11')
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0))
         port = s.getsockname()[1]
@@ -692,6 +700,8 @@ def test_create_connection_bad_arguments(loop, kwargs, exc_type, message):
 def check_bad_arguments(loop, method, kwargs, exc_type, message):
     """``method(asyncio.Protocol, **kwargs)`` raises ``exc_type`` with a message
     starting with ``message``; 'SOCK'/'UDP' stand for a fresh stream/datagram socket."""
+    if 'ssl_shutdown_timeout' in kwargs and sys.version_info < (3, 11) and not is_ferroloop(loop):
+        pytest.skip("3.10's stdlib has no ssl_shutdown_timeout")
     kwargs = dict(kwargs)
     socks = []
     kinds = {'SOCK': socket.SOCK_STREAM, 'UDP': socket.SOCK_DGRAM}
@@ -724,8 +734,9 @@ def test_start_tls_argument_errors(loop):
             await loop.start_tls(None, pr, ctx)
         with pytest.raises(ValueError, match='ssl_handshake_timeout should be a positive number, got 0'):
             await loop.start_tls(tr, pr, ctx, ssl_handshake_timeout=0)
-        with pytest.raises(ValueError, match='ssl_shutdown_timeout should be a positive number, got -1'):
-            await loop.start_tls(tr, pr, ctx, ssl_shutdown_timeout=-1)
+        if sys.version_info >= (3, 11) or is_ferroloop(loop):  # 3.10's stdlib has no such argument
+            with pytest.raises(ValueError, match='ssl_shutdown_timeout should be a positive number, got -1'):
+                await loop.start_tls(tr, pr, ctx, ssl_shutdown_timeout=-1)
         assert not tr.is_closing()  # argument errors leave the transport alone
         tr.close()
         await pr.lost

@@ -13,6 +13,7 @@ import hashlib
 import os
 import socket
 import ssl
+import sys
 import tempfile
 import time
 import tracemalloc
@@ -25,6 +26,14 @@ from net_helpers import Recorder, is_ferroloop, loop, open_fds, run  # noqa: F40
 trustme = pytest.importorskip('trustme')
 
 MiB = 1024 * 1024
+
+
+def needs_3_11_stdlib_tls(loop):
+    """3.10's stdlib loop has the older TLS layer (no shutdown timeout, another
+    close order, smaller buffers); ferroloop implements 3.11's on every version and
+    these tests pin that down, so their stdlib side runs from 3.11 only."""
+    if sys.version_info < (3, 11) and not is_ferroloop(loop):
+        pytest.skip("3.10's stdlib TLS layer predates these semantics")
 
 
 @pytest.fixture(scope='module')
@@ -296,6 +305,7 @@ def test_connect_accepted_socket(loop, server_ctx, client_ctx):
 
 
 def test_argument_checks(loop, server_ctx, client_ctx):
+    needs_3_11_stdlib_tls(loop)
     async def main():
         server, addr = await tls_server(loop, server_ctx)
         with pytest.raises(ValueError, match='server_hostname is only meaningful with ssl'):
@@ -398,6 +408,7 @@ def test_pause_and_resume_reading(loop, server_ctx, client_ctx):
 
 
 def test_write_flow_control(loop, server_ctx, client_ctx):
+    needs_3_11_stdlib_tls(loop)
     class Writer(Recorder):
         def resume_writing(self):
             super().resume_writing()
@@ -455,6 +466,7 @@ def test_set_protocol(loop, server_ctx, client_ctx):
 # ----- closing: close_notify, EOF, timeouts ------------------------------------------
 
 def test_data_before_close_notify_comes_before_eof(loop, server_ctx, client_ctx):
+    needs_3_11_stdlib_tls(loop)
     def on_ready(peer):
         peer.sslobj.write(b'last words')
         with pytest.raises(ssl.SSLWantReadError):
@@ -518,6 +530,7 @@ def test_close_flushes_writes_then_shuts_down(loop, server_ctx, client_ctx):
 
 
 def test_close_gives_up_after_the_shutdown_timeout(loop, server_ctx, client_ctx):
+    needs_3_11_stdlib_tls(loop)
     # The peer never answers the close_notify: close() aborts after
     # ssl_shutdown_timeout, and connection_lost gets asyncio's TimeoutError.
     async def main():
@@ -569,6 +582,7 @@ def test_handshake_timeout_server_side(loop, server_ctx):
 
 
 def test_abort_and_errors_on_a_closed_transport(loop, server_ctx, client_ctx):
+    needs_3_11_stdlib_tls(loop)
     async def main():
         server, addr = await tls_server(loop, server_ctx)
         tr, pr = await loop.create_connection(lambda: Recorder(loop), *addr, ssl=client_ctx,
@@ -592,6 +606,7 @@ def test_abort_and_errors_on_a_closed_transport(loop, server_ctx, client_ctx):
 
 
 def test_a_second_close_lets_go_of_the_tls_layer(loop, ca, server_ctx):
+    needs_3_11_stdlib_tls(loop)
     # asyncio's transport drops its SSLProtocol on a second close(): a protocol
     # that keeps its transport then keeps neither the connection nor the context.
     async def main():
@@ -615,6 +630,7 @@ def test_a_second_close_lets_go_of_the_tls_layer(loop, ca, server_ctx):
 
 
 def test_peer_closing_first(loop, server_ctx, client_ctx):
+    needs_3_11_stdlib_tls(loop)
     async def main():
         server, addr = await tls_server(loop, server_ctx)
         tr, pr = await loop.create_connection(lambda: Recorder(loop), *addr, ssl=client_ctx,
@@ -849,6 +865,8 @@ def test_streams_over_tls(loop, server_ctx, client_ctx):
 
 
 def test_stream_writer_start_tls(loop, server_ctx, client_ctx):
+    if not hasattr(asyncio.StreamWriter, 'start_tls'):
+        pytest.skip('StreamWriter.start_tls is new in 3.11')
     async def handler(reader, writer):
         assert await reader.readline() == b'STARTTLS\n'
         writer.write(b'OK\n')

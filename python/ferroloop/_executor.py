@@ -31,7 +31,13 @@ class ExecutorMixin:
 
     def set_default_executor(self, executor):
         if not isinstance(executor, concurrent.futures.ThreadPoolExecutor):
-            raise TypeError('executor must be ThreadPoolExecutor instance')
+            if sys.version_info < (3, 11):
+                # 3.10 still accepts any executor, with a deprecation warning.
+                warnings.warn('Using the default executor that is not an instance of '
+                              'ThreadPoolExecutor is deprecated and will be prohibited '
+                              'in Python 3.9', DeprecationWarning, 2)
+            else:
+                raise TypeError('executor must be ThreadPoolExecutor instance')
         self._default_executor = executor
 
     async def shutdown_default_executor(self, timeout=None):

@@ -102,6 +102,10 @@ class _SSLTransport(transports._FlowControlMixin, transports.Transport):
             _warn(f'unclosed transport {self!r}', ResourceWarning, source=self)
 
 
+# 3.10's asyncio has no shutdown timeout (nor the constant); 3.11 made it 30 s.
+_SSL_SHUTDOWN_TIMEOUT = getattr(constants, 'SSL_SHUTDOWN_TIMEOUT', 30.0)
+
+
 def _check_timeout(name, value, default):
     if value is None:
         return default
@@ -122,7 +126,7 @@ def make_tls(loop, app_protocol, sslcontext, waiter, server_side=False,
     ssl_handshake_timeout = _check_timeout(
         'ssl_handshake_timeout', ssl_handshake_timeout, constants.SSL_HANDSHAKE_TIMEOUT)
     ssl_shutdown_timeout = _check_timeout(
-        'ssl_shutdown_timeout', ssl_shutdown_timeout, constants.SSL_SHUTDOWN_TIMEOUT)
+        'ssl_shutdown_timeout', ssl_shutdown_timeout, _SSL_SHUTDOWN_TIMEOUT)
     if not sslcontext:
         if server_side:
             raise ValueError('Server side SSL needs a valid SSLContext')
