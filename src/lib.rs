@@ -17,6 +17,7 @@ mod gil_cell;
 mod handles;
 mod listener;
 mod pipes;
+mod reading;
 mod scheduling;
 mod sendfile;
 mod signals;

@@ -44,6 +44,7 @@ use crate::buffer::BufView;
 use crate::event_loop::{IoOwner, LoopCore, Ready};
 use crate::flow_control::{self, is_fatal, logger};
 use crate::gil_cell::GilCell;
+use crate::reading::{self, ReadSwitch};
 use crate::sock::os_error;
 
 /// asyncio's `max_size` for one `recv` of a transport.
@@ -147,12 +148,9 @@ pub struct TransportState {
     owner: Option<Py<PyAny>>,
     server: Option<Py<PyAny>>,
     wq: WriteQueue,
-    closing: bool,
+    read: ReadSwitch,
     conn_lost: u32,
     eof: bool,
-    paused: bool,
-    /// Reading is "registered" (asyncio: the fd has a reader).
-    reader_active: bool,
     registered: bool,
     protocol_paused: bool,
     /// The last read was large: receive straight into a new `bytes` next time.
@@ -223,7 +221,7 @@ impl StreamTransportCore {
     pub fn on_io(slf: &Bound<'_, Self>, readable: bool, writable: bool, clean: bool) -> PyResult<()> {
         let py = slf.py();
         let me = slf.get();
-        if readable && me.state.with(py, |s| s.reader_active && !s.paused && !s.closing && s.conn_lost == 0) {
+        if readable && me.state.with(py, |s| s.read.can_read() && s.conn_lost == 0) {
             if let ReadEnd::Again = Self::read_ready(slf, clean)? {
                 Self::queue_io(slf, true, false);
             }
@@ -243,7 +241,7 @@ impl StreamTransportCore {
         let me = slf.get();
         for _ in 0..MAX_READS_PER_EVENT {
             let (go, buffered, protocol) = me.state.with(py, |s| {
-                let go = s.reader_active && !s.paused && !s.closing && s.conn_lost == 0;
+                let go = s.read.can_read() && s.conn_lost == 0;
                 (go, s.buffered, s.protocol.as_ref().map(|p| p.clone_ref(py)))
             });
             let Some(protocol) = protocol.filter(|_| go) else { return Ok(ReadEnd::Done) };
@@ -340,7 +338,7 @@ impl StreamTransportCore {
             }
         };
         if keep_open {
-            me.state.with(py, |s| s.reader_active = false);
+            me.state.with(py, |s| s.read.reader_active = false);
             Ok(())
         } else {
             Self::do_close(slf)
@@ -387,7 +385,7 @@ impl StreamTransportCore {
                 w.bind(py).call_method1(intern!(py, "set_result"), (py.None(),))?;
             }
         }
-        let (closing, eof, conn_lost) = me.state.with(py, |s| (s.closing, s.eof, s.conn_lost));
+        let (closing, eof, conn_lost) = me.state.with(py, |s| (s.read.closing, s.eof, s.conn_lost));
         if closing {
             if conn_lost == 0 {
                 me.state.with(py, |s| s.conn_lost += 1);
@@ -431,8 +429,7 @@ impl StreamTransportCore {
                 return false;
             }
             s.wq.clear();
-            s.closing = true;
-            s.reader_active = false;
+            s.read.close();
             s.conn_lost += 1;
             true
         });
@@ -447,11 +444,10 @@ impl StreamTransportCore {
     fn do_close(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let schedule = slf.get().state.with(py, |s| {
-            if s.closing {
+            if s.read.closing {
                 return None;
             }
-            s.closing = true;
-            s.reader_active = false;
+            s.read.close();
             if s.wq.is_empty() {
                 s.conn_lost += 1;
                 Some(())
@@ -692,11 +688,9 @@ impl StreamTransportCore {
                 owner: Some(owner.unbind()),
                 server: server.filter(|s| !s.is_none()).map(Bound::unbind),
                 wq: WriteQueue::new(),
-                closing: false,
+                read: ReadSwitch::default(),
                 conn_lost: 0,
                 eof: false,
-                paused: false,
-                reader_active: false,
                 registered: false,
                 protocol_paused: false,
                 bulk: false,
@@ -722,13 +716,7 @@ impl StreamTransportCore {
     /// asyncio's `call_soon(self._add_reader, ...)` after `connection_made`.
     fn _start_reading(slf: &Bound<'_, Self>) {
         let py = slf.py();
-        let start = slf.get().state.with(py, |s| {
-            let go = !s.paused && !s.closing && !s.reader_active;
-            if go {
-                s.reader_active = true;
-            }
-            go
-        });
+        let start = slf.get().state.with(py, |s| s.read.start());
         if start {
             Self::queue_io(slf, true, false);
         }
@@ -800,7 +788,7 @@ impl StreamTransportCore {
         let py = slf.py();
         Self::flush_deferred(slf)?;
         let shut = slf.get().state.with(py, |s| {
-            if s.closing || s.eof {
+            if s.read.closing || s.eof {
                 return false;
             }
             s.eof = true;
@@ -835,26 +823,18 @@ impl StreamTransportCore {
     }
 
     fn is_closing(&self, py: Python<'_>) -> bool {
-        self.state.with(py, |s| s.closing)
+        self.state.with(py, |s| s.read.closing)
     }
 
     fn is_reading(&self, py: Python<'_>) -> bool {
-        self.state.with(py, |s| !s.closing && !s.paused)
+        self.state.with(py, |s| s.read.is_reading())
     }
 
     fn pause_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let me = slf.get();
-        let paused = me.state.with(py, |s| {
-            if s.closing || s.paused {
-                return false;
-            }
-            s.paused = true;
-            s.reader_active = false;
-            true
-        });
-        if paused && me.debug(py) {
-            logger(py)?.call_method1("debug", ("%r pauses reading", me.owner(py)))?;
+        if me.state.with(py, |s| s.read.pause()) && me.debug(py) {
+            reading::log_debug(py, "%r pauses reading", me.owner(py))?;
         }
         Ok(())
     }
@@ -862,19 +842,11 @@ impl StreamTransportCore {
     fn resume_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let me = slf.get();
-        let resumed = me.state.with(py, |s| {
-            if s.closing || !s.paused {
-                return false;
-            }
-            s.paused = false;
-            s.reader_active = true;
-            true
-        });
-        if resumed {
+        if me.state.with(py, |s| s.read.resume()) {
             // Data that arrived while paused raised no new edge: look now.
             Self::queue_io(slf, true, false);
             if me.debug(py) {
-                logger(py)?.call_method1("debug", ("%r resumes reading", me.owner(py)))?;
+                reading::log_debug(py, "%r resumes reading", me.owner(py))?;
             }
         }
         Ok(())
@@ -930,7 +902,7 @@ impl StreamTransportCore {
 
     #[getter]
     fn _closing(&self, py: Python<'_>) -> bool {
-        self.state.with(py, |s| s.closing)
+        self.state.with(py, |s| s.read.closing)
     }
 
     #[getter]
@@ -940,7 +912,7 @@ impl StreamTransportCore {
 
     #[getter]
     fn _paused(&self, py: Python<'_>) -> bool {
-        self.state.with(py, |s| s.paused)
+        self.state.with(py, |s| s.read.paused)
     }
 
     #[getter]
@@ -950,7 +922,7 @@ impl StreamTransportCore {
 
     #[getter]
     fn _reader_active(&self, py: Python<'_>) -> bool {
-        self.state.with(py, |s| s.reader_active && !s.paused && !s.closing)
+        self.state.with(py, |s| s.read.can_read())
     }
 
     #[getter]

@@ -42,6 +42,7 @@ use crate::buffer::BufView;
 use crate::event_loop::{IoOwner, LoopCore, Ready};
 use crate::flow_control::{self, is_fatal, logger};
 use crate::gil_cell::GilCell;
+use crate::reading::{self, ReadSwitch};
 use crate::sock::{is_retry, os_error};
 
 /// asyncio's `max_size` for one `recvfrom` of a datagram transport.
@@ -72,10 +73,8 @@ struct DgramState {
     address: Option<Py<PyAny>>,
     buffer: VecDeque<(Vec<u8>, Target)>,
     buffer_size: usize,
-    closing: bool,
+    read: ReadSwitch,
     conn_lost: u32,
-    paused: bool,
-    reader_active: bool,
     registered: bool,
     protocol_paused: bool,
     high: usize,
@@ -186,7 +185,7 @@ impl DatagramTransportCore {
     }
 
     fn reading(&self, py: Python<'_>) -> bool {
-        self.state.with(py, |s| s.reader_active && !s.paused && !s.closing && s.conn_lost == 0)
+        self.state.with(py, |s| s.read.can_read() && s.conn_lost == 0)
     }
 
     /// Called by the loop when the fd is ready (or when we queued ourselves).
@@ -348,7 +347,7 @@ impl DatagramTransportCore {
         }
         Self::maybe_resume_protocol(slf)?;
         let finish = me.state.with(py, |s| {
-            if s.buffer.is_empty() && s.closing && s.conn_lost == 0 {
+            if s.buffer.is_empty() && s.read.closing && s.conn_lost == 0 {
                 s.conn_lost += 1;
                 true
             } else {
@@ -391,8 +390,7 @@ impl DatagramTransportCore {
                 return None;
             }
             s.buffer_size = 0;
-            s.closing = true;
-            s.reader_active = false;
+            s.read.close();
             s.conn_lost += 1;
             Some(std::mem::take(&mut s.buffer))
         });
@@ -486,10 +484,8 @@ impl DatagramTransportCore {
                 address: address.filter(|a| !a.is_none()).map(Bound::unbind),
                 buffer: VecDeque::new(),
                 buffer_size: 0,
-                closing: false,
+                read: ReadSwitch::default(),
                 conn_lost: 0,
-                paused: false,
-                reader_active: false,
                 registered: false,
                 protocol_paused: false,
                 high: 64 * 1024,
@@ -512,13 +508,7 @@ impl DatagramTransportCore {
     /// asyncio's `call_soon(self._add_reader, ...)` after `connection_made`.
     fn _start_reading(slf: &Bound<'_, Self>) {
         let py = slf.py();
-        let start = slf.get().state.with(py, |s| {
-            let go = !s.paused && !s.closing && !s.reader_active;
-            if go {
-                s.reader_active = true;
-            }
-            go
-        });
+        let start = slf.get().state.with(py, |s| s.read.start());
         if start {
             Self::queue_io(slf, true, false);
         }
@@ -592,11 +582,10 @@ impl DatagramTransportCore {
     fn close(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let schedule = slf.get().state.with(py, |s| {
-            if s.closing {
+            if s.read.closing {
                 return false;
             }
-            s.closing = true;
-            s.reader_active = false;
+            s.read.close();
             if s.buffer.is_empty() {
                 s.conn_lost += 1;
                 true
@@ -616,26 +605,18 @@ impl DatagramTransportCore {
     }
 
     fn is_closing(&self, py: Python<'_>) -> bool {
-        self.state.with(py, |s| s.closing)
+        self.state.with(py, |s| s.read.closing)
     }
 
     fn is_reading(&self, py: Python<'_>) -> bool {
-        self.state.with(py, |s| !s.closing && !s.paused)
+        self.state.with(py, |s| s.read.is_reading())
     }
 
     fn pause_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let me = slf.get();
-        let paused = me.state.with(py, |s| {
-            if s.closing || s.paused {
-                return false;
-            }
-            s.paused = true;
-            s.reader_active = false;
-            true
-        });
-        if paused && me.debug(py) {
-            logger(py)?.call_method1("debug", ("%r pauses reading", me.owner(py)))?;
+        if me.state.with(py, |s| s.read.pause()) && me.debug(py) {
+            reading::log_debug(py, "%r pauses reading", me.owner(py))?;
         }
         Ok(())
     }
@@ -643,18 +624,10 @@ impl DatagramTransportCore {
     fn resume_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let me = slf.get();
-        let resumed = me.state.with(py, |s| {
-            if s.closing || !s.paused {
-                return false;
-            }
-            s.paused = false;
-            s.reader_active = true;
-            true
-        });
-        if resumed {
+        if me.state.with(py, |s| s.read.resume()) {
             Self::queue_io(slf, true, false);
             if me.debug(py) {
-                logger(py)?.call_method1("debug", ("%r resumes reading", me.owner(py)))?;
+                reading::log_debug(py, "%r resumes reading", me.owner(py))?;
             }
         }
         Ok(())
@@ -709,7 +682,7 @@ impl DatagramTransportCore {
 
     #[getter]
     fn _closing(&self, py: Python<'_>) -> bool {
-        self.state.with(py, |s| s.closing)
+        self.state.with(py, |s| s.read.closing)
     }
 
     #[getter]
@@ -719,7 +692,7 @@ impl DatagramTransportCore {
 
     #[getter]
     fn _paused(&self, py: Python<'_>) -> bool {
-        self.state.with(py, |s| s.paused)
+        self.state.with(py, |s| s.read.paused)
     }
 
     #[getter]
@@ -729,7 +702,7 @@ impl DatagramTransportCore {
 
     #[getter]
     fn _reader_active(&self, py: Python<'_>) -> bool {
-        self.state.with(py, |s| s.reader_active && !s.paused && !s.closing)
+        self.state.with(py, |s| s.read.can_read())
     }
 
     /// The transport is being collected unclosed: stop watching the fd.

@@ -3,6 +3,7 @@ loop fixture that runs every case on the stdlib loop and on ferroloop, protocols
 that record what happened, and fd counting."""
 
 import asyncio
+import contextlib
 import os
 
 import pytest
@@ -15,16 +16,23 @@ LOOPS = {
 }
 
 
-@pytest.fixture(params=sorted(LOOPS))
-def loop(request):
-    lp = LOOPS[request.param]()
+@contextlib.contextmanager
+def current_loop(kind):
+    """A new loop of `kind` (a key of LOOPS), the current loop until it is closed."""
+    lp = LOOPS[kind]()
     asyncio.set_event_loop(lp)
-    errors = []
-    lp.set_exception_handler(lambda l, ctx: errors.append(ctx))
-    lp.errors = errors  # what reached the exception handler
     yield lp
     asyncio.set_event_loop(None)
     lp.close()
+
+
+@pytest.fixture(params=sorted(LOOPS))
+def loop(request):
+    with current_loop(request.param) as lp:
+        errors = []
+        lp.set_exception_handler(lambda l, ctx: errors.append(ctx))
+        lp.errors = errors  # what reached the exception handler
+        yield lp
 
 
 def run(loop, coro, timeout=30):

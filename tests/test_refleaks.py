@@ -21,12 +21,7 @@ import tracemalloc
 
 import pytest
 
-import ferroloop
-
-LOOPS = {
-    'asyncio': asyncio.new_event_loop,
-    'ferroloop': ferroloop.new_event_loop,
-}
+from net_helpers import LOOPS, current_loop
 
 # Every leak these cases guard against is at least one int per operation (28 bytes
 # or more). A loop without leaks retains a little once (a dict or free list that
@@ -38,11 +33,9 @@ MAX_BYTES_PER_OP = 2
 
 @pytest.fixture(params=sorted(LOOPS))
 def loop(request):
-    lp = LOOPS[request.param]()
-    asyncio.set_event_loop(lp)
-    yield lp
-    asyncio.set_event_loop(None)
-    lp.close()
+    # No exception handler of our own here: these cases see the loop's default one.
+    with current_loop(request.param) as lp:
+        yield lp
 
 
 @pytest.fixture

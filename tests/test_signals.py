@@ -263,63 +263,47 @@ def test_ctrl_c_interrupts_run_forever_asleep_in_poller(kind):
     assert rc == 0, err
 
 
-TIMER_CHILD = """
-import asyncio
+INTERRUPTED_CHILD = """
+import asyncio, signal, threading
 loop = {factory}
+{setup}
 loop.call_soon(lambda: print('ready', flush=True))
-loop.call_later(3600, print, 'timer fired')
 try:
-    loop.run_forever()
+    {blocking}
 except KeyboardInterrupt:
     print('interrupted', flush=True)
 loop.close()
+{after}
 """
+
+
+def assert_ctrl_c_interrupts(kind, blocking, setup='', after=''):
+    """A child on a `kind` loop prints 'ready' from its first callback, then blocks
+    in `blocking`: Ctrl-C must get it out with KeyboardInterrupt, and it exits 0."""
+    source = INTERRUPTED_CHILD.format(factory=loop_factory_source(kind), setup=setup, blocking=blocking, after=after)
+    rc, out, err = run_child_and_interrupt(source)
+    assert out.split() == ['interrupted']
+    assert rc == 0, err
 
 
 @pytest.mark.parametrize('kind', LOOP_KINDS)
 def test_ctrl_c_interrupts_a_loop_waiting_for_a_timer(kind):
-    rc, out, err = run_child_and_interrupt(TIMER_CHILD.format(factory=loop_factory_source(kind)))
-    assert out.split() == ['interrupted']
-    assert rc == 0, err
-
-
-THREAD_CHILD = """
-import asyncio, threading
-loop = {factory}
-loop.call_soon(lambda: print('ready', flush=True))
-async def main():
-    await loop.run_in_executor(None, threading.Event().wait, 3600)
-try:
-    loop.run_until_complete(main())
-except KeyboardInterrupt:
-    print('interrupted', flush=True)
-loop.close()
-import os; os._exit(0)
-"""
+    assert_ctrl_c_interrupts(kind, 'loop.run_forever()', setup="loop.call_later(3600, print, 'timer fired')")
 
 
 @pytest.mark.parametrize('kind', LOOP_KINDS)
 def test_ctrl_c_while_awaiting_an_executor_thread(kind):
-    rc, out, err = run_child_and_interrupt(THREAD_CHILD.format(factory=loop_factory_source(kind)))
-    assert out.split() == ['interrupted']
-    assert rc == 0, err
+    main = 'async def main():\n    await loop.run_in_executor(None, threading.Event().wait, 3600)'
+    # The executor thread never ends: leave without joining it.
+    assert_ctrl_c_interrupts(kind, 'loop.run_until_complete(main())', setup=main, after='import os; os._exit(0)')
 
 
-MASKED_MAIN_CHILD = """
-import asyncio, signal, threading
-loop = {factory}
 # The loop thread blocks SIGINT, so the kernel delivers it to the idle thread:
 # only the wakeup fd can tell the sleeping loop about it.
+MASK_SIGINT_IN_LOOP_THREAD = """
 idle = threading.Thread(target=threading.Event().wait, daemon=True)
 idle.start()
-signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGINT])
-loop.call_soon(lambda: print('ready', flush=True))
-try:
-    loop.run_forever()
-except KeyboardInterrupt:
-    print('interrupted', flush=True)
-loop.close()
-"""
+signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGINT])"""
 
 
 @pytest.mark.parametrize('kind', LOOP_KINDS)
@@ -328,9 +312,7 @@ def test_ctrl_c_delivered_to_another_thread_wakes_the_loop(kind):
         pytest.skip('the stdlib selector loop sets no wakeup fd without add_signal_handler: '
                     'it wakes only if the signal lands before it sleeps (uvloop #295); '
                     'ferroloop routes signals to its poller')
-    rc, out, err = run_child_and_interrupt(MASKED_MAIN_CHILD.format(factory=loop_factory_source(kind)))
-    assert out.split() == ['interrupted']
-    assert rc == 0, err
+    assert_ctrl_c_interrupts(kind, 'loop.run_forever()', setup=MASK_SIGINT_IN_LOOP_THREAD)
 
 
 def test_wakeup_fd_of_the_application_keeps_working_and_is_restored(loop):

@@ -23,21 +23,14 @@ import weakref
 
 import pytest
 
-import ferroloop
-
-LOOPS = {
-    'asyncio': asyncio.new_event_loop,
-    'ferroloop': ferroloop.new_event_loop,
-}
+from net_helpers import LOOPS, current_loop
 
 
 @pytest.fixture(params=sorted(LOOPS))
 def loop(request):
-    lp = LOOPS[request.param]()
-    asyncio.set_event_loop(lp)
-    yield lp
-    asyncio.set_event_loop(None)
-    lp.close()
+    # No exception handler of our own here: these cases see the loop's default one.
+    with current_loop(request.param) as lp:
+        yield lp
 
 
 def run(loop, coro, timeout=20):

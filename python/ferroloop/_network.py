@@ -19,9 +19,21 @@ from asyncio import base_events, constants, exceptions, staggered, tasks
 from asyncio.log import logger
 
 from ._tls import make_tls
-from ._transports import Server, _StreamTransport, make_listener
+from ._transports import Server, _StreamTransport, connected, make_listener
 
 _HAS_IPv6 = hasattr(socket, 'AF_INET6')
+
+
+def remove_stale_unix_socket(path):
+    """Before binding a filesystem UNIX socket: remove a socket file left at `path`
+    (not any other kind of file), logging what cannot be checked, as asyncio does."""
+    try:
+        if stat.S_ISSOCK(os.stat(path).st_mode):
+            os.remove(path)
+    except FileNotFoundError:
+        pass
+    except OSError as err:
+        logger.error('Unable to check or remove stale UNIX socket %r: %r', path, err)
 
 
 def _check_ssl_socket(sock):
@@ -102,12 +114,7 @@ class NetworkMixin:
                 raise
         else:
             transport = self._make_socket_transport(sock, protocol, waiter)
-        try:
-            await waiter
-        except:
-            transport.close()
-            raise
-        return transport, protocol
+        return await connected(transport, protocol, waiter)
 
     async def _connect_sock(self, exceptions, addr_info, local_addr_infos=None):
         """Create, bind (``local_addr``) and connect one socket; failures are
@@ -404,13 +411,7 @@ class NetworkMixin:
             path = os.fspath(path)
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             if path[0] not in (0, '\x00'):
-                try:
-                    if stat.S_ISSOCK(os.stat(path).st_mode):
-                        os.remove(path)
-                except FileNotFoundError:
-                    pass
-                except OSError as err:
-                    logger.error('Unable to check or remove stale UNIX socket %r: %r', path, err)
+                remove_stale_unix_socket(path)
             try:
                 sock.bind(path)
             except OSError as exc:

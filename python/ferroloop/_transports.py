@@ -158,6 +158,18 @@ class _StreamTransport(_CoreTransport):
         return self._core._empty_waiter
 
 
+async def connected(transport, protocol, waiter):
+    """Waits for ``connection_made`` (``waiter``) and returns ``(transport, protocol)``
+    as the loop's ``create_*`` methods do; if the wait fails or is cancelled the
+    transport is closed first, as asyncio does."""
+    try:
+        await waiter
+    except:
+        transport.close()
+        raise
+    return transport, protocol
+
+
 def make_listener(loop, sock, server, backlog):
     """The Rust accept loop of ``sock``, handing connections to ``server``."""
 

@@ -6,9 +6,7 @@ checks and error messages, and the datagram transport.
 ``DatagramTransportCore``; like the stream transport it holds its core and exposes
 the core's methods as bound builtins in slots (see ``_transports``)."""
 
-import os
 import socket
-import stat
 import sys
 import warnings
 
@@ -16,7 +14,8 @@ from asyncio import base_events, transports
 from asyncio.log import logger
 
 from ._ferroloop import DatagramTransportCore
-from ._transports import _CoreTransport
+from ._network import remove_stale_unix_socket
+from ._transports import _CoreTransport, connected
 
 _CORE_METHODS = (
     'sendto', 'close', 'abort', 'is_closing', 'is_reading', 'pause_reading',
@@ -103,14 +102,7 @@ class DatagramMixin:
                     if addr is not None and not isinstance(addr, str):
                         raise TypeError('string is expected')
                 if local_addr and local_addr[0] not in (0, '\x00'):
-                    try:
-                        if stat.S_ISSOCK(os.stat(local_addr).st_mode):
-                            os.remove(local_addr)
-                    except FileNotFoundError:
-                        pass
-                    except OSError as err:
-                        logger.error('Unable to check or remove stale UNIX socket %r: %r',
-                                     local_addr, err)
+                    remove_stale_unix_socket(local_addr)
                 addr_pairs_info = (((family, proto), (local_addr, remote_addr)),)
             else:
                 # Addresses joined by (family, proto), in resolution order.
@@ -189,9 +181,4 @@ class DatagramMixin:
             else:
                 logger.debug('Datagram endpoint remote_addr=%r created: (%r, %r)',
                              remote_addr, transport, protocol)
-        try:
-            await waiter
-        except:
-            transport.close()
-            raise
-        return transport, protocol
+        return await connected(transport, protocol, waiter)
