@@ -10,6 +10,7 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 
 use ferroloop_core::poller::{self, FdMap, Poller, Readiness, Registrar, Waker};
+use ferroloop_core::sockio;
 use ferroloop_core::timers::{Cancellable, TimerQueue};
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::gc::PyVisit;
@@ -282,6 +283,8 @@ impl LoopCore {
 
     #[new]
     fn new() -> PyResult<Self> {
+        // A page more than a read's `bytes` (its header included).
+        sockio::prefer_heap_for_reads(crate::transport::MAX_READ + 4096);
         let (poller, registrar, waker) = poller::new()?;
         Ok(LoopCore {
             state: GilCell::new(LoopState {

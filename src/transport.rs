@@ -48,7 +48,7 @@ use crate::reading::{self, ReadSwitch};
 use crate::sock::os_error;
 
 /// asyncio's `max_size` for one `recv` of a transport.
-const MAX_READ: usize = 256 * 1024;
+pub(crate) const MAX_READ: usize = 256 * 1024;
 /// A read of at least this many bytes sends the next one straight into a fresh
 /// `bytes` of `MAX_READ` (`bulk`). Not `MAX_READ / 2`: 100 KiB reads on 10
 /// connections, copied out of the scratch buffer into exact-size `bytes`, made
