@@ -327,7 +327,7 @@ impl Waker {
 mod tests {
     use super::*;
     use std::io::{Read, Write};
-    use std::os::fd::AsRawFd;
+    use std::os::fd::{AsRawFd, FromRawFd};
     use std::os::unix::net::UnixStream;
     use std::sync::Arc;
     use std::time::Instant;
@@ -405,12 +405,18 @@ mod tests {
         // Lingering, then closed: a new file under the same number is added anew.
         reg.set_interest(fd, true, false).unwrap();
         reg.set_interest(fd, false, false).unwrap();
-        drop(a);
-        let (c, d) = UnixStream::pair().unwrap();
-        let reused = if c.as_raw_fd() == fd { c.as_raw_fd() } else { d.as_raw_fd() };
-        assert_eq!(reused, fd, "the lowest free number is reused");
+        // dup2 closes `a`'s file and puts another under its number, atomically (waiting
+        // for the kernel to hand the lowest free number out again would race with tests
+        // running in parallel).
+        let (c, mut writer) = UnixStream::pair().unwrap();
+        // SAFETY: both fds are open and ours; `fd` is `a`'s, which is forgotten below
+        // so that it is not closed twice (the number now holds `c`'s file).
+        assert_eq!(unsafe { libc::dup2(c.as_raw_fd(), fd) }, fd);
+        std::mem::forget(a);
+        // SAFETY: an fd we own, now a second name for `c`'s file.
+        let _reused = unsafe { UnixStream::from_raw_fd(fd) };
+        drop(c);
         reg.set_interest(fd, true, false).unwrap();
-        let (mut writer, _keep) = if c.as_raw_fd() == fd { (d, c) } else { (c, d) };
         writer.write_all(b"z").unwrap();
         out.clear();
         poller.poll(Some(Duration::from_secs(5)), &mut out).unwrap();
