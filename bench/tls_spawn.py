@@ -12,6 +12,7 @@ import asyncio
 import ssl
 
 from loops import Unsupported
+from servers import Echo
 
 SPAWN_CONCURRENCY = 16
 
@@ -27,14 +28,6 @@ def _contexts():
     client = ssl.create_default_context()
     ca.configure_trust(client)
     return server, client
-
-
-class _Echo(asyncio.Protocol):
-    def connection_made(self, transport):
-        self.transport = transport
-
-    def data_received(self, data):
-        self.transport.write(data)
 
 
 class _Client(asyncio.Protocol):
@@ -64,7 +57,7 @@ def _tls_echo(size):
         server_ctx, client_ctx = _contexts()
 
         async def main():
-            server = await loop.create_server(_Echo, '127.0.0.1', 0, ssl=server_ctx)
+            server = await loop.create_server(Echo, '127.0.0.1', 0, ssl=server_ctx)
             host, port = server.sockets[0].getsockname()[:2]
             done = loop.create_future()
             transport, _ = await loop.create_connection(

@@ -9,10 +9,15 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::PyDict;
 
-/// The watermarks `set_write_buffer_limits(high, low)` sets: 64 KiB and a quarter
-/// of it by default, either derived from the other, validated with asyncio's message.
+/// A transport's watermarks before any `set_write_buffer_limits()`: asyncio's 64 KiB
+/// and a quarter of it.
+pub const DEFAULT_HIGH: usize = 64 * 1024;
+pub const DEFAULT_LOW: usize = DEFAULT_HIGH / 4;
+
+/// The watermarks `set_write_buffer_limits(high, low)` sets: `DEFAULT_HIGH` and a
+/// quarter of it by default, either derived from the other, validated with asyncio's message.
 pub fn water_marks(high: Option<i64>, low: Option<i64>) -> PyResult<(usize, usize)> {
-    water_marks_default(high, low, 64 * 1024)
+    water_marks_default(high, low, DEFAULT_HIGH as i64)
 }
 
 /// `water_marks` with another default high-water mark (asyncio's

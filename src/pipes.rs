@@ -352,8 +352,8 @@ impl PipeTransportCore {
                 lost: false,
                 protocol_paused: false,
                 bulk: false,
-                high: 64 * 1024,
-                low: 16 * 1024,
+                high: flow_control::DEFAULT_HIGH,
+                low: flow_control::DEFAULT_LOW,
             }),
         })
     }

@@ -695,8 +695,8 @@ impl StreamTransportCore {
                 protocol_paused: false,
                 bulk: false,
                 deferred: false,
-                high: 64 * 1024,
-                low: 16 * 1024,
+                high: flow_control::DEFAULT_HIGH,
+                low: flow_control::DEFAULT_LOW,
                 empty_waiter: None,
             }),
         })

@@ -488,8 +488,8 @@ impl DatagramTransportCore {
                 conn_lost: 0,
                 registered: false,
                 protocol_paused: false,
-                high: 64 * 1024,
-                low: 16 * 1024,
+                high: flow_control::DEFAULT_HIGH,
+                low: flow_control::DEFAULT_LOW,
             }),
         })
     }
