@@ -3,9 +3,11 @@
 ``_StreamTransport`` is an ``asyncio.Transport`` whose work is done by the Rust
 ``StreamTransportCore``. ``asyncio.BaseTransport`` declares an instance slot
 (``_extra``), so no class can have both it and a Rust class as bases (CPython
-refuses the layout); the transport holds its core instead, and exposes the core's
-methods as bound builtins stored in slots, so ``transport.write(data)`` is one
-slot read and one call into Rust, with no Python frame. It subclasses
+refuses the layout); the transport holds its core instead. ``write`` is the core's
+bound method stored in a slot, so ``transport.write(data)`` is one slot read and
+one call into Rust, with no Python frame; the other methods are one-line Python
+methods calling the core (one frame, and no bound method kept per connection for
+methods a connection may never call). It subclasses
 ``transports._FlowControlMixin`` like asyncio's own socket transport, which
 ``loop.sendfile``'s fallback protocol insists on.
 
@@ -23,14 +25,6 @@ from asyncio.log import logger
 
 from ._ferroloop import Listener, StreamTransportCore
 
-_CORE_METHODS = (
-    'write', 'writelines', 'write_eof', 'can_write_eof', 'close', 'abort',
-    'is_closing', 'is_reading', 'pause_reading', 'resume_reading',
-    'get_protocol', 'set_protocol', 'set_write_buffer_limits',
-    'get_write_buffer_limits', 'get_write_buffer_size',
-    '_make_empty_waiter', '_reset_empty_waiter', '_force_close',
-)
-
 _ACCEPT_RESOURCE_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 
@@ -43,11 +37,13 @@ def _name_or_none(query):
 
 class _CoreTransport(transports._FlowControlMixin):
     """What the stream and datagram transports share: the socket's extra info, a
-    Rust core whose methods (``CORE_METHODS``) are bound into slots, the start-up
-    order asyncio uses, and the private attributes, repr and unclosed-transport
-    warning asyncio's selector transports have."""
+    Rust core doing the work, the start-up order asyncio uses, and the private
+    attributes, repr and unclosed-transport warning asyncio's selector transports
+    have. ``SEND_METHOD`` names the one method bound into a slot at start (see the
+    module's docstring): attribute lookups stay the generic ones, which a class
+    with ``__getattr__`` would slow down for every attribute."""
     __slots__ = ('_core', '__weakref__')
-    CORE_METHODS = ()
+    SEND_METHOD = None
 
     def _init_extra(self, loop, sock, extra):
         """asyncio's extra info: the socket, and its name and the peer's unless given."""
@@ -64,22 +60,45 @@ class _CoreTransport(transports._FlowControlMixin):
         starts after it has run, as in asyncio."""
         loop = self._loop
         self._core = core
+        setattr(self, self.SEND_METHOD, getattr(core, self.SEND_METHOD))
         core._register()
         loop.call_soon(protocol.connection_made, self)
         loop.call_soon(core._start_reading)
         if waiter is not None:
             loop.call_soon(futures._set_result_unless_cancelled, waiter, None)
 
-    def __getattr__(self, name):
-        """Binds a core method into its slot on first use: ``transport.write`` is then
-        the Rust method itself, with no Python frame between, while an idle
-        connection pays only for the methods it has used (17 bound methods per
-        transport were 1.2 KiB, most of it for methods a connection never calls)."""
-        if name in self.CORE_METHODS:
-            method = getattr(self._core, name)
-            setattr(self, name, method)
-            return method
-        raise AttributeError(f'{type(self).__name__!r} object has no attribute {name!r}')
+    def close(self):
+        self._core.close()
+
+    def abort(self):
+        self._core.abort()
+
+    def is_closing(self):
+        return self._core.is_closing()
+
+    def is_reading(self):
+        return self._core.is_reading()
+
+    def pause_reading(self):
+        self._core.pause_reading()
+
+    def resume_reading(self):
+        self._core.resume_reading()
+
+    def get_protocol(self):
+        return self._core.get_protocol()
+
+    def set_protocol(self, protocol):
+        self._core.set_protocol(protocol)
+
+    def set_write_buffer_limits(self, high=None, low=None):
+        self._core.set_write_buffer_limits(high, low)
+
+    def get_write_buffer_limits(self):
+        return self._core.get_write_buffer_limits()
+
+    def get_write_buffer_size(self):
+        return self._core.get_write_buffer_size()
 
     @property
     def _sock(self):
@@ -139,8 +158,8 @@ class _CoreTransport(transports._FlowControlMixin):
 
 
 class _StreamTransport(_CoreTransport):
-    CORE_METHODS = _CORE_METHODS
-    __slots__ = ('_server',) + CORE_METHODS
+    SEND_METHOD = 'write'
+    __slots__ = ('_server', 'write')
 
     _start_tls_compatible = True
     _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
@@ -156,6 +175,24 @@ class _StreamTransport(_CoreTransport):
     @property
     def _empty_waiter(self):
         return self._core._empty_waiter
+
+    def writelines(self, list_of_data):
+        self._core.writelines(list_of_data)
+
+    def write_eof(self):
+        self._core.write_eof()
+
+    def can_write_eof(self):
+        return self._core.can_write_eof()
+
+    def _make_empty_waiter(self):
+        return self._core._make_empty_waiter()
+
+    def _reset_empty_waiter(self):
+        self._core._reset_empty_waiter()
+
+    def _force_close(self, exc):
+        self._core._force_close(exc)
 
 
 async def connected(transport, protocol, waiter):

@@ -17,19 +17,13 @@ from ._ferroloop import DatagramTransportCore
 from ._network import remove_stale_unix_socket
 from ._transports import _CoreTransport, connected
 
-_CORE_METHODS = (
-    'sendto', 'close', 'abort', 'is_closing', 'is_reading', 'pause_reading',
-    'resume_reading', 'get_protocol', 'set_protocol', 'set_write_buffer_limits',
-    'get_write_buffer_limits', 'get_write_buffer_size',
-)
-
 # 3.13 sends empty datagrams and counts 8 header bytes per queued datagram.
 _PY313 = sys.version_info >= (3, 13)
 
 
 class _DatagramTransport(_CoreTransport, transports.DatagramTransport):
-    CORE_METHODS = _CORE_METHODS
-    __slots__ = CORE_METHODS
+    SEND_METHOD = 'sendto'
+    __slots__ = ('sendto',)
 
     max_size = 256 * 1024
 
