@@ -12,6 +12,7 @@ use std::os::raw::c_int;
 
 use pyo3::ffi;
 use pyo3::prelude::*;
+use pyo3::types::PyBytes;
 
 pub struct BufView {
     view: ffi::Py_buffer,
@@ -72,5 +73,36 @@ impl Drop for BufView {
             // released exactly once, with the GIL held.
             unsafe { ffi::PyBuffer_Release(&mut self.view) }
         });
+    }
+}
+
+/// An exact `bytes` object held by reference. Its contents never change, so a write
+/// queue may send from it later instead of copying it now
+/// (`ferroloop_core::writebuf::WriteQueue::push_kept`).
+pub struct KeptBytes {
+    _obj: Py<PyBytes>,
+    ptr: *const u8,
+    len: usize,
+}
+
+// SAFETY: `ptr` points into the immutable `bytes` that `_obj` keeps alive; reading
+// it needs no lock. The reference itself is dropped only where the transport's state
+// is, with the GIL held.
+unsafe impl Send for KeptBytes {}
+// SAFETY: shared access only reads the immutable bytes, as above.
+unsafe impl Sync for KeptBytes {}
+
+impl KeptBytes {
+    pub fn new(bytes: &Bound<'_, PyBytes>) -> Self {
+        let data = bytes.as_bytes();
+        KeptBytes { ptr: data.as_ptr(), len: data.len(), _obj: bytes.clone().unbind() }
+    }
+}
+
+impl AsRef<[u8]> for KeptBytes {
+    #[inline]
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: `len` readable bytes at `ptr`, alive and unchanged while `_obj` is held.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
     }
 }

@@ -40,7 +40,7 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyByteArray, PyBytes, PyDict, PyList, PyMemoryView, PyTuple};
 
-use crate::buffer::BufView;
+use crate::buffer::{BufView, KeptBytes};
 use crate::event_loop::{IoOwner, LoopCore, Ready};
 use crate::flow_control::{self, is_fatal, logger};
 use crate::gil_cell::GilCell;
@@ -147,7 +147,7 @@ pub struct TransportState {
     /// The Python transport object protocols see; dropped at connection lost.
     owner: Option<Py<PyAny>>,
     server: Option<Py<PyAny>>,
-    wq: WriteQueue,
+    wq: WriteQueue<KeptBytes>,
     read: ReadSwitch,
     conn_lost: u32,
     eof: bool,
@@ -536,8 +536,10 @@ impl StreamTransportCore {
     }
 
     /// Collects a write for the end of the iteration when the loop is running and
-    /// the socket is not known to be full; false: send it now instead.
-    fn defer(slf: &Bound<'_, Self>, bufs: &[&[u8]], total: usize) -> PyResult<bool> {
+    /// the socket is not known to be full; false: send it now instead. The
+    /// iteration's first write, if it is a `bytes` (`keep`), is held by reference,
+    /// not copied.
+    fn defer(slf: &Bound<'_, Self>, bufs: &[&[u8]], total: usize, keep: Option<&Bound<'_, PyBytes>>) -> PyResult<bool> {
         let py = slf.py();
         let me = slf.get();
         let running = me.event_loop.get().state.with(py, |s| s.running && !s.closed);
@@ -550,8 +552,9 @@ impl StreamTransportCore {
                 return (None, false);
             }
             let first = !s.deferred;
-            for b in bufs {
-                s.wq.push(b);
+            match keep {
+                Some(bytes) if first => s.wq.push_kept(KeptBytes::new(bytes)),
+                _ => bufs.iter().for_each(|b| s.wq.push(b)),
             }
             s.deferred = true;
             (Some(first), s.wq.len() >= DEFER_MAX.min(s.high.max(1)))
@@ -606,11 +609,12 @@ impl StreamTransportCore {
     }
 
     /// Sends `bufs` now if nothing is queued, queues what the kernel did not take.
-    fn send_or_queue(slf: &Bound<'_, Self>, bufs: &[&[u8]]) -> PyResult<()> {
+    /// `keep`: `bufs` is this one `bytes`, which may be queued by reference.
+    fn send_or_queue(slf: &Bound<'_, Self>, bufs: &[&[u8]], keep: Option<&Bound<'_, PyBytes>>) -> PyResult<()> {
         let py = slf.py();
         let me = slf.get();
         let total: usize = bufs.iter().map(|b| b.len()).sum();
-        if Self::defer(slf, bufs, total)? {
+        if Self::defer(slf, bufs, total, keep)? {
             return Ok(());
         }
         let mut sent = 0;
@@ -728,14 +732,22 @@ impl StreamTransportCore {
 
     pub(crate) fn write(slf: &Bound<'_, Self>, data: Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
-        if !is_bytes_like(&data) {
+        // A `bytes` is read in place (and may be queued by reference); other
+        // buffers through a buffer view, copied if queued.
+        let exact = data.cast_exact::<PyBytes>().ok();
+        let view;
+        let slice = if let Some(bytes) = exact {
+            bytes.as_bytes()
+        } else if is_bytes_like(&data) {
+            view = BufView::get(&data, false)?;
+            view.as_slice()
+        } else {
             return Err(PyTypeError::new_err(format!(
                 "data argument must be a bytes-like object, not {}",
                 data.get_type().name()?.repr()?
             )));
-        }
-        let view = BufView::get(&data, false)?;
-        if view.len() == 0 {
+        };
+        if slice.is_empty() {
             // asyncio checks write_eof and sendfile first, then ignores empty data.
             let (eof, sendfile) = slf.get().state.with(py, |s| (s.eof, s.empty_waiter.is_some()));
             if eof {
@@ -749,7 +761,7 @@ impl StreamTransportCore {
         if !slf.get().check_writable(py, "write")? {
             return Ok(());
         }
-        Self::send_or_queue(slf, &[view.as_slice()])
+        Self::send_or_queue(slf, &[slice], exact)
     }
 
     fn writelines(slf: &Bound<'_, Self>, list_of_data: Bound<'_, PyAny>) -> PyResult<()> {
@@ -781,7 +793,7 @@ impl StreamTransportCore {
             return Ok(());
         }
         // One sendmsg carries up to 64 slices; the rest is queued and flushed by it.
-        Self::send_or_queue(slf, &slices)
+        Self::send_or_queue(slf, &slices, None)
     }
 
     fn write_eof(slf: &Bound<'_, Self>) -> PyResult<()> {

@@ -11,6 +11,11 @@
 //! the stack, and the buffers of small chunks, once sent, go to a small per-thread
 //! pool the next small write takes from (a request/response connection would
 //! otherwise pay a malloc and a free per reply).
+//!
+//! A queue may also hold, by reference instead of by copy, one immutable buffer
+//! its owner keeps alive (`push_kept`): the Python layer's `bytes`, queued by a
+//! transport that collects an iteration's writes, is then sent without ever being
+//! copied. The keeper type is a parameter, so this module stays free of Python.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -50,12 +55,43 @@ fn recycle(mut buf: Vec<u8>) {
     }
 }
 
-#[derive(Default, Debug)]
-pub struct WriteQueue {
-    chunks: VecDeque<Vec<u8>>,
+/// A queued chunk: a copy the queue owns, or an immutable buffer held by reference.
+#[derive(Debug)]
+enum Chunk<K> {
+    Copy(Vec<u8>),
+    Kept(K),
+}
+
+impl<K: AsRef<[u8]>> Chunk<K> {
+    #[inline]
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Chunk::Copy(v) => v,
+            Chunk::Kept(k) => k.as_ref(),
+        }
+    }
+
+    fn recycle(self) {
+        if let Chunk::Copy(v) = self {
+            recycle(v);
+        }
+    }
+}
+
+/// Pending bytes in order. `K` holds a buffer queued by reference (`push_kept`);
+/// `Vec<u8>` for a queue that only ever copies.
+#[derive(Debug)]
+pub struct WriteQueue<K = Vec<u8>> {
+    chunks: VecDeque<Chunk<K>>,
     /// Bytes of the head chunk already sent.
     head_sent: usize,
     len: usize,
+}
+
+impl<K> Default for WriteQueue<K> {
+    fn default() -> Self {
+        WriteQueue { chunks: VecDeque::new(), head_sent: 0, len: 0 }
+    }
 }
 
 /// The syscall that sends a batch of slices: `sendmsg` for sockets (no SIGPIPE),
@@ -125,7 +161,7 @@ pub fn shutdown_write(fd: RawFd) -> io::Result<()> {
     Ok(())
 }
 
-impl WriteQueue {
+impl<K: AsRef<[u8]>> WriteQueue<K> {
     pub fn new() -> Self {
         Self::default()
     }
@@ -151,18 +187,31 @@ impl WriteQueue {
             // Never grow the head chunk while part of it is sent: only the tail,
             // and only while it stays small.
             let tail_ok = self.chunks.len() > 1 || self.head_sent == 0;
-            if let Some(tail) = self.chunks.back_mut() {
+            if let Some(Chunk::Copy(tail)) = self.chunks.back_mut() {
                 if tail.len() < COALESCE_MAX && tail_ok {
                     tail.extend_from_slice(data);
                     return;
                 }
             }
         }
-        self.chunks.push_back(if data.len() < COALESCE_MAX { take_buffer(data) } else { data.to_vec() });
+        self.chunks.push_back(Chunk::Copy(if data.len() < COALESCE_MAX { take_buffer(data) } else { data.to_vec() }));
+    }
+
+    /// Queues `kept`'s bytes without copying them when the queue is empty (the
+    /// common case: one reply per iteration); behind other chunks it is copied like
+    /// `push`, so many small writes still coalesce into few iovecs.
+    pub fn push_kept(&mut self, kept: K) {
+        let data = kept.as_ref();
+        if !self.is_empty() || data.is_empty() {
+            self.push(data);
+            return;
+        }
+        self.len = data.len();
+        self.chunks.push_back(Chunk::Kept(kept));
     }
 
     pub fn clear(&mut self) {
-        self.chunks.drain(..).for_each(recycle);
+        self.chunks.drain(..).for_each(Chunk::recycle);
         self.head_sent = 0;
         self.len = 0;
     }
@@ -174,11 +223,11 @@ impl WriteQueue {
         self.len -= n;
         while n > 0 {
             let head = self.chunks.front().expect("length accounted");
-            let left = head.len() - self.head_sent;
+            let left = head.bytes().len() - self.head_sent;
             if n >= left {
                 n -= left;
                 if let Some(sent) = self.chunks.pop_front() {
-                    recycle(sent);
+                    sent.recycle();
                 }
                 self.head_sent = 0;
             } else {
@@ -190,7 +239,7 @@ impl WriteQueue {
 
     /// The pending bytes as slices, in order (the first possibly partly sent).
     fn iter_slices(&self) -> impl Iterator<Item = &[u8]> {
-        self.chunks.iter().enumerate().map(|(i, c)| if i == 0 { &c[self.head_sent..] } else { &c[..] })
+        self.chunks.iter().enumerate().map(|(i, c)| if i == 0 { &c.bytes()[self.head_sent..] } else { c.bytes() })
     }
 
     /// The first `MAX_IOV` pending slices (what one flush attempt sends).
@@ -237,7 +286,7 @@ mod tests {
 
     #[test]
     fn push_consume_keeps_order_and_length() {
-        let mut q = WriteQueue::new();
+        let mut q: WriteQueue = WriteQueue::new();
         q.push(b"hello ");
         q.push(b"world");
         q.push(&vec![b'x'; 40_000]);
@@ -255,8 +304,30 @@ mod tests {
     }
 
     #[test]
+    fn a_kept_buffer_is_held_by_reference_only_at_the_head() {
+        use std::rc::Rc;
+        let kept: Rc<[u8]> = Rc::from(&b"header "[..]);
+        let mut q: WriteQueue<Rc<[u8]>> = WriteQueue::new();
+        q.push_kept(kept.clone());
+        assert_eq!(Rc::strong_count(&kept), 2, "an empty queue holds it, uncopied");
+        q.push_kept(Rc::from(&b"body"[..])); // behind a chunk: copied, and coalesced
+        q.push(b"!");
+        assert_eq!(q.len(), 12);
+        assert_eq!(q.slices(), vec![&b"header "[..], &b"body!"[..]]);
+        q.consume(3);
+        assert_eq!(q.slices().concat(), b"der body!");
+        q.consume(4);
+        assert_eq!(Rc::strong_count(&kept), 1, "released once sent");
+        assert_eq!(q.slices().concat(), b"body!");
+        q.push_kept(Rc::from(&b""[..]));
+        assert_eq!(q.len(), 5);
+        q.clear();
+        assert!(q.is_empty());
+    }
+
+    #[test]
     fn the_partly_sent_head_is_not_extended() {
-        let mut q = WriteQueue::new();
+        let mut q: WriteQueue = WriteQueue::new();
         q.push(b"abc");
         q.consume(1);
         q.push(b"def");
@@ -267,7 +338,7 @@ mod tests {
     fn flush_sends_until_full_and_loses_nothing() {
         let (a, mut b) = UnixStream::pair().unwrap();
         a.set_nonblocking(true).unwrap();
-        let mut q = WriteQueue::new();
+        let mut q: WriteQueue = WriteQueue::new();
         let mut expected = Vec::new();
         for i in 0..400u32 {
             let chunk: Vec<u8> = (0..(i * 97 % 30_000 + 1)).map(|j| (i + j) as u8).collect();
@@ -297,7 +368,7 @@ mod tests {
     fn flush_to_a_closed_peer_is_epipe() {
         let (a, b) = UnixStream::pair().unwrap();
         drop(b);
-        let mut q = WriteQueue::new();
+        let mut q: WriteQueue = WriteQueue::new();
         q.push(b"data");
         assert_eq!(q.flush(a.as_raw_fd()).unwrap_err().raw_os_error(), Some(libc::EPIPE));
         assert_eq!(q.len(), 4);
@@ -308,7 +379,7 @@ mod tests {
         let mut fds = [0; 2];
         // SAFETY: `fds` has room for the two fds pipe2 writes.
         assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) }, 0);
-        let mut q = WriteQueue::new();
+        let mut q: WriteQueue = WriteQueue::new();
         q.push(&vec![7u8; 1 << 20]);
         let sent = q.flush_with(fds[1], Vectored::Writev).unwrap();
         assert!(sent > 0 && !q.is_empty(), "a pipe holds less than 1 MiB");
