@@ -79,6 +79,44 @@ struct DgramState {
     protocol_paused: bool,
     high: usize,
     low: usize,
+    peers: PeerCache,
+}
+
+/// How many senders' addresses a transport remembers (`PeerCache`).
+const PEER_CACHE_SIZE: usize = 16;
+
+/// The last few senders' addresses, each with the tuple `datagram_received` was
+/// given for it. A peer's datagrams then share one tuple instead of formatting its
+/// IP address for each, and `sendto(data, addr)` with a tuple received here sends
+/// without parsing it back. Tuples are immutable, so sharing one is not observable
+/// beyond `is`.
+#[derive(Default)]
+struct PeerCache {
+    peers: Vec<(RawAddr, Py<PyAny>)>,
+    /// The entry replaced next once full (round robin).
+    next: usize,
+}
+
+impl PeerCache {
+    fn tuple_for(&self, py: Python<'_>, raw: &RawAddr) -> Option<Py<PyAny>> {
+        self.peers.iter().find(|(r, _)| r == raw).map(|(_, t)| t.clone_ref(py))
+    }
+
+    fn raw_for(&self, addr: &Bound<'_, PyAny>) -> Option<RawAddr> {
+        self.peers.iter().find(|(_, t)| t.is(addr)).map(|(r, _)| *r)
+    }
+
+    /// Remembers `raw` as `tuple`; returns the entry it replaced, to be dropped
+    /// after the state borrow.
+    fn insert(&mut self, raw: RawAddr, tuple: Py<PyAny>) -> Option<Py<PyAny>> {
+        if self.peers.len() < PEER_CACHE_SIZE {
+            self.peers.push((raw, tuple));
+            return None;
+        }
+        let old = std::mem::replace(&mut self.peers[self.next], (raw, tuple));
+        self.next = (self.next + 1) % PEER_CACHE_SIZE;
+        Some(old.1)
+    }
 }
 
 #[pyclass(module = "ferroloop._ferroloop", frozen, weakref)]
@@ -217,7 +255,7 @@ impl DatagramTransportCore {
                 }
             });
             return match got {
-                Ok((data, addr)) => Ok(Ok(Some((data.into_any(), py_address(py, &addr)?)))),
+                Ok((data, addr)) => Ok(Ok(Some((data.into_any(), self.sender_tuple(py, &addr)?)))),
                 Err(e) if sockio::would_block(&e) => Ok(Ok(None)),
                 Err(e) => Ok(Err(SendErr::Os(os_error(&e)))),
             };
@@ -233,6 +271,19 @@ impl DatagramTransportCore {
             Err(e) if e.is_instance_of::<PyOSError>(py) => Ok(Err(SendErr::Os(e))),
             Err(e) => Ok(Err(SendErr::Other(e))),
         }
+    }
+
+    /// The sender's address as Python sees it, shared with its earlier datagrams'.
+    fn sender_tuple<'py>(&self, py: Python<'py>, raw: &RawAddr) -> PyResult<Bound<'py, PyAny>> {
+        if let Some(tuple) = self.state.with(py, |s| s.peers.tuple_for(py, raw)) {
+            return Ok(tuple.into_bound(py));
+        }
+        let tuple = py_address(py, raw)?;
+        if !tuple.is_none() {
+            let replaced = self.state.with(py, |s| s.peers.insert(*raw, tuple.clone().unbind()));
+            drop(replaced.map(|t| t.into_bound(py)));
+        }
+        Ok(tuple)
     }
 
     fn read_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
@@ -294,7 +345,8 @@ impl DatagramTransportCore {
             return Target::Connected;
         }
         if self.native {
-            if let Some(raw) = native_target(self.family, addr) {
+            let known = self.state.with(addr.py(), |s| s.peers.raw_for(addr));
+            if let Some(raw) = known.or_else(|| native_target(self.family, addr)) {
                 return Target::Native(raw);
             }
         }
@@ -490,6 +542,7 @@ impl DatagramTransportCore {
                 protocol_paused: false,
                 high: flow_control::DEFAULT_HIGH,
                 low: flow_control::DEFAULT_LOW,
+                peers: PeerCache::default(),
             }),
         })
     }
@@ -551,27 +604,34 @@ impl DatagramTransportCore {
             me.state.with(py, |s| s.conn_lost += 1);
             return Ok(());
         }
-        let view = BufView::get(&data, false)?;
         let target = me.target_for(&addr);
-        if me.state.with(py, |s| s.buffer.is_empty()) {
-            match me.send_one(py, view.as_slice(), &target) {
-                Ok(()) => return Ok(()),
-                Err(SendErr::WouldBlock) => {}
-                Err(SendErr::Os(exc)) => {
-                    drop(view);
-                    return me.error_received(py, exc);
+        // A `bytes` is read in place; other buffers through a buffer view, released
+        // before any protocol callback (a held view stops a bytearray's resizing).
+        // What cannot be sent now is copied for the queue.
+        let (sent, unsent) = {
+            let view;
+            let slice = match data.cast_exact::<PyBytes>() {
+                Ok(bytes) => bytes.as_bytes(),
+                Err(_) => {
+                    view = BufView::get(&data, false)?;
+                    view.as_slice()
                 }
-                Err(SendErr::Other(exc)) => {
-                    drop(view);
-                    if is_fatal(py, &exc) {
-                        return Err(exc);
-                    }
-                    return Self::fatal_error(slf, exc, "Fatal write error on datagram transport");
+            };
+            let sent = if me.state.with(py, |s| s.buffer.is_empty()) { me.send_one(py, slice, &target) } else { Err(SendErr::WouldBlock) };
+            let unsent = matches!(sent, Err(SendErr::WouldBlock)).then(|| slice.to_vec());
+            (sent, unsent)
+        };
+        match sent {
+            Ok(()) | Err(SendErr::WouldBlock) => {}
+            Err(SendErr::Os(exc)) => return me.error_received(py, exc),
+            Err(SendErr::Other(exc)) => {
+                if is_fatal(py, &exc) {
+                    return Err(exc);
                 }
+                return Self::fatal_error(slf, exc, "Fatal write error on datagram transport");
             }
         }
-        let copy = view.as_slice().to_vec();
-        drop(view);
+        let Some(copy) = unsent else { return Ok(()) };
         me.state.with(py, |s| {
             s.buffer_size += copy.len() + me.header_bytes;
             s.buffer.push_back((copy, target));
@@ -717,6 +777,9 @@ impl DatagramTransportCore {
             visit.call(&s.protocol)?;
             visit.call(&s.owner)?;
             visit.call(&s.address)?;
+            for (_, tuple) in &s.peers.peers {
+                visit.call(tuple)?;
+            }
             for (_, target) in &s.buffer {
                 if let Target::Py(a) = target {
                     visit.call(a)?;

@@ -223,6 +223,40 @@ def test_unconnected_endpoints_talk_both_ways(loop):
     assert errors == []
 
 
+def test_echo_reaches_each_of_many_senders(loop):
+    """A server answering ``sendto(data, addr)`` with the address it was given, for
+    more senders than ferroloop remembers (16) and in rounds, so remembered and
+    forgotten senders alternate: every reply reaches its own sender, and each
+    address reads as the sender's sockname."""
+    errors = collect_errors(loop)
+    n_peers, rounds = 24, 3
+
+    async def main():
+        servers, clients = [], []
+        srv_tr, srv_pr = await loop.create_datagram_endpoint(factory(loop, servers, echo=True),
+                                                            local_addr=('127.0.0.1', 0))
+        server_addr = srv_tr.get_extra_info('sockname')
+        peers = [await loop.create_datagram_endpoint(factory(loop, clients), local_addr=('127.0.0.1', 0))
+                 for _ in range(n_peers)]
+        for r in range(rounds):
+            for i, (tr, _) in enumerate(peers):
+                tr.sendto(b'%d/%d' % (r, i), server_addr)
+            for _, pr in peers:
+                await pr.wait_for(r + 1)
+        for i, (tr, pr) in enumerate(peers):
+            assert [d for d, _ in pr.datagrams] == [b'%d/%d' % (r, i) for r in range(rounds)]
+        by_sender = {}
+        for data, addr in srv_pr.datagrams:
+            by_sender.setdefault(addr, []).append(data)
+        assert sorted(by_sender) == sorted(tr.get_extra_info('sockname') for tr, _ in peers)
+        for tr, _ in peers + [(srv_tr, None)]:
+            tr.close()
+        await spin()
+
+    run(loop, main())
+    assert errors == []
+
+
 def test_connected_sendto_other_address_is_refused(loop):
     async def main():
         port = free_udp_port()

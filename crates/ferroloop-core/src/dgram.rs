@@ -22,10 +22,27 @@ impl std::fmt::Debug for RawAddr {
     }
 }
 
+/// Same family, host, port (and IPv6 flow and scope): the same bytes.
+impl PartialEq for RawAddr {
+    fn eq(&self, other: &Self) -> bool {
+        self.bytes() == other.bytes()
+    }
+}
+
+impl Eq for RawAddr {}
+
 impl RawAddr {
     fn empty() -> Self {
         // SAFETY: an all-zero sockaddr_storage is a valid (AF_UNSPEC) value.
         RawAddr { storage: unsafe { std::mem::zeroed() }, len: std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t }
+    }
+
+    /// The bytes the kernel wrote (or would be given).
+    fn bytes(&self) -> &[u8] {
+        let len = (self.len as usize).min(std::mem::size_of::<libc::sockaddr_storage>());
+        // SAFETY: `storage` is plain data of at least `len` bytes, all initialised
+        // (zeroed at creation, then written by the kernel or `from_std`).
+        unsafe { std::slice::from_raw_parts((&self.storage as *const libc::sockaddr_storage).cast::<u8>(), len) }
     }
 
     /// The address family (`AF_UNSPEC` when the sender has no address).
@@ -166,6 +183,8 @@ mod tests {
         assert_eq!(&buf[..n], b"hello");
         assert_eq!(from.to_std().unwrap(), b.local_addr().unwrap());
         assert_eq!(from.numeric_host().unwrap(), "127.0.0.1");
+        assert_eq!(from, RawAddr::from_std(&b.local_addr().unwrap()), "what the kernel wrote equals what Rust builds");
+        assert_ne!(from, to);
         let (n, _) = recvfrom(a.as_raw_fd(), &mut buf).unwrap();
         assert_eq!(n, 0, "an empty datagram");
         assert!(would_block(&recvfrom(a.as_raw_fd(), &mut buf).unwrap_err()));
