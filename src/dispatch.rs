@@ -171,8 +171,12 @@ fn run_once(slf: &Bound<'_, LoopCore>, core: &LoopCore, py: Python<'_>) -> PyRes
 /// `Handle::take_for_reuse`); what it held is dropped after the state borrow.
 #[inline]
 fn release(core: &LoopCore, py: Python<'_>, item: Ready) {
-    let Ready::Handle(handle) = item else { return };
-    let handle = handle.into_bound(py); // dropping a Bound decrefs without a thread-local lookup
+    // Dropped as `Bound`s, which decref without a thread-local lookup.
+    let handle = match item {
+        Ready::Handle(handle) => handle.into_bound(py),
+        Ready::Io { owner, .. } => return drop(owner.into_any().into_bound(py)),
+        Ready::Flush(t) => return drop(t.into_bound(py)),
+    };
     let Some(released) = Handle::take_for_reuse(&handle) else {
         Handle::track_again(&handle); // someone else holds it
         return;
@@ -190,26 +194,18 @@ fn release(core: &LoopCore, py: Python<'_>, item: Ready) {
 }
 
 /// Sends the writes transports collected during the batch: one `sendmsg` per
-/// transport per iteration however many `write()` calls it got. The list is swapped
-/// with an emptied one, so its allocation is reused from iteration to iteration.
+/// transport per iteration however many `write()` calls it got. A transport queued
+/// while these run (a protocol callback writing elsewhere) is sent in this pass too.
 fn flush_deferred_writes(slf: &Bound<'_, LoopCore>, py: Python<'_>, debug: bool) -> PyResult<()> {
-    let mut pending = Vec::new();
-    loop {
-        slf.get().state.with(py, |s| std::mem::swap(&mut s.deferred_flush, &mut pending));
-        if pending.is_empty() {
-            return Ok(());
-        }
-        let mut queue = pending.drain(..);
-        while let Some(t) = queue.next() {
-            if let Err(e) = run_handle(slf, py, &Ready::Flush(t), debug) {
-                // Leaving the loop: the transports not flushed yet stay queued (their
-                // `deferred` flag is still set, so nothing else would queue them).
-                let rest: Vec<_> = queue.collect();
-                slf.get().state.with(py, |s| s.deferred_flush.extend(rest));
-                return Err(e);
-            }
-        }
+    while let Some(t) = slf.get().state.with(py, |s| s.deferred_flush.pop_front()) {
+        let item = Ready::Flush(t);
+        let result = run_handle(slf, py, &item, debug);
+        release(slf.get(), py, item);
+        // Leaving the loop: the transports not flushed yet stay queued (their
+        // `deferred` flag is still set, so nothing else would queue them).
+        result?;
     }
+    Ok(())
 }
 
 fn poll(core: &LoopCore, timeout: Option<Duration>, fds: &mut Vec<ferroloop_core::poller::Readiness>) -> std::io::Result<()> {

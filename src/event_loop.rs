@@ -70,6 +70,16 @@ impl IoOwner {
         }
     }
 
+    pub fn into_any(self) -> Py<PyAny> {
+        match self {
+            IoOwner::Stream(t) => t.into_any(),
+            IoOwner::Listener(l) => l.into_any(),
+            IoOwner::Datagram(t) => t.into_any(),
+            IoOwner::Pipe(t) => t.into_any(),
+            IoOwner::Child(c) => c.into_any(),
+        }
+    }
+
     pub fn as_any(&self) -> &Py<PyAny> {
         match self {
             IoOwner::Stream(t) => t.as_any(),
@@ -125,8 +135,9 @@ pub struct LoopState {
     /// lingering in the poller: the next wait on the same live object takes the
     /// registration back without a syscall (`fd_callbacks::add_fd`).
     pub sock_lingering: FdMap<Py<PyWeakrefReference>>,
-    /// Transports with writes collected during this iteration, flushed at its end.
-    pub deferred_flush: Vec<Py<StreamTransportCore>>,
+    /// Transports with writes collected during this iteration, flushed at its end
+    /// (a queue that keeps its allocation from iteration to iteration).
+    pub deferred_flush: VecDeque<Py<StreamTransportCore>>,
     pub registrar: Option<Registrar>,
     pub waker: Option<Waker>,
     /// Scratch buffer for poll results, kept to avoid an allocation per iteration.
@@ -297,7 +308,7 @@ impl LoopCore {
                 writers: FdMap::default(),
                 io: FdMap::default(),
                 sock_lingering: FdMap::default(),
-                deferred_flush: Vec::new(),
+                deferred_flush: VecDeque::new(),
                 registrar: Some(registrar),
                 waker: Some(waker),
                 ready_fds: Vec::with_capacity(64),

@@ -563,7 +563,7 @@ impl StreamTransportCore {
             None => Ok(false),
             Some(first) => {
                 if first {
-                    me.event_loop.get().state.with(py, |s| s.deferred_flush.push(slf.clone().unbind()));
+                    me.event_loop.get().state.with(py, |s| s.deferred_flush.push_back(slf.clone().unbind()));
                 }
                 if overflow {
                     Self::flush_deferred(slf)?;
