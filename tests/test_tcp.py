@@ -1202,6 +1202,34 @@ def test_writes_then_abort_in_one_callback_still_send_the_data(loop):
     run(loop, main())
 
 
+def test_buffers_changed_after_write_are_sent_as_they_were(loop):
+    """What write() was given is what the peer gets, even when the caller reuses a
+    mutable buffer at once: ferroloop collects an iteration's writes and sends them
+    at its end, holding a bytes object by reference but copying anything mutable."""
+    async def main():
+        sinks = []
+        server = await loop.create_server(lambda: sinks.append(Recorder(loop)) or sinks[-1], '127.0.0.1', 0)
+        tr, pr = await loop.create_connection(lambda: Recorder(loop), *server.sockets[0].getsockname())
+        first = b'bytes;'
+        buf = bytearray(b'bytearray;')
+        tr.write(first)
+        tr.write(buf)
+        buf[:] = b'CHANGED!!;'
+        view_of = bytearray(b'memoryview;')
+        tr.write(memoryview(view_of))
+        view_of[:6] = b'XXXXXX'
+        del view_of[:]  # resizable again: nothing holds an export of it
+        buf.extend(b'grown')
+        tr.write(buf)
+        await sinks[0].wait_for_bytes(len(b'bytes;bytearray;memoryview;CHANGED!!;grown'))
+        tr.close()
+        await pr.lost
+        await sinks[0].lost
+        assert bytes(sinks[0].data) == b'bytes;bytearray;memoryview;CHANGED!!;grown'
+        server.close()
+    run(loop, main())
+
+
 def test_writes_outside_the_running_loop_are_sent(loop):
     async def setup():
         sinks = []
