@@ -183,9 +183,26 @@ pub fn call_later(
         return Err(PyTypeError::new_err("delay must not be None"));
     }
     let now = slf.get().state.with(py, |s| s.now());
-    let when = match delay.extract::<f64>() {
-        Ok(d) if delay.is_exact_instance_of::<PyFloat>() || delay.is_exact_instance_of::<PyInt>() => now + d,
-        _ => PyFloat::new(py, now).add(&delay)?.extract::<f64>()?,
+    // A float or an int is added here (an int through PyLong_AsDouble, which makes
+    // no intermediate float object); anything else, and an int too large for a
+    // float, through Python's `+`, for its result or its error.
+    let exact = if let Ok(f) = delay.cast_exact::<PyFloat>() {
+        Some(f.value())
+    } else if delay.is_exact_instance_of::<PyInt>() {
+        // SAFETY: `delay` is a live int object; on failure (-1.0 with an exception
+        // set) the exception is fetched and dropped before falling back.
+        let d = unsafe { pyo3::ffi::PyLong_AsDouble(delay.as_ptr()) };
+        if d == -1.0 && PyErr::take(py).is_some() {
+            None
+        } else {
+            Some(d)
+        }
+    } else {
+        None
+    };
+    let when = match exact {
+        Some(d) => now + d,
+        None => PyFloat::new(py, now).add(&delay)?.extract::<f64>()?,
     };
     schedule_at(slf, when, callback, args, context, "call_at", CALL_LATER_STACK_DEPTH)
 }

@@ -608,6 +608,16 @@ def test_call_later_int_delay(loop):
     assert out == ['int']
 
 
+@pytest.mark.parametrize('delay', [7, -3, 2 ** 60, 7.5, True])
+def test_call_later_deadline_is_time_plus_delay(loop, delay):
+    t0 = loop.time()
+    handle = loop.call_later(delay, callback)
+    t1 = loop.time()
+    assert t0 + delay <= handle.when() <= t1 + delay
+    assert type(handle.when()) is float
+    handle.cancel()
+
+
 def test_call_later_int_too_large_for_a_float(loop):
     with pytest.raises(OverflowError, match='^int too large to convert to float$'):
         loop.call_later(10 ** 400, callback)
