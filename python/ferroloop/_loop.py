@@ -176,17 +176,22 @@ class Loop(LoopCore, NetworkMixin, DatagramMixin, PipesMixin, SubprocessMixin, S
         """Create an asyncio.Future (the C implementation) attached to this loop."""
         return futures.Future(loop=self)
 
-    if sys.version_info >= (3, 13):
-        def create_task(self, coro, *, name=None, context=None, **kwargs):
-            """Schedule a coroutine as a Task (or through the task factory).
-            Extra keywords (``eager_start``) go to the Task/factory."""
-            return self._create_task(coro, name, context, kwargs)
-    else:
-        def create_task(self, coro, *, name=None, context=None):
-            """Schedule a coroutine as a Task (or through the task factory)."""
-            return self._create_task(coro, name, context, {})
+    def create_task(self, coro, *, name=None, context=None, **kwargs):
+        """Schedule a coroutine as a Task (or through the task factory). Extra
+        keywords (3.13's ``eager_start``) go to the Task or the factory."""
+        if self._task_factory is None and context is None and not kwargs and not self.is_closed():
+            # Every task starts here (gather, TaskGroup, ...): the common case is
+            # this one frame.
+            task = tasks.Task(coro, loop=self, name=name)
+            if task._source_traceback:
+                del task._source_traceback[-1]  # this frame
+            return task
+        return self._create_task(coro, name, context, kwargs)
 
     def _create_task(self, coro, name, context, kwargs):
+        if kwargs and sys.version_info < (3, 13):
+            # Before 3.13 create_task takes no other keyword, as the stdlib's.
+            raise TypeError(f'Loop.create_task() got an unexpected keyword argument {next(iter(kwargs))!r}')
         self._check_closed()
         if context is not None:  # (3.10's Task has no context parameter at all)
             kwargs['context'] = context
