@@ -13,6 +13,7 @@ import struct
 import sys
 import tempfile
 from asyncio import constants, trsock
+from unittest import mock
 
 import pytest
 
@@ -1226,6 +1227,25 @@ def test_buffers_changed_after_write_are_sent_as_they_were(loop):
         await pr.lost
         await sinks[0].lost
         assert bytes(sinks[0].data) == b'bytes;bytearray;memoryview;CHANGED!!;grown'
+        server.close()
+    run(loop, main())
+
+
+def test_transport_methods_can_be_replaced_on_the_instance(loop):
+    """As on asyncio's transports (which have a __dict__): mock.patch.object on a
+    transport method, then the original again once the patch is undone."""
+    async def main():
+        server, addr = await start_echo_server(loop)
+        tr, pr = await loop.create_connection(lambda: Recorder(loop), *addr)
+        for name in ('write', 'close', 'pause_reading', 'get_write_buffer_size', 'is_closing'):
+            with mock.patch.object(tr, name) as fake:
+                getattr(tr, name)()
+                assert fake.called, name
+        assert not tr.is_closing() and tr.is_reading()
+        tr.write(b'still works')
+        await pr.wait_for_bytes(11)
+        tr.close()
+        await pr.lost
         server.close()
     run(loop, main())
 

@@ -39,11 +39,14 @@ class _CoreTransport(transports._FlowControlMixin):
     """What the stream and datagram transports share: the socket's extra info, a
     Rust core doing the work, the start-up order asyncio uses, and the private
     attributes, repr and unclosed-transport warning asyncio's selector transports
-    have. ``SEND_METHOD`` names the one method bound into a slot at start (see the
-    module's docstring): attribute lookups stay the generic ones, which a class
-    with ``__getattr__`` would slow down for every attribute."""
-    __slots__ = ('_core', '__weakref__')
-    SEND_METHOD = None
+    have. ``_send_slot`` is the slot the core's ``write``/``sendto`` goes into at
+    start (see the module's docstring); it is filled through its descriptor, so a
+    subclass overriding the method keeps its override and ``super()`` still
+    reaches the core. No ``__getattr__``: it would slow down every attribute lookup.
+    A ``__dict__``, as asyncio's transports have, lets code replace a method on an
+    instance (``mock.patch.object(transport, 'close')``)."""
+    __slots__ = ('_core', '__weakref__', '__dict__')
+    _send_slot = None  # set after each concrete class below
 
     def _init_extra(self, loop, sock, extra):
         """asyncio's extra info: the socket, and its name and the peer's unless given."""
@@ -60,7 +63,8 @@ class _CoreTransport(transports._FlowControlMixin):
         starts after it has run, as in asyncio."""
         loop = self._loop
         self._core = core
-        setattr(self, self.SEND_METHOD, getattr(core, self.SEND_METHOD))
+        slot = type(self)._send_slot  # on the class: the descriptor itself
+        slot.__set__(self, getattr(core, slot.__name__))
         core._register()
         loop.call_soon(protocol.connection_made, self)
         loop.call_soon(core._start_reading)
@@ -158,7 +162,6 @@ class _CoreTransport(transports._FlowControlMixin):
 
 
 class _StreamTransport(_CoreTransport):
-    SEND_METHOD = 'write'
     __slots__ = ('_server', 'write')
 
     _start_tls_compatible = True
@@ -193,6 +196,9 @@ class _StreamTransport(_CoreTransport):
 
     def _force_close(self, exc):
         self._core._force_close(exc)
+
+
+_StreamTransport._send_slot = vars(_StreamTransport)['write']
 
 
 async def connected(transport, protocol, waiter):

@@ -22,7 +22,6 @@ _PY313 = sys.version_info >= (3, 13)
 
 
 class _DatagramTransport(_CoreTransport, transports.DatagramTransport):
-    SEND_METHOD = 'sendto'
     __slots__ = ('sendto',)
 
     max_size = 256 * 1024
@@ -37,6 +36,8 @@ class _DatagramTransport(_CoreTransport, transports.DatagramTransport):
     def _address(self):
         return self._core._address
 
+
+_DatagramTransport._send_slot = vars(_DatagramTransport)['sendto']
 
 _unset = object()
 
