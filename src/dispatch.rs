@@ -59,8 +59,10 @@ fn run_once(slf: &Bound<'_, LoopCore>, core: &LoopCore, py: Python<'_>) -> PyRes
         for slot in std::mem::take(&mut s.retired_slots) {
             s.recycle_slot(slot, false);
         }
-        // Virtual time never sleeps: the clock moves only when told.
-        let timeout = if !s.ready.is_empty() || s.stopping || s.virtual_now.is_some() {
+        // Virtual time never sleeps: the clock moves only when told. Writes left
+        // queued when the last batch was cut short (SystemExit, KeyboardInterrupt)
+        // are flushed at the end of this one, so do not sleep before it either.
+        let timeout = if !s.ready.is_empty() || !s.deferred_flush.is_empty() || s.stopping || s.virtual_now.is_some() {
             Some(Duration::ZERO)
         } else if let Some(when) = s.timers.next_deadline() {
             let secs = (when - s.now()).clamp(0.0, MAX_POLL_TIMEOUT);

@@ -1186,6 +1186,72 @@ def test_system_exit_in_a_protocol_propagates(loop):
     run(loop, cleanup())
 
 
+def test_writes_still_queued_when_the_loop_was_left_go_out_on_the_next_run(loop):
+    """SystemExit raised while the loop reports one transport's write error (a
+    debug-mode log record, standing in for Ctrl-C landing there): a write another
+    transport made in the same iteration is sent as soon as the loop runs again,
+    not after some unrelated event."""
+    import logging
+
+    class ExitOnce(logging.Filter):
+        armed = True
+
+        def filter(self, record):
+            if self.armed and 'Fatal write error' in record.getMessage():
+                self.armed = False
+                raise SystemExit(3)
+            return True
+
+    log = logging.getLogger('asyncio')
+    exit_once, level = ExitOnce(), log.level
+    loop.set_debug(True)
+    loop.slow_callback_duration = 100  # no slow-callback records
+    a1, b1 = socket.socketpair()
+    a2, b2 = socket.socketpair()
+    try:
+        async def setup():
+            eof = loop.create_future()
+
+            class HalfOpen(asyncio.Protocol):
+                def eof_received(self):
+                    eof.set_result(None)
+                    return True  # stays open: a write now fails with EPIPE
+            t1, _ = await loop.connect_accepted_socket(HalfOpen, a1)
+            b1.close()
+            await eof  # the peer's close is consumed: nothing left to poll for t1
+            t2, p2 = await loop.connect_accepted_socket(lambda: Recorder(loop), a2)
+            return t1, t2, p2
+
+        t1, t2, p2 = run(loop, setup())
+        log.setLevel(logging.DEBUG)
+        log.addFilter(exit_once)
+        loop.call_soon(t1.write, b'bye')  # fails: the peer is gone
+        loop.call_soon(t2.write, b'request')  # the same iteration
+        with pytest.raises(SystemExit):
+            loop.run_forever()
+        log.removeFilter(exit_once)
+
+        b2.setblocking(False)
+        try:
+            got = b2.recv(100)  # the stdlib sent it before the exception
+        except BlockingIOError:
+            # Run the loop with nothing ready: only the queued write can wake the peer.
+            arrived = loop.create_future()
+            loop.add_reader(b2, lambda: arrived.done() or arrived.set_result(b2.recv(100)))
+            bound = loop.call_later(10, lambda: arrived.done() or arrived.set_result('not sent'))
+            got = loop.run_until_complete(arrived)
+            loop.remove_reader(b2)
+            bound.cancel()
+        assert got == b'request'
+        t1.close()
+        t2.close()
+        run(loop, p2.lost)
+    finally:
+        log.removeFilter(exit_once)
+        log.setLevel(level)
+        b2.close()
+
+
 def test_writes_then_abort_in_one_callback_still_send_the_data(loop):
     async def main():
         sinks = []
