@@ -78,7 +78,10 @@ impl Drop for BufView {
 
 /// An exact `bytes` object held by reference. Its contents never change, so a write
 /// queue may send from it later instead of copying it now
-/// (`ferroloop_core::writebuf::WriteQueue::push_kept`).
+/// (`ferroloop_core::writebuf::WriteQueue::push_kept`). The queue releases it inside
+/// its transport's state borrow, an exception to `gil_cell`'s rule that is safe
+/// because freeing an exact `bytes` only frees memory: no `__del__`, no weakref
+/// callbacks, no collection.
 pub struct KeptBytes {
     _obj: Py<PyBytes>,
     ptr: *const u8,

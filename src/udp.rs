@@ -470,7 +470,9 @@ impl DatagramTransportCore {
             _ => Ok(()),
         };
         me.unregister(py);
-        let taken = me.state.with(py, |s| (s.sock.take(), s.protocol.take(), s.owner.take(), std::mem::take(&mut s.buffer)));
+        let taken = me
+            .state
+            .with(py, |s| (s.sock.take(), s.protocol.take(), s.owner.take(), std::mem::take(&mut s.buffer), std::mem::take(&mut s.peers)));
         let close_result = match &taken.0 {
             Some(sock) => sock.bind(py).call_method0(intern!(py, "close")).map(drop),
             None => Ok(()),
