@@ -85,6 +85,12 @@ async def tls_server(loop, server_ctx, factory=None, **kw):
     return server, server.sockets[0].getsockname()
 
 
+async def tls_client(loop, addr, client_ctx, **kw):
+    """A ``Recorder`` connected over TLS to ``addr``, whose certificate is for localhost."""
+    return await loop.create_connection(lambda: Recorder(loop), *addr, ssl=client_ctx,
+                                        server_hostname='localhost', **kw)
+
+
 async def close_server(server):
     server.close()
     await server.wait_closed()
@@ -171,8 +177,7 @@ async def manual_peer_server(loop, server_ctx, on_ready):
 def test_echo_and_extra_info(loop, server_ctx, client_ctx):
     async def main():
         server, addr = await tls_server(loop, server_ctx)
-        tr, pr = await loop.create_connection(lambda: Recorder(loop), *addr, ssl=client_ctx,
-                                              server_hostname='localhost')
+        tr, pr = await tls_client(loop, addr, client_ctx)
         assert isinstance(tr, asyncio.Transport)
         assert 'ssl' in type(tr).__name__.lower()
         assert pr.events == ['made'] and pr.transport is tr
@@ -214,8 +219,7 @@ def test_large_transfer_both_ways(loop, server_ctx, client_ctx):
 
     async def main():
         server, addr = await tls_server(loop, server_ctx)
-        tr, pr = await loop.create_connection(lambda: Recorder(loop), *addr, ssl=client_ctx,
-                                              server_hostname='localhost')
+        tr, pr = await tls_client(loop, addr, client_ctx)
         for i in range(0, len(body), 100_000):
             tr.write(body[i:i + 100_000])
         await pr.wait_for_bytes(len(body))
@@ -385,8 +389,7 @@ def test_buffered_protocol(loop, server_ctx, client_ctx, kind):
 def test_pause_and_resume_reading(loop, server_ctx, client_ctx):
     async def main():
         server, addr = await tls_server(loop, server_ctx)
-        tr, pr = await loop.create_connection(lambda: Recorder(loop), *addr, ssl=client_ctx,
-                                              server_hostname='localhost')
+        tr, pr = await tls_client(loop, addr, client_ctx)
         assert tr.is_reading()
         tr.write(b'one')
         await pr.wait_for_bytes(3)
@@ -448,8 +451,7 @@ def test_write_flow_control(loop, server_ctx, client_ctx):
 def test_set_protocol(loop, server_ctx, client_ctx):
     async def main():
         server, addr = await tls_server(loop, server_ctx)
-        tr, first = await loop.create_connection(lambda: Recorder(loop), *addr, ssl=client_ctx,
-                                                 server_hostname='localhost')
+        tr, first = await tls_client(loop, addr, client_ctx)
         second = Recorder(loop)
         tr.set_protocol(second)
         assert tr.get_protocol() is second
@@ -475,8 +477,7 @@ def test_data_before_close_notify_comes_before_eof(loop, server_ctx, client_ctx)
 
     async def main():
         server, addr = await manual_peer_server(loop, server_ctx, on_ready)
-        tr, pr = await loop.create_connection(lambda: Recorder(loop), *addr, ssl=client_ctx,
-                                              server_hostname='localhost')
+        tr, pr = await tls_client(loop, addr, client_ctx)
         assert await pr.lost is None
         assert bytes(pr.data) == b'last words'
         assert pr.events == ['made', 'data', 'eof', 'lost']
@@ -498,8 +499,7 @@ def test_abrupt_eof_without_close_notify(loop, server_ctx, client_ctx):
 
     async def main():
         server, addr = await manual_peer_server(loop, server_ctx, on_ready)
-        tr, pr = await loop.create_connection(lambda: Recorder(loop), *addr, ssl=client_ctx,
-                                              server_hostname='localhost')
+        tr, pr = await tls_client(loop, addr, client_ctx)
         assert await pr.lost is None
         assert bytes(pr.data) == b'cut short'
         assert pr.events == ['made', 'data', 'eof', 'lost']
@@ -512,8 +512,7 @@ def test_close_flushes_writes_then_shuts_down(loop, server_ctx, client_ctx):
     # Writes made right before close() are sent before the close_notify.
     async def main():
         server, addr = await manual_peer_server(loop, server_ctx, lambda peer: None)
-        tr, pr = await loop.create_connection(lambda: Recorder(loop), *addr, ssl=client_ctx,
-                                              server_hostname='localhost')
+        tr, pr = await tls_client(loop, addr, client_ctx)
         tr.write(b'a' * 100_000)
         tr.writelines([b'b' * 1000, b'c'])
         tr.close()
@@ -535,9 +534,7 @@ def test_close_gives_up_after_the_shutdown_timeout(loop, server_ctx, client_ctx)
     # ssl_shutdown_timeout, and connection_lost gets asyncio's TimeoutError.
     async def main():
         server, addr = await manual_peer_server(loop, server_ctx, lambda peer: None)
-        tr, pr = await loop.create_connection(lambda: Recorder(loop), *addr, ssl=client_ctx,
-                                              server_hostname='localhost',
-                                              ssl_shutdown_timeout=0.2)
+        tr, pr = await tls_client(loop, addr, client_ctx, ssl_shutdown_timeout=0.2)
         start = time.monotonic()
         tr.close()
         exc = await pr.lost
@@ -585,8 +582,7 @@ def test_abort_and_errors_on_a_closed_transport(loop, server_ctx, client_ctx):
     needs_3_11_stdlib_tls(loop)
     async def main():
         server, addr = await tls_server(loop, server_ctx)
-        tr, pr = await loop.create_connection(lambda: Recorder(loop), *addr, ssl=client_ctx,
-                                              server_hostname='localhost')
+        tr, pr = await tls_client(loop, addr, client_ctx)
         tr.write(b'lost in the abort')
         tr.abort()
         assert tr.is_closing()
@@ -612,8 +608,7 @@ def test_a_second_close_lets_go_of_the_tls_layer(loop, ca, server_ctx):
     async def main():
         server, addr = await tls_server(loop, server_ctx)
         ctx = make_client_ctx(ca)
-        tr, pr = await loop.create_connection(lambda: Recorder(loop), *addr, ssl=ctx,
-                                              server_hostname='localhost')
+        tr, pr = await tls_client(loop, addr, ctx)
         await echo(tr, pr, b'ping')
         tr.close()
         await pr.lost
@@ -633,8 +628,7 @@ def test_peer_closing_first(loop, server_ctx, client_ctx):
     needs_3_11_stdlib_tls(loop)
     async def main():
         server, addr = await tls_server(loop, server_ctx)
-        tr, pr = await loop.create_connection(lambda: Recorder(loop), *addr, ssl=client_ctx,
-                                              server_hostname='localhost')
+        tr, pr = await tls_client(loop, addr, client_ctx)
         tr.write(b'ping')
         await pr.wait_for_bytes(4)
         srv = server.protos[0]
@@ -662,8 +656,7 @@ def test_sni_callback_and_alpn(loop, server_ctx, client_ctx):
 
     async def main():
         server, addr = await tls_server(loop, server_ctx)
-        tr, pr = await loop.create_connection(lambda: Recorder(loop), *addr, ssl=client_ctx,
-                                              server_hostname='localhost')
+        tr, pr = await tls_client(loop, addr, client_ctx)
         assert seen == ['localhost']
         assert tr.get_extra_info('ssl_object').selected_alpn_protocol() == 'h2'
         assert tr.get_extra_info('ssl_object').server_hostname == 'localhost'
@@ -678,8 +671,7 @@ def test_client_certificates(loop, ca, server_ctx, client_ctx):
 
     async def main():
         server, addr = await tls_server(loop, server_ctx)
-        tr, pr = await loop.create_connection(lambda: Recorder(loop), *addr, ssl=client_ctx,
-                                              server_hostname='localhost')
+        tr, pr = await tls_client(loop, addr, client_ctx)
         tr.write(b'ping')
         await pr.wait_for_bytes(4)
         cert = server.protos[0].transport.get_extra_info('peercert')
@@ -699,8 +691,7 @@ def test_post_handshake_auth(loop, ca, server_ctx, client_ctx):
 
     async def main():
         server, addr = await tls_server(loop, server_ctx, factory=lambda: Recorder(loop))
-        tr, pr = await loop.create_connection(lambda: Recorder(loop), *addr, ssl=client_ctx,
-                                              server_hostname='localhost')
+        tr, pr = await tls_client(loop, addr, client_ctx)
         srv = server.protos[0]
         await srv.made
         sslobj = srv.transport.get_extra_info('ssl_object')
@@ -733,8 +724,7 @@ def test_session_reuse(loop, ca, server_ctx):
         server, addr = await tls_server(loop, server_ctx)
         reused = []
         for _ in range(2):
-            tr, pr = await loop.create_connection(lambda: Recorder(loop), *addr, ssl=ctx,
-                                                  server_hostname='localhost')
+            tr, pr = await tls_client(loop, addr, ctx)
             sslobj = tr.get_extra_info('ssl_object')
             reused.append(sslobj.session_reused)
             Resuming.session = sslobj.session
@@ -766,8 +756,7 @@ def test_sslobject_class_of_the_context_is_used(loop, server_ctx, client_ctx):
 
     async def main():
         server, addr = await tls_server(loop, server_ctx)
-        tr, pr = await loop.create_connection(lambda: Recorder(loop), *addr, ssl=client_ctx,
-                                              server_hostname='localhost')
+        tr, pr = await tls_client(loop, addr, client_ctx)
         assert type(tr.get_extra_info('ssl_object')) is Counting
         await echo(tr, pr, b'counted')
         assert calls['do_handshake'] >= 1 and calls['read'] >= 1 and calls['write'] == 1
@@ -899,8 +888,7 @@ def test_no_reference_cycles_keep_connections_alive(loop, server_ctx, client_ctx
     """Closed TLS connections are freed by reference counting alone, and memory
     does not grow with the number of connections."""
     async def one(addr, refs):
-        tr, pr = await loop.create_connection(lambda: Recorder(loop), *addr, ssl=client_ctx,
-                                              server_hostname='localhost')
+        tr, pr = await tls_client(loop, addr, client_ctx)
         tr.write(b'x')
         await pr.wait_for_bytes(1)
         tr.close()
