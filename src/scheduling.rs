@@ -183,25 +183,10 @@ pub fn call_later(
         return Err(PyTypeError::new_err("delay must not be None"));
     }
     let now = slf.get().state.with(py, |s| s.now());
-    // A float or an int is added here (an int through PyLong_AsDouble, which makes
-    // no intermediate float object); anything else, and an int too large for a
-    // float, through Python's `+`, for its result or its error.
-    let exact = if let Ok(f) = delay.cast_exact::<PyFloat>() {
-        Some(f.value())
-    } else if delay.is_exact_instance_of::<PyInt>() {
-        // SAFETY: `delay` is a live int object; on failure (-1.0 with an exception
-        // set) the exception is fetched and dropped before falling back.
-        let d = unsafe { pyo3::ffi::PyLong_AsDouble(delay.as_ptr()) };
-        if d == -1.0 && PyErr::take(py).is_some() {
-            None
-        } else {
-            Some(d)
-        }
-    } else {
-        None
-    };
-    let when = match exact {
+    let when = match exact_number(py, &delay) {
         Some(d) => now + d,
+        // Anything else, and an int too large for a float: Python's `+`, for its
+        // result or its error.
         None => PyFloat::new(py, now).add(&delay)?.extract::<f64>()?,
     };
     schedule_at(slf, when, callback, args, context, "call_at", CALL_LATER_STACK_DEPTH)
@@ -219,8 +204,33 @@ pub fn call_at(
     if when.is_none() {
         return Err(PyTypeError::new_err("when cannot be None"));
     }
-    let when = when.extract::<f64>()?;
+    let when = match exact_number(when.py(), &when) {
+        Some(w) => w,
+        None => when.extract::<f64>()?,
+    };
     schedule_at(slf, when, callback, args, context, "call_at", HANDLE_STACK_DEPTH)
+}
+
+/// An exact float or int as a double, without the intermediate float object that
+/// `extract::<f64>()` makes of an int (through `int.__float__`). `None` for anything
+/// else, and for an int too large for a float: the caller takes Python's path, for
+/// its exact result or error.
+#[inline]
+fn exact_number(py: Python<'_>, obj: &Bound<'_, PyAny>) -> Option<f64> {
+    if let Ok(f) = obj.cast_exact::<PyFloat>() {
+        return Some(f.value());
+    }
+    if !obj.is_exact_instance_of::<PyInt>() {
+        return None;
+    }
+    // SAFETY: `obj` is a live int object; on failure (-1.0 with an exception set)
+    // the exception is fetched and dropped.
+    let d = unsafe { pyo3::ffi::PyLong_AsDouble(obj.as_ptr()) };
+    if d == -1.0 && PyErr::take(py).is_some() {
+        None
+    } else {
+        Some(d)
+    }
 }
 
 fn schedule_at(
