@@ -76,6 +76,47 @@ impl Drop for BufView {
     }
 }
 
+/// A read-only buffer for the length of a call: an exact `bytes` read in place (it is
+/// immutable: no buffer export to make and release, and a write queue may keep it by
+/// reference), anything else through a `BufView`. `BufView` itself is for views kept
+/// beyond the call (`sock_sendall`) and writable ones.
+pub enum ReadBuf<'a, 'py> {
+    Bytes(&'a Bound<'py, PyBytes>),
+    View(BufView),
+}
+
+impl<'a, 'py> ReadBuf<'a, 'py> {
+    #[inline]
+    pub fn get(obj: &'a Bound<'py, PyAny>) -> PyResult<Self> {
+        match obj.cast_exact::<PyBytes>() {
+            Ok(bytes) => Ok(ReadBuf::Bytes(bytes)),
+            Err(_) => BufView::get(obj, false).map(ReadBuf::View),
+        }
+    }
+
+    #[inline]
+    pub fn as_slice(&self) -> &[u8] {
+        match self {
+            ReadBuf::Bytes(bytes) => bytes.as_bytes(),
+            ReadBuf::View(view) => view.as_slice(),
+        }
+    }
+
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.as_slice().len()
+    }
+
+    /// The `bytes` object, when it is one.
+    #[inline]
+    pub fn bytes(&self) -> Option<&'a Bound<'py, PyBytes>> {
+        match self {
+            ReadBuf::Bytes(bytes) => Some(bytes),
+            ReadBuf::View(_) => None,
+        }
+    }
+}
+
 /// An exact `bytes` object held by reference. Its contents never change, so a write
 /// queue may send from it later instead of copying it now
 /// (`ferroloop_core::writebuf::WriteQueue::push_kept`). The queue releases it inside

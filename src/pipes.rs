@@ -37,7 +37,7 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PyTuple};
 
-use crate::buffer::BufView;
+use crate::buffer::ReadBuf;
 use crate::event_loop::{IoOwner, LoopCore, Ready};
 use crate::flow_control::{self, logger};
 use crate::gil_cell::GilCell;
@@ -432,8 +432,8 @@ impl PipeTransportCore {
         if !(data.is_instance_of::<PyBytes>() || data.is_instance_of::<PyByteArray>() || data.is_instance_of::<PyMemoryView>()) {
             return Err(PyAssertionError::new_err(data.repr()?.unbind()));
         }
-        let view = BufView::get(&data, false)?;
-        let bytes = view.as_slice();
+        let buf = ReadBuf::get(&data)?;
+        let bytes = buf.as_slice();
         if bytes.is_empty() {
             return Ok(());
         }

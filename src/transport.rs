@@ -40,7 +40,7 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyByteArray, PyBytes, PyDict, PyList, PyMemoryView, PyTuple};
 
-use crate::buffer::{BufView, KeptBytes};
+use crate::buffer::{BufView, KeptBytes, ReadBuf};
 use crate::event_loop::{IoOwner, LoopCore, Ready};
 use crate::flow_control::{self, is_fatal, logger};
 use crate::gil_cell::GilCell;
@@ -732,21 +732,14 @@ impl StreamTransportCore {
 
     pub(crate) fn write(slf: &Bound<'_, Self>, data: Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
-        // A `bytes` is read in place (and may be queued by reference); other
-        // buffers through a buffer view, copied if queued.
-        let exact = data.cast_exact::<PyBytes>().ok();
-        let view;
-        let slice = if let Some(bytes) = exact {
-            bytes.as_bytes()
-        } else if is_bytes_like(&data) {
-            view = BufView::get(&data, false)?;
-            view.as_slice()
-        } else {
+        if !is_bytes_like(&data) {
             return Err(PyTypeError::new_err(format!(
                 "data argument must be a bytes-like object, not {}",
                 data.get_type().name()?.repr()?
             )));
-        };
+        }
+        let buf = ReadBuf::get(&data)?;
+        let slice = buf.as_slice();
         if slice.is_empty() {
             // asyncio checks write_eof and sendfile first, then ignores empty data.
             let (eof, sendfile) = slf.get().state.with(py, |s| (s.eof, s.empty_waiter.is_some()));
@@ -761,7 +754,8 @@ impl StreamTransportCore {
         if !slf.get().check_writable(py, "write")? {
             return Ok(());
         }
-        Self::send_or_queue(slf, &[slice], exact)
+        // A `bytes` may be queued by reference instead of copied.
+        Self::send_or_queue(slf, &[slice], buf.bytes())
     }
 
     fn writelines(slf: &Bound<'_, Self>, list_of_data: Bound<'_, PyAny>) -> PyResult<()> {
@@ -769,7 +763,7 @@ impl StreamTransportCore {
         let items: Vec<Bound<'_, PyAny>> = list_of_data.try_iter()?.collect::<PyResult<_>>()?;
         let mut views = Vec::with_capacity(items.len());
         for item in &items {
-            match BufView::get(item, false) {
+            match ReadBuf::get(item) {
                 Ok(v) => views.push(v),
                 Err(_) => {
                     // The same TypeError as b''.join would raise.

@@ -38,7 +38,7 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PyString, PyTuple};
 
-use crate::buffer::BufView;
+use crate::buffer::ReadBuf;
 use crate::event_loop::{IoOwner, LoopCore, Ready};
 use crate::flow_control::{self, is_fatal, logger};
 use crate::gil_cell::GilCell;
@@ -607,18 +607,11 @@ impl DatagramTransportCore {
             return Ok(());
         }
         let target = me.target_for(&addr);
-        // A `bytes` is read in place; other buffers through a buffer view, released
-        // before any protocol callback (a held view stops a bytearray's resizing).
-        // What cannot be sent now is copied for the queue.
+        // The buffer view is released before any protocol callback (a held view
+        // stops a bytearray's resizing); what cannot be sent now is copied for the queue.
         let (sent, unsent) = {
-            let view;
-            let slice = match data.cast_exact::<PyBytes>() {
-                Ok(bytes) => bytes.as_bytes(),
-                Err(_) => {
-                    view = BufView::get(&data, false)?;
-                    view.as_slice()
-                }
-            };
+            let buf = ReadBuf::get(&data)?;
+            let slice = buf.as_slice();
             let sent = if me.state.with(py, |s| s.buffer.is_empty()) { me.send_one(py, slice, &target) } else { Err(SendErr::WouldBlock) };
             let unsent = matches!(sent, Err(SendErr::WouldBlock)).then(|| slice.to_vec());
             (sent, unsent)

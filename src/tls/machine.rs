@@ -314,7 +314,7 @@ impl TlsCore {
         if phase == Phase::Wrapped && items.len() == 1 && me.state.with(py, |s| s.backlog.is_empty()) {
             // The common case: the SSLObject takes the data at once, nothing is queued.
             let item = &items[0];
-            let view = BufView::get(item, false)?;
+            let view = ReadBuf::get(item)?;
             match me.engine.bind(py).call_method1(intern!(py, "write"), (item,)) {
                 Ok(n) => {
                     let n: usize = n.extract()?;
@@ -333,7 +333,7 @@ impl TlsCore {
             }
         }
         for item in items {
-            let len = BufView::get(&item, false)?.len();
+            let len = ReadBuf::get(&item)?.len();
             if len > 0 {
                 me.state.with(py, |s| {
                     s.backlog.push_back(item.unbind());
@@ -357,7 +357,7 @@ impl TlsCore {
                 Err(e) if is_again(py, &e)? => break,
                 Err(e) => return Err(e),
             };
-            let view = BufView::get(data.bind(py), false)?;
+            let view = ReadBuf::get(data.bind(py))?;
             let rest = (count < view.len()).then(|| PyBytes::new(py, &view.as_slice()[count..]).into_any().unbind());
             let taken = count.min(view.len());
             drop(view);

@@ -37,7 +37,7 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PyTuple, PyType};
 
-use crate::buffer::BufView;
+use crate::buffer::ReadBuf;
 use crate::event_loop::LoopCore;
 use crate::flow_control::{is_fatal, logger, tell_protocol_reporting, water_marks_default};
 use crate::gil_cell::GilCell;
@@ -524,7 +524,7 @@ impl TlsCore {
         if !is_bytes_like(&data) {
             return Err(PyTypeError::new_err(format!("data: expecting a bytes-like instance, got {}", data.get_type().name()?)));
         }
-        if BufView::get(&data, false)?.len() == 0 {
+        if ReadBuf::get(&data)?.len() == 0 {
             return Ok(());
         }
         Self::write_appdata(slf, vec![data])
@@ -537,7 +537,7 @@ impl TlsCore {
 
     #[pyo3(name = "_test__append_write_backlog")]
     fn test_append_write_backlog(&self, py: Python<'_>, data: Bound<'_, PyAny>) -> PyResult<()> {
-        let len = BufView::get(&data, false)?.len();
+        let len = ReadBuf::get(&data)?.len();
         self.state.with(py, |s| {
             s.backlog.push_back(data.unbind());
             s.backlog_size += len;
