@@ -26,12 +26,29 @@ pub struct HandleInner {
     args: Option<Py<PyTuple>>,
     /// Always set, except in a spare handle waiting in the loop for reuse.
     context: Option<Py<PyAny>>,
-    source_traceback: Option<Py<PyAny>>,
-    /// asyncio freezes the repr of a cancelled handle in debug mode.
-    frozen_repr: Option<String>,
+    /// Set only for handles made in debug mode, so the common handle stays small
+    /// (a burst of `call_soon_threadsafe` queues hundreds of thousands of them).
+    debug: Option<Box<DebugInfo>>,
     /// The context is a copy the loop took out of the collector's lists
     /// (`Handle::untrack_queued`).
     context_untracked: bool,
+}
+
+/// What a handle made in debug mode also keeps.
+struct DebugInfo {
+    source_traceback: Py<PyAny>,
+    /// asyncio freezes the repr of a cancelled handle in debug mode.
+    frozen_repr: Option<String>,
+}
+
+impl HandleInner {
+    fn source_traceback(&self) -> Option<&Py<PyAny>> {
+        self.debug.as_ref().map(|d| &d.source_traceback)
+    }
+
+    fn take_source_traceback(&mut self) -> Option<Py<PyAny>> {
+        self.debug.take().map(|d| d.source_traceback)
+    }
 }
 
 impl Drop for HandleInner {
@@ -95,8 +112,7 @@ impl Handle {
                 callback: Some(callback),
                 args: Some(args),
                 context: Some(context),
-                source_traceback: tb,
-                frozen_repr: None,
+                debug: tb.map(|source_traceback| Box::new(DebugInfo { source_traceback, frozen_repr: None })),
                 context_untracked: false,
             }),
         }
@@ -125,9 +141,8 @@ impl Handle {
         }
         me.cancelled.store(false, Ordering::Relaxed);
         Some(me.inner.with(slf.py(), |i| {
-            i.frozen_repr = None;
             let ctx_untracked = std::mem::take(&mut i.context_untracked);
-            Released(i.callback.take(), i.args.take(), i.context.take(), i.source_traceback.take(), ctx_untracked)
+            Released(i.callback.take(), i.args.take(), i.context.take(), i.take_source_traceback(), ctx_untracked)
         }))
     }
 
@@ -138,7 +153,7 @@ impl Handle {
             visit.call(&i.context)?;
             visit.call(&i.callback)?;
             visit.call(&i.args)?;
-            visit.call(&i.source_traceback)?;
+            visit.call(i.source_traceback())?;
         }
         Ok(())
     }
@@ -204,7 +219,7 @@ impl Handle {
             i.callback = Some(callback);
             i.args = Some(args);
             i.context = Some(context);
-            i.source_traceback = tb;
+            i.debug = tb.map(|source_traceback| Box::new(DebugInfo { source_traceback, frozen_repr: None }));
         });
     }
 
@@ -279,8 +294,8 @@ impl Handle {
     /// Drops the callback and arguments of a cancelled handle, keeping `debug_repr`.
     fn release_callback(&self, py: Python<'_>, debug_repr: Option<String>) {
         let (cb, args) = self.inner.with(py, |i| {
-            if debug_repr.is_some() {
-                i.frozen_repr = debug_repr;
+            if let (Some(d), Some(_)) = (&mut i.debug, &debug_repr) {
+                d.frozen_repr = debug_repr;
             }
             (i.callback.take(), i.args.take())
         });
@@ -309,7 +324,7 @@ impl Handle {
 
     fn repr_parts(&self, py: Python<'_>) -> PyResult<Vec<String>> {
         let (callback, args) = self.callback_and_args(py);
-        let tb = self.inner.with(py, |i| i.source_traceback.as_ref().map(|t| t.clone_ref(py)));
+        let tb = self.source_traceback(py);
         let mut parts = Vec::new();
         if self.is_cancelled() {
             parts.push("cancelled".to_string());
@@ -331,7 +346,11 @@ impl Handle {
     }
 
     fn frozen_repr(&self, py: Python<'_>) -> Option<String> {
-        self.inner.with(py, |i| i.frozen_repr.clone())
+        self.inner.with(py, |i| i.debug.as_ref().and_then(|d| d.frozen_repr.clone()))
+    }
+
+    fn source_traceback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.inner.with(py, |i| i.source_traceback().map(|t| t.clone_ref(py)))
     }
 }
 
@@ -373,7 +392,7 @@ impl Handle {
     fn __clear__(&self, py: Python<'_>) {
         let taken = self.inner.with(py, |i| {
             let ctx_untracked = std::mem::take(&mut i.context_untracked);
-            Released(i.callback.take(), i.args.take(), i.context.take(), i.source_traceback.take(), ctx_untracked)
+            Released(i.callback.take(), i.args.take(), i.context.take(), i.take_source_traceback(), ctx_untracked)
         });
         taken.drop_now(py);
     }
@@ -423,7 +442,7 @@ impl Handle {
 
     #[getter]
     fn _source_traceback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.inner.with(py, |i| i.source_traceback.as_ref().map(|t| t.clone_ref(py)))
+        self.source_traceback(py)
     }
 
     fn __repr__(slf: &Bound<'_, Self>) -> PyResult<String> {
@@ -443,7 +462,7 @@ impl Handle {
         if self.is_cancelled() {
             return Ok(());
         }
-        let debug = self.inner.with(py, |i| i.source_traceback.is_some());
+        let debug = self.inner.with(py, |i| i.debug.is_some());
         if !debug {
             self.cancel_inner(py, None);
             return Ok(());
