@@ -76,6 +76,36 @@ unsafe fn bind_args<'py, const N: usize>(
     kwnames: *mut ffi::PyObject,
 ) -> PyResult<Args<'py, N>> {
     let nargs = ffi::PyVectorcall_NARGS(nargsf as usize) as usize;
+    if nargs >= N {
+        // The shapes nearly every call has, `call_soon(cb, *args)` and C Task's
+        // `call_soon(step, context=ctx)`: nothing to bind by name.
+        let context = if kwnames.is_null() {
+            None
+        } else if ffi::PyTuple_GET_SIZE(kwnames) == 1 && ffi::PyTuple_GET_ITEM(kwnames, 0) == pyo3::intern!(py, "context").as_ptr() {
+            Some(Bound::from_borrowed_ptr(py, *args.add(nargs))).filter(|c| !c.is_none())
+        } else {
+            return bind_by_name(py, method, names, args, nargs, kwnames);
+        };
+        let leading = std::array::from_fn(|i| Bound::from_borrowed_ptr(py, *args.add(i)));
+        let rest = if nargs > N { tuple_of(py, args.add(N), nargs - N)? } else { PyTuple::empty(py) };
+        return Ok(Args { leading, rest, context });
+    }
+    bind_by_name(py, method, names, args, nargs, kwnames)
+}
+
+/// `bind_args` for calls that pass leading parameters by keyword, unknown keywords,
+/// or too few arguments (PyO3's errors for each).
+///
+/// SAFETY: as `bind_args`'s.
+#[cold]
+unsafe fn bind_by_name<'py, const N: usize>(
+    py: Python<'py>,
+    method: &str,
+    names: [&str; N],
+    args: *const *mut ffi::PyObject,
+    nargs: usize,
+    kwnames: *mut ffi::PyObject,
+) -> PyResult<Args<'py, N>> {
     let mut leading: [Option<Bound<'py, PyAny>>; N] =
         std::array::from_fn(|i| (i < nargs).then(|| Bound::from_borrowed_ptr(py, *args.add(i))));
     let rest = if nargs > N { tuple_of(py, args.add(N), nargs - N)? } else { PyTuple::empty(py) };

@@ -126,6 +126,27 @@ def test_context_none_means_copy(loop):
         VAR.reset(token)
 
 
+def test_explicit_context_with_arguments_by_every_spelling(loop):
+    # C Task calls call_soon(step, context=ctx) with an interned keyword name; a
+    # keyword built at run time is an equal string that is not the same object.
+    ctx = contextvars.copy_context()
+    ctx.run(VAR.set, 'given')
+    runtime_name = ''.join(['con', 'text'])
+    seen = []
+
+    def record(*args):
+        seen.append((VAR.get(None), args))
+    loop.call_soon(record, 1, 2, context=ctx)
+    loop.call_soon(record, 3, **{runtime_name: ctx})
+    loop.call_soon_threadsafe(record, 4, context=ctx)
+    loop.call_later(0, record, 5, **{runtime_name: ctx})
+    loop.call_at(loop.time(), record, context=ctx)
+    loop.call_later(0.001, loop.stop)
+    loop.run_forever()
+    # (sorted: the stdlib's timer heap does not promise an order for equal deadlines)
+    assert sorted(seen) == [('given', ()), ('given', (1, 2)), ('given', (3,)), ('given', (4,)), ('given', (5,))]
+
+
 def test_context_that_is_not_a_context(loop):
     # asyncio accepts any object and calls its run() method: a duck-typed
     # context works, anything else is reported when the callback runs.
