@@ -60,9 +60,15 @@ def retained(loop, batch, n, warmup=50):
     return after - before
 
 
-def assert_no_leak(loop, batch, n):
-    kept = retained(loop, batch, n)
-    assert kept < SLACK_BYTES + MAX_BYTES_PER_OP * n, f'{kept} bytes retained after {n} operations ({kept / n:.1f} per operation)'
+def assert_no_leak(loop, batch, n, tries=2):
+    """A leak retains its bytes on every try; what a loop holds only for a while
+    (seen on a loaded machine: a few KiB after some `sock_sendfile` fallback runs,
+    freed during the next run) does not, so one try under the bound is enough."""
+    for _ in range(tries):
+        kept = retained(loop, batch, n)
+        if kept < SLACK_BYTES + MAX_BYTES_PER_OP * n:
+            return
+    raise AssertionError(f'{kept} bytes retained after {n} operations ({kept / n:.1f} per operation), on each of {tries} tries')
 
 
 def test_sock_connect_ip_address(loop, listener):
