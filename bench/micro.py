@@ -31,17 +31,23 @@ BATCH = 1000  # callbacks queued per loop iteration in the batched workloads
 SMALL_BATCH = 100  # callbacks queued per iteration in the plain call_soon workloads
 
 
-def noop(*args):
+def noop():
     pass
 
 
-def _batched(loop, n, per_iter, schedule_one):
-    """Run n operations as n/per_iter loop iterations, each queueing per_iter of them."""
+def noop3(a, b, c):
+    pass
+
+
+def _batched(loop, n, per_iter, schedule):
+    """Run n operations as n/per_iter loop iterations; `schedule(k)` queues k of them
+    in a plain `for` loop of its own, so the only Python frame per operation is the
+    callback's (a helper called per operation would add a frame of the benchmark's
+    to every loop's figure and dilute the differences between loops)."""
     left = [n // per_iter]
 
     def driver():
-        for _ in range(per_iter):
-            schedule_one()
+        schedule(per_iter)
         left[0] -= 1
         if left[0]:
             loop.call_soon(driver)
@@ -54,18 +60,26 @@ def _batched(loop, n, per_iter, schedule_one):
 
 def call_soon(loop, n):
     """call_soon(cb) with no arguments: schedule + dispatch, 100 ready per iteration."""
-    return _batched(loop, n, SMALL_BATCH, lambda: loop.call_soon(noop))
+    def schedule(k, call_soon=loop.call_soon):
+        for _ in range(k):
+            call_soon(noop)
+    return _batched(loop, n, SMALL_BATCH, schedule)
 
 
 def call_soon_args(loop, n):
     """call_soon(cb, 1, 2, 3): the cost of carrying positional arguments."""
-    return _batched(loop, n, SMALL_BATCH, lambda: loop.call_soon(noop, 1, 2, 3))
+    def schedule(k, call_soon=loop.call_soon):
+        for _ in range(k):
+            call_soon(noop3, 1, 2, 3)
+    return _batched(loop, n, SMALL_BATCH, schedule)
 
 
 def call_soon_context(loop, n):
     """call_soon(cb, context=ctx): what C Task/Future do on every step and done callback."""
-    ctx = contextvars.copy_context()
-    return _batched(loop, n, SMALL_BATCH, lambda: loop.call_soon(noop, context=ctx))
+    def schedule(k, call_soon=loop.call_soon, ctx=contextvars.copy_context()):
+        for _ in range(k):
+            call_soon(noop, context=ctx)
+    return _batched(loop, n, SMALL_BATCH, schedule)
 
 
 def call_soon_chain(loop, n):
@@ -86,7 +100,10 @@ def call_soon_chain(loop, n):
 
 def call_soon_batch(loop, n):
     """1000 callbacks queued, then run: a long ready queue."""
-    return _batched(loop, n, BATCH, lambda: loop.call_soon(noop))
+    def schedule(k, call_soon=loop.call_soon):
+        for _ in range(k):
+            call_soon(noop)
+    return _batched(loop, n, BATCH, schedule)
 
 
 def call_soon_threadsafe(loop, n):
@@ -112,13 +129,19 @@ def call_soon_threadsafe(loop, n):
 def call_later_fire(loop, n):
     """call_later(0, cb), 1000 per iteration, each fired on the next iteration: timer
     heap push + pop + dispatch."""
-    return _batched(loop, n, BATCH, lambda: loop.call_later(0, noop))
+    def schedule(k, call_later=loop.call_later):
+        for _ in range(k):
+            call_later(0, noop)
+    return _batched(loop, n, BATCH, schedule)
 
 
 def timer_cancel(loop, n):
     """call_later(10, cb) then .cancel(): what every asyncio.timeout()/wait_for() does
     when the awaited thing finishes in time. The timer never fires."""
-    return _batched(loop, n, BATCH, lambda: loop.call_later(10, noop).cancel())
+    def schedule(k, call_later=loop.call_later):
+        for _ in range(k):
+            call_later(10, noop).cancel()
+    return _batched(loop, n, BATCH, schedule)
 
 
 def tasks_sleep0(loop, n):
