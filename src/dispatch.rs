@@ -14,7 +14,7 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::PyDict;
 
-use crate::event_loop::{IoOwner, LoopCore, Ready, MAX_SPARE_HANDLES};
+use crate::event_loop::{IoOwner, LoopCore, LoopState, Ready, SPARE_TRIM_PERIOD};
 use crate::handles::{format_callback_source, Handle};
 use crate::listener::Listener;
 use crate::pipes::PipeTransportCore;
@@ -50,8 +50,14 @@ pub fn run_until_stopped(slf: &Bound<'_, LoopCore>) -> PyResult<()> {
 
 fn run_once(slf: &Bound<'_, LoopCore>, core: &LoopCore, py: Python<'_>) -> PyResult<()> {
     let cancelled = core.cancelled_timers.swap(0, std::sync::atomic::Ordering::Relaxed);
+    // Objects leaving the loop are dropped after the state borrows end: dropping
+    // may run Python code (see gil_cell).
+    let mut dead_handles = Vec::new();
     let (timeout, skip_poll, mut fds) = core.state.with(py, |s| {
         s.timers.note_cancelled(cancelled);
+        if s.spare_handles.above_keep() {
+            trim_spare_handles(s, &mut dead_handles);
+        }
         // Cancelled slots are empty: recycling them here drops no Python object.
         for entry in s.timers.purge_cancelled() {
             s.recycle_slot(entry.0, false);
@@ -95,9 +101,6 @@ fn run_once(slf: &Bound<'_, LoopCore>, core: &LoopCore, py: Python<'_>) -> PyRes
         other => other?,
     }
 
-    // Objects leaving the loop are dropped after the state borrow ends: dropping
-    // may run Python code (see gil_cell).
-    let mut dead_handles = Vec::new();
     let ntodo = core.state.with(py, |s| {
         if let Some(w) = &s.waker {
             w.disarm();
@@ -168,6 +171,19 @@ fn run_once(slf: &Bound<'_, LoopCore>, core: &LoopCore, py: Python<'_>) -> PyRes
     Ok(())
 }
 
+/// Moves the spare handles that went unused for a whole `SPARE_TRIM_PERIOD` to
+/// `freed`, to be dropped after the state borrow. Called only while the pool holds
+/// more than it always keeps (after a burst), so the clock is read only then.
+#[cold]
+#[inline(never)]
+fn trim_spare_handles(s: &mut LoopState, freed: &mut Vec<Py<Handle>>) {
+    let now = s.now();
+    if now - s.spares_trimmed_at >= SPARE_TRIM_PERIOD {
+        s.spares_trimmed_at = now;
+        freed.append(&mut s.spare_handles.trim());
+    }
+}
+
 /// Drops a ready entry the loop is done with. A `call_soon` handle nobody else
 /// holds is emptied and kept for the next `call_soon` instead (see
 /// `Handle::take_for_reuse`); what it held is dropped after the state borrow.
@@ -181,14 +197,7 @@ fn release(core: &LoopCore, py: Python<'_>, item: Ready) {
         Handle::track_again(&handle); // someone else holds it
         return;
     };
-    let unkept = core.state.with(py, |s| {
-        if s.spare_handles.len() < MAX_SPARE_HANDLES {
-            s.spare_handles.push(handle.unbind());
-            None
-        } else {
-            Some(handle)
-        }
-    });
+    let unkept = core.state.with(py, |s| s.spare_handles.give(handle.unbind()));
     released.drop_now(py);
     drop(unkept);
 }
@@ -368,7 +377,7 @@ pub fn drop_queued(core: &LoopCore, py: Python<'_>) {
             s.current_handle.take(),
             std::mem::take(&mut s.io),
             std::mem::take(&mut s.deferred_flush),
-            std::mem::take(&mut s.spare_handles),
+            s.spare_handles.drain(),
         )
     });
     for r in &dropped.0 {

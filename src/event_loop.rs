@@ -10,6 +10,7 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 
 use ferroloop_core::poller::{self, FdMap, Poller, Readiness, Registrar, Waker};
+use ferroloop_core::pool::Pool;
 use ferroloop_core::sockio;
 use ferroloop_core::timers::{Cancellable, TimerQueue};
 use pyo3::exceptions::PyRuntimeError;
@@ -107,9 +108,14 @@ pub enum Ready {
     Flush(Py<StreamTransportCore>),
 }
 
-/// How many emptied handles the loop keeps for reuse: one iteration's worth of a
-/// busy loop's callbacks (about 130 bytes each).
-pub const MAX_SPARE_HANDLES: usize = 1024;
+/// Emptied handles the loop keeps for reuse (about 112 bytes each): always up to
+/// `KEEP_SPARE_HANDLES`, and up to `MAX_SPARE_HANDLES` while bursts need them (a
+/// thread calling `call_soon_threadsafe` queues tens of thousands while it holds
+/// the GIL). What a whole `SPARE_TRIM_PERIOD` went without is freed (`Pool::trim`).
+pub const KEEP_SPARE_HANDLES: usize = 1024;
+pub const MAX_SPARE_HANDLES: usize = 1 << 17;
+/// Seconds between two trims of the spare handles.
+pub const SPARE_TRIM_PERIOD: f64 = 1.0;
 
 /// How many empty timer slots the loop keeps for reuse (a few dozen bytes each):
 /// a `call_later` then costs no allocation and its end no free.
@@ -118,9 +124,11 @@ pub const MAX_SPARE_SLOTS: usize = 1024;
 /// Everything the loop mutates, behind one GIL-guarded cell.
 pub struct LoopState {
     pub ready: VecDeque<Ready>,
-    /// Emptied `call_soon` handles kept for reuse (see `Handle::take_for_reuse`),
-    /// at most `MAX_SPARE_HANDLES`. Not visited by `__traverse__`: they hold nothing.
-    pub spare_handles: Vec<Py<Handle>>,
+    /// Emptied `call_soon` handles kept for reuse (see `Handle::take_for_reuse`).
+    /// Not visited by `__traverse__`: they hold nothing.
+    pub spare_handles: Pool<Py<Handle>, KEEP_SPARE_HANDLES, MAX_SPARE_HANDLES>,
+    /// When `spare_handles` was last trimmed (loop time).
+    pub spares_trimmed_at: f64,
     pub timers: TimerQueue<TimerEntry>,
     /// Empty timer slots for reuse by `call_later` (see `recycle_slot`).
     pub spare_slots: Vec<Arc<TimerSlot>>,
@@ -300,7 +308,8 @@ impl LoopCore {
         Ok(LoopCore {
             state: GilCell::new(LoopState {
                 ready: VecDeque::with_capacity(256),
-                spare_handles: Vec::new(),
+                spare_handles: Pool::new(),
+                spares_trimmed_at: f64::NEG_INFINITY,
                 timers: TimerQueue::new(),
                 spare_slots: Vec::new(),
                 retired_slots: Vec::new(),

@@ -120,7 +120,7 @@ pub fn push_ready(
     (ctx, fresh_ctx): (Py<PyAny>, bool),
     tb: Option<Py<PyAny>>,
 ) -> PyResult<Py<Handle>> {
-    let handle = match core.state.with(py, |s| s.spare_handles.pop()) {
+    let handle = match core.state.with(py, |s| s.spare_handles.take()) {
         Some(spare) => {
             spare.get().refill(py, callback.unbind(), args.unbind(), ctx, tb);
             spare
