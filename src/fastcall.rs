@@ -1,6 +1,7 @@
 //! Raw vectorcall entry points for the loop's hottest methods: `call_soon`,
-//! `call_soon_threadsafe`, `call_later` and `call_at`, and `TimerHandle.cancel`
-//! (`asyncio.timeout` and `wait_for` schedule and cancel a timer every time).
+//! `call_soon_threadsafe`, `call_later` and `call_at`, `TimerHandle.cancel`
+//! (`asyncio.timeout` and `wait_for` schedule and cancel a timer every time), and
+//! the stream transport's `write` (every reply of every protocol).
 //!
 //! C `Task` and `Future` call `call_soon` on every step and done-callback, so its
 //! fixed cost is the loop's. PyO3's generic method wrapper (argument description
@@ -27,10 +28,12 @@ use pyo3::types::{PyNone, PyString, PyTuple, PyType};
 use crate::event_loop::LoopCore;
 use crate::handles::TimerHandle;
 use crate::scheduling;
+use crate::transport::StreamTransportCore;
 
-/// Installs the four methods on `loop_type` (the `LoopCore` type object), and
-/// `cancel` on `timer_type` (`TimerHandle`).
-pub fn install(loop_type: &Bound<'_, PyType>, timer_type: &Bound<'_, PyType>) -> PyResult<()> {
+/// Installs the four methods on `loop_type` (the `LoopCore` type object), `cancel`
+/// on `timer_type` (`TimerHandle`) and `write` on `stream_type`
+/// (`StreamTransportCore`).
+pub fn install(loop_type: &Bound<'_, PyType>, timer_type: &Bound<'_, PyType>, stream_type: &Bound<'_, PyType>) -> PyResult<()> {
     let methods: [(&'static CStr, ffi::PyCFunctionFastWithKeywords, &'static CStr); 4] = [
         (c"call_soon", call_soon, c"Arrange for a callback to be called as soon as possible."),
         (c"call_soon_threadsafe", call_soon_threadsafe, c"Like call_soon(), but thread-safe."),
@@ -41,7 +44,9 @@ pub fn install(loop_type: &Bound<'_, PyType>, timer_type: &Bound<'_, PyType>) ->
         let meth = ffi::PyMethodDefPointer { PyCFunctionFastWithKeywords: meth };
         add_method(loop_type, name, meth, ffi::METH_FASTCALL | ffi::METH_KEYWORDS, doc)?;
     }
-    add_method(timer_type, c"cancel", ffi::PyMethodDefPointer { PyCFunction: timer_cancel }, ffi::METH_NOARGS, c"Cancel the timer.")
+    add_method(timer_type, c"cancel", ffi::PyMethodDefPointer { PyCFunction: timer_cancel }, ffi::METH_NOARGS, c"Cancel the timer.")?;
+    let write = ffi::PyMethodDefPointer { PyCFunctionFastWithKeywords: stream_write };
+    add_method(stream_type, c"write", write, ffi::METH_FASTCALL | ffi::METH_KEYWORDS, c"Write some data bytes to the transport.")
 }
 
 fn add_method(ty: &Bound<'_, PyType>, name: &'static CStr, meth: ffi::PyMethodDefPointer, flags: i32, doc: &'static CStr) -> PyResult<()> {
@@ -230,6 +235,30 @@ unsafe extern "C" fn timer_cancel(slf: *mut ffi::PyObject, _unused: *mut ffi::Py
         enter::<TimerHandle>(slf, |timer| {
             TimerHandle::cancel(timer)?;
             Ok(PyNone::get(timer.py()).to_owned().into_any())
+        })
+    }
+}
+
+/// `StreamTransportCore.write(data)`. One positional argument is the call every
+/// protocol makes; anything else goes to the PyO3-bound `_write`, for its binding
+/// and its errors.
+unsafe extern "C" fn stream_write(
+    slf: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargsf: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: CPython calls this with the GIL held and its vectorcall arguments,
+    // passed on unchanged; the descriptor checked `slf`'s type.
+    unsafe {
+        enter::<StreamTransportCore>(slf, |core| {
+            let py = core.py();
+            if ffi::PyVectorcall_NARGS(nargsf as usize) == 1 && kwnames.is_null() {
+                StreamTransportCore::write(core, Bound::from_borrowed_ptr(py, *args))?;
+                return Ok(PyNone::get(py).to_owned().into_any());
+            }
+            let bound = core.getattr(pyo3::intern!(py, "_write"))?;
+            Bound::from_owned_ptr_or_err(py, ffi::PyObject_Vectorcall(bound.as_ptr(), args, nargsf as usize, kwnames))
         })
     }
 }

@@ -34,7 +34,11 @@ use pyo3::prelude::*;
 #[pymodule(gil_used = true)]
 fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<event_loop::LoopCore>()?;
-    fastcall::install(&m.py().get_type::<event_loop::LoopCore>(), &m.py().get_type::<handles::TimerHandle>())?;
+    fastcall::install(
+        &m.py().get_type::<event_loop::LoopCore>(),
+        &m.py().get_type::<handles::TimerHandle>(),
+        &m.py().get_type::<transport::StreamTransportCore>(),
+    )?;
     m.add_class::<handles::Handle>()?;
     m.add_class::<handles::TimerHandle>()?;
     m.add_class::<sock::SockOp>()?;

@@ -1297,6 +1297,25 @@ def test_buffers_changed_after_write_are_sent_as_they_were(loop):
     run(loop, main())
 
 
+def test_write_by_keyword_and_with_the_wrong_argument_count(loop):
+    async def main():
+        server, addr = await start_echo_server(loop)
+        tr, pr = await loop.create_connection(lambda: Recorder(loop), *addr)
+        tr.write(data=b'by keyword')
+        await pr.wait_for_bytes(10)
+        assert bytes(pr.data) == b'by keyword'
+        with pytest.raises(TypeError):
+            tr.write()
+        with pytest.raises(TypeError):
+            tr.write(b'a', b'b')
+        with pytest.raises(TypeError):
+            tr.write(b'a', data=b'b')
+        tr.close()
+        await pr.lost
+        server.close()
+    run(loop, main())
+
+
 def test_transport_methods_can_be_replaced_on_the_instance(loop):
     """As on asyncio's transports (which have a __dict__): mock.patch.object on a
     transport method, then the original again once the patch is undone."""
