@@ -536,9 +536,8 @@ impl StreamTransportCore {
     }
 
     /// Collects a write for the end of the iteration when the loop is running and
-    /// the socket is not known to be full; false: send it now instead. The
-    /// iteration's first write, if it is a `bytes` (`keep`), is held by reference,
-    /// not copied.
+    /// the socket is not known to be full; false: send it now instead. A `bytes`
+    /// (`keep`) is held by reference, not copied (see `WriteQueue::push_kept`).
     fn defer(slf: &Bound<'_, Self>, bufs: &[&[u8]], total: usize, keep: Option<&Bound<'_, PyBytes>>) -> PyResult<bool> {
         let py = slf.py();
         let me = slf.get();
@@ -553,8 +552,8 @@ impl StreamTransportCore {
             }
             let first = !s.deferred;
             match keep {
-                Some(bytes) if first => s.wq.push_kept(KeptBytes::new(bytes)),
-                _ => bufs.iter().for_each(|b| s.wq.push(b)),
+                Some(bytes) => s.wq.push_kept(KeptBytes::new(bytes)),
+                None => bufs.iter().for_each(|b| s.wq.push(b)),
             }
             s.deferred = true;
             (Some(first), s.wq.len() >= DEFER_MAX.min(s.high.max(1)))

@@ -1297,6 +1297,30 @@ def test_buffers_changed_after_write_are_sent_as_they_were(loop):
     run(loop, main())
 
 
+def test_many_writes_of_one_iteration_arrive_in_order(loop):
+    """bytes of every size (held by reference while few are queued, copied after),
+    between mutable buffers (always copied), in one callback: the peer gets them in
+    order, byte for byte."""
+    async def main():
+        sinks = []
+        server = await loop.create_server(lambda: sinks.append(Recorder(loop)) or sinks[-1], '127.0.0.1', 0)
+        tr, pr = await loop.create_connection(lambda: Recorder(loop), *server.sockets[0].getsockname())
+        pieces = []
+        for i in range(40):
+            size = (1, 13, 700, 3000, 70_000)[i % 5]
+            piece = payload(size, seed=i)
+            pieces.append(piece)
+            tr.write(bytearray(piece) if i % 7 == 3 else piece)
+        expected = b''.join(pieces)
+        await sinks[0].wait_for_bytes(len(expected))
+        tr.close()
+        await pr.lost
+        await sinks[0].lost
+        assert bytes(sinks[0].data) == expected
+        server.close()
+    run(loop, main())
+
+
 def test_write_by_keyword_and_with_the_wrong_argument_count(loop):
     async def main():
         server, addr = await start_echo_server(loop)

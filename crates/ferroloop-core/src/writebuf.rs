@@ -12,9 +12,9 @@
 //! pool the next small write takes from (a request/response connection would
 //! otherwise pay a malloc and a free per reply).
 //!
-//! A queue may also hold, by reference instead of by copy, one immutable buffer
-//! its owner keeps alive (`push_kept`): the Python layer's `bytes`, queued by a
-//! transport that collects an iteration's writes, is then sent without ever being
+//! A queue may also hold, by reference instead of by copy, immutable buffers their
+//! owner keeps alive (`push_kept`): the Python layer's `bytes`, queued by a
+//! transport that collects an iteration's writes, are then sent without ever being
 //! copied. The keeper type is a parameter, so this module stays free of Python.
 
 use std::cell::RefCell;
@@ -25,6 +25,8 @@ use std::os::fd::RawFd;
 
 /// Chunks smaller than this are appended to the tail chunk instead of queued alone.
 const COALESCE_MAX: usize = 16 * 1024;
+/// `push_kept` holds buffers by reference only while fewer chunks are queued.
+const KEPT_MAX: usize = 8;
 /// iovecs per `sendmsg` (Linux `IOV_MAX` is 1024; a few dozen is plenty).
 const MAX_IOV: usize = 64;
 /// Sent chunk buffers kept per thread for reuse (each at most `COALESCE_MAX`
@@ -197,16 +199,18 @@ impl<K: AsRef<[u8]>> WriteQueue<K> {
         self.chunks.push_back(Chunk::Copy(if data.len() < COALESCE_MAX { take_buffer(data) } else { data.to_vec() }));
     }
 
-    /// Queues `kept`'s bytes without copying them when the queue is empty (the
-    /// common case: one reply per iteration); behind other chunks it is copied like
-    /// `push`, so many small writes still coalesce into few iovecs.
+    /// Queues `kept`'s bytes without copying them (a reply, or a header and a body
+    /// written apart), unless the tail chunk is a copy that can take them or the
+    /// queue already holds `KEPT_MAX` chunks: then they are copied like `push`, so
+    /// many small writes still coalesce into few iovecs.
     pub fn push_kept(&mut self, kept: K) {
         let data = kept.as_ref();
-        if !self.is_empty() || data.is_empty() {
+        let tail_takes_it = matches!(self.chunks.back(), Some(Chunk::Copy(_))) && data.len() < COALESCE_MAX;
+        if data.is_empty() || tail_takes_it || self.chunks.len() >= KEPT_MAX {
             self.push(data);
             return;
         }
-        self.len = data.len();
+        self.len += data.len();
         self.chunks.push_back(Chunk::Kept(kept));
     }
 
@@ -304,25 +308,39 @@ mod tests {
     }
 
     #[test]
-    fn a_kept_buffer_is_held_by_reference_only_at_the_head() {
+    fn kept_buffers_are_held_by_reference_until_a_copy_can_take_them() {
         use std::rc::Rc;
-        let kept: Rc<[u8]> = Rc::from(&b"header "[..]);
+        let header: Rc<[u8]> = Rc::from(&b"header "[..]);
+        let body: Rc<[u8]> = Rc::from(&b"body"[..]);
         let mut q: WriteQueue<Rc<[u8]>> = WriteQueue::new();
-        q.push_kept(kept.clone());
-        assert_eq!(Rc::strong_count(&kept), 2, "an empty queue holds it, uncopied");
-        q.push_kept(Rc::from(&b"body"[..])); // behind a chunk: copied, and coalesced
+        q.push_kept(header.clone());
+        q.push_kept(body.clone());
+        assert_eq!((Rc::strong_count(&header), Rc::strong_count(&body)), (2, 2), "held, uncopied");
         q.push(b"!");
-        assert_eq!(q.len(), 12);
-        assert_eq!(q.slices(), vec![&b"header "[..], &b"body!"[..]]);
+        q.push_kept(Rc::from(&b"?"[..])); // the tail is a copy: coalesced into it
+        assert_eq!(q.len(), 13);
+        assert_eq!(q.slices(), vec![&b"header "[..], &b"body"[..], &b"!?"[..]]);
         q.consume(3);
-        assert_eq!(q.slices().concat(), b"der body!");
+        assert_eq!(q.slices().concat(), b"der body!?");
         q.consume(4);
-        assert_eq!(Rc::strong_count(&kept), 1, "released once sent");
-        assert_eq!(q.slices().concat(), b"body!");
+        assert_eq!(Rc::strong_count(&header), 1, "released once sent");
+        assert_eq!(q.slices().concat(), b"body!?");
         q.push_kept(Rc::from(&b""[..]));
-        assert_eq!(q.len(), 5);
+        assert_eq!(q.len(), 6);
         q.clear();
         assert!(q.is_empty());
+        assert_eq!(Rc::strong_count(&body), 1, "released when cleared");
+    }
+
+    #[test]
+    fn a_long_run_of_kept_writes_coalesces_past_kept_max() {
+        use std::rc::Rc;
+        let mut q: WriteQueue<Rc<[u8]>> = WriteQueue::new();
+        for i in 0..100u8 {
+            q.push_kept(Rc::from(&[i][..]));
+        }
+        assert_eq!(q.slices().len(), KEPT_MAX + 1);
+        assert_eq!(q.slices().concat(), (0..100u8).collect::<Vec<_>>());
     }
 
     #[test]
