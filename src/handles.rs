@@ -215,11 +215,14 @@ impl Handle {
     /// nothing), so it may run inside the loop state's `with`.
     pub fn refill(&self, py: Python<'_>, callback: Py<PyAny>, args: Py<PyTuple>, context: Py<PyAny>, tb: Option<Py<PyAny>>) {
         self.inner.with(py, |i| {
-            debug_assert!(i.callback.is_none() && i.context.is_none());
+            // Emptied by `take_for_reuse`: nothing to drop (so no drop call either).
+            debug_assert!(i.callback.is_none() && i.context.is_none() && i.debug.is_none());
             i.callback = Some(callback);
             i.args = Some(args);
             i.context = Some(context);
-            i.debug = tb.map(|source_traceback| Box::new(DebugInfo { source_traceback, frozen_repr: None }));
+            if let Some(source_traceback) = tb {
+                i.debug = Some(Box::new(DebugInfo { source_traceback, frozen_repr: None }));
+            }
         });
     }
 

@@ -48,6 +48,7 @@ pub const UNTRACK_FROM_LEN: usize = 128;
 pub const HANDLE_STACK_DEPTH: usize = 8;
 pub const CALL_LATER_STACK_DEPTH: usize = 7;
 
+#[inline(always)]
 fn check_and_trace(
     core: &LoopCore,
     py: Python<'_>,
@@ -63,6 +64,20 @@ fn check_and_trace(
     if !debug {
         return Ok(None);
     }
+    check_and_trace_debug(core, py, callback, method, threadsafe, depth)
+}
+
+/// `check_and_trace` in debug mode: asyncio's checks, and the source traceback.
+#[cold]
+#[inline(never)]
+fn check_and_trace_debug(
+    core: &LoopCore,
+    py: Python<'_>,
+    callback: &Bound<'_, PyAny>,
+    method: &str,
+    threadsafe: bool,
+    depth: usize,
+) -> PyResult<Option<Py<PyAny>>> {
     if !threadsafe {
         check_thread(core, py)?;
     }
