@@ -38,6 +38,7 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
         &m.py().get_type::<event_loop::LoopCore>(),
         &m.py().get_type::<handles::TimerHandle>(),
         &m.py().get_type::<transport::StreamTransportCore>(),
+        &m.py().get_type::<sock::SockOp>(),
     )?;
     m.add_class::<handles::Handle>()?;
     m.add_class::<handles::TimerHandle>()?;

@@ -886,6 +886,14 @@ impl SockOp {
     }
 }
 
+impl SockOp {
+    /// One step of the coroutine, `value` sent into it (`None`: `__next__`). What
+    /// `__next__`, `send` and the raw `am_send` slot (`fastcall::sockop_send`) share.
+    pub fn step(slf: &Bound<'_, Self>, value: Option<&Bound<'_, PyAny>>) -> PyResult<Step> {
+        slf.try_borrow_mut()?.resume(slf.as_any(), value)
+    }
+}
+
 #[pymethods]
 impl SockOp {
     fn __await__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
@@ -897,7 +905,7 @@ impl SockOp {
     }
 
     fn __next__(slf: &Bound<'_, Self>) -> PyResult<Option<Py<PyAny>>> {
-        let step = slf.try_borrow_mut()?.resume(slf.as_any(), None)?;
+        let step = Self::step(slf, None)?;
         match step {
             Step::Yield(y) => Ok(Some(y)),
             Step::Return(v) if v.is_none(slf.py()) => Ok(None),
@@ -906,7 +914,7 @@ impl SockOp {
     }
 
     fn send(slf: &Bound<'_, Self>, value: Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
-        let step = slf.try_borrow_mut()?.resume(slf.as_any(), Some(&value))?;
+        let step = Self::step(slf, Some(&value))?;
         match step {
             Step::Yield(y) => Ok(y),
             Step::Return(v) => Err(stop_iteration(v)),
