@@ -88,6 +88,10 @@ fn run_once(slf: &Bound<'_, LoopCore>, core: &LoopCore, py: Python<'_>) -> PyRes
             timeout == Some(Duration::ZERO) && s.signal_handlers.is_empty() && s.registrar.as_ref().is_none_or(|r| r.watched_count() == 0);
         (timeout, skip_poll, std::mem::take(&mut s.ready_fds))
     });
+    // Trimmed spares go now, not after a poll that may sleep for long.
+    if !dead_handles.is_empty() {
+        dead_handles.clear();
+    }
 
     let polled = if skip_poll {
         Ok(())
