@@ -2,8 +2,10 @@
 //! `call_soon_threadsafe`, `call_later` and `call_at`, `TimerHandle.cancel`
 //! (`asyncio.timeout` and `wait_for` schedule and cancel a timer every time), and
 //! the stream transport's `write` (every reply of every protocol); and the `am_send`
-//! slot of `SockOp`, through which `await loop.sock_recv(...)` and C `Task` step a
-//! socket operation and get its result without a `StopIteration` being raised.
+//! slot of `SockOp`, through which `PyIter_Send` steps a socket operation and gets
+//! its result without a `StopIteration` being raised. On 3.10 and 3.11 that is how
+//! `await loop.sock_recv(...)` steps it; 3.12+ `await` calls `__next__`/`send`
+//! instead, which keep working as before.
 //!
 //! C `Task` and `Future` call `call_soon` on every step and done-callback, so its
 //! fixed cost is the loop's. PyO3's generic method wrapper (argument description
@@ -42,17 +44,26 @@ pub fn install(
     stream_type: &Bound<'_, PyType>,
     sockop_type: &Bound<'_, PyType>,
 ) -> PyResult<()> {
+    // 3.10 reads `am_send` only from types with this flag (removed in 3.11).
+    const PY_TPFLAGS_HAVE_AM_SEND: std::ffi::c_ulong = 1 << 21;
+    let before_3_11 = loop_type.py().version_info() < (3, 11);
     // SAFETY: `sockop_type` is a live heap type made by PyO3 (`PyType_FromSpec`), so
     // `tp_as_async` points at the `PyAsyncMethods` inside its own type object, which
     // lives as long as the type; it has `__await__`, so the struct is in use. Setting
-    // `am_send` there before any instance exists is what a type spec's `Py_am_send`
-    // slot would have done.
+    // `am_send` (and on 3.10 the flag that announces it) before any instance exists
+    // is what a type spec's `Py_am_send` slot would have done.
     unsafe {
-        let async_methods = (*sockop_type.as_type_ptr()).tp_as_async;
+        let ty = sockop_type.as_type_ptr();
+        let async_methods = (*ty).tp_as_async;
         if async_methods.is_null() {
             return Err(pyo3::exceptions::PyRuntimeError::new_err("SockOp has no async methods table"));
         }
         (*async_methods).am_send = Some(sockop_send);
+        if before_3_11 {
+            // A cast, not `|=` on the field: free-threaded builds (3.13+, never
+            // here) declare it atomic, with the same layout.
+            *std::ptr::addr_of_mut!((*ty).tp_flags).cast::<std::ffi::c_ulong>() |= PY_TPFLAGS_HAVE_AM_SEND;
+        }
     }
     let methods: [(&'static CStr, ffi::PyCFunctionFastWithKeywords, &'static CStr); 4] = [
         (c"call_soon", call_soon, c"Arrange for a callback to be called as soon as possible."),
