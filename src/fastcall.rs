@@ -44,27 +44,7 @@ pub fn install(
     stream_type: &Bound<'_, PyType>,
     sockop_type: &Bound<'_, PyType>,
 ) -> PyResult<()> {
-    // 3.10 reads `am_send` only from types with this flag (removed in 3.11).
-    const PY_TPFLAGS_HAVE_AM_SEND: std::ffi::c_ulong = 1 << 21;
-    let before_3_11 = loop_type.py().version_info() < (3, 11);
-    // SAFETY: `sockop_type` is a live heap type made by PyO3 (`PyType_FromSpec`), so
-    // `tp_as_async` points at the `PyAsyncMethods` inside its own type object, which
-    // lives as long as the type; it has `__await__`, so the struct is in use. Setting
-    // `am_send` (and on 3.10 the flag that announces it) before any instance exists
-    // is what a type spec's `Py_am_send` slot would have done.
-    unsafe {
-        let ty = sockop_type.as_type_ptr();
-        let async_methods = (*ty).tp_as_async;
-        if async_methods.is_null() {
-            return Err(pyo3::exceptions::PyRuntimeError::new_err("SockOp has no async methods table"));
-        }
-        (*async_methods).am_send = Some(sockop_send);
-        if before_3_11 {
-            // A cast, not `|=` on the field: free-threaded builds (3.13+, never
-            // here) declare it atomic, with the same layout.
-            *std::ptr::addr_of_mut!((*ty).tp_flags).cast::<std::ffi::c_ulong>() |= PY_TPFLAGS_HAVE_AM_SEND;
-        }
-    }
+    install_am_send(sockop_type)?;
     let methods: [(&'static CStr, ffi::PyCFunctionFastWithKeywords, &'static CStr); 4] = [
         (c"call_soon", call_soon, c"Arrange for a callback to be called as soon as possible."),
         (c"call_soon_threadsafe", call_soon_threadsafe, c"Like call_soon(), but thread-safe."),
@@ -78,6 +58,31 @@ pub fn install(
     add_method(timer_type, c"cancel", ffi::PyMethodDefPointer { PyCFunction: timer_cancel }, ffi::METH_NOARGS, c"Cancel the timer.")?;
     let write = ffi::PyMethodDefPointer { PyCFunctionFastWithKeywords: stream_write };
     add_method(stream_type, c"write", write, ffi::METH_FASTCALL | ffi::METH_KEYWORDS, c"Write some data bytes to the transport.")
+}
+
+/// Sets `am_send` on `sockop_type` (and on 3.10 the flag that announces it, removed
+/// in 3.11), as a type spec's `Py_am_send` slot would have.
+fn install_am_send(sockop_type: &Bound<'_, PyType>) -> PyResult<()> {
+    const PY_TPFLAGS_HAVE_AM_SEND: std::ffi::c_ulong = 1 << 21;
+    let before_3_11 = sockop_type.py().version_info() < (3, 11);
+    // SAFETY: `sockop_type` is a live heap type made by PyO3 (`PyType_FromSpec`), so
+    // `tp_as_async` points at the `PyAsyncMethods` inside its own type object, which
+    // lives as long as the type; it has `__await__`, so the struct is in use. Both
+    // are set at import, before any instance exists.
+    unsafe {
+        let ty = sockop_type.as_type_ptr();
+        let async_methods = (*ty).tp_as_async;
+        if async_methods.is_null() {
+            return Err(pyo3::exceptions::PyRuntimeError::new_err("SockOp has no async methods table"));
+        }
+        (*async_methods).am_send = Some(sockop_send);
+        if before_3_11 {
+            // A cast, not `|=` on the field: free-threaded builds (3.13+, never
+            // here) declare it atomic, with the same layout.
+            *std::ptr::addr_of_mut!((*ty).tp_flags).cast::<std::ffi::c_ulong>() |= PY_TPFLAGS_HAVE_AM_SEND;
+        }
+    }
+    Ok(())
 }
 
 fn add_method(ty: &Bound<'_, PyType>, name: &'static CStr, meth: ffi::PyMethodDefPointer, flags: i32, doc: &'static CStr) -> PyResult<()> {

@@ -884,9 +884,7 @@ impl SockOp {
         self.release();
         result
     }
-}
 
-impl SockOp {
     /// One step of the coroutine, `value` sent into it (`None`: `__next__`). What
     /// `__next__`, `send` and the raw `am_send` slot (`fastcall::sockop_send`) share.
     pub fn step(slf: &Bound<'_, Self>, value: Option<&Bound<'_, PyAny>>) -> PyResult<Step> {

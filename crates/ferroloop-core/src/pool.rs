@@ -4,11 +4,10 @@
 //! A fixed cap either wastes memory or misses bursts: a thread calling
 //! `call_soon_threadsafe` queues tens of thousands of handles while it holds the
 //! GIL, and the loop runs them all in one batch. This pool keeps whatever a burst
-//! gave back (up to `max`), so the next burst of that size allocates nothing, and
+//! gave back (up to `MAX`), so the next burst of that size allocates nothing, and
 //! `trim` lets go of what went unused for a whole period: the fewest items the
 //! pool held since the last trim (its low-water mark) were never needed.
 
-///
 /// `KEEP`: never trimmed below this many; `MAX`: never holds more (constants, so
 /// the hot paths compare with immediates).
 pub struct Pool<T, const KEEP: usize, const MAX: usize> {
@@ -56,7 +55,7 @@ impl<T, const KEEP: usize, const MAX: usize> Pool<T, KEEP, MAX> {
     }
 
     /// Ends a period: removes (for the caller to drop) the items that stayed unused
-    /// since the last trim, leaving at least `keep`.
+    /// since the last trim, leaving at least `KEEP`.
     pub fn trim(&mut self) -> Vec<T> {
         let unused = self.low_water.min(self.items.len()).saturating_sub(KEEP);
         let trimmed = self.items.split_off(self.items.len() - unused);

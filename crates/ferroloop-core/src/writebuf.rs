@@ -1,5 +1,6 @@
 //! The write side of a stream transport, free of Python: a queue of pending bytes
-//! flushed with one vectored `sendmsg(2)` per attempt, plus `shutdown(SHUT_WR)`.
+//! flushed with one system call per attempt (a vectored `sendmsg(2)`, or `send(2)`
+//! when the slices are one or small enough to join), plus `shutdown(SHUT_WR)`.
 //!
 //! A transport first tries to send what `write()` is given directly; only what the
 //! kernel did not take lands here. Small writes are coalesced into the tail chunk
