@@ -49,7 +49,7 @@ pub fn run_until_stopped(slf: &Bound<'_, LoopCore>) -> PyResult<()> {
 }
 
 fn run_once(slf: &Bound<'_, LoopCore>, core: &LoopCore, py: Python<'_>) -> PyResult<()> {
-    let cancelled = core.cancelled_timers.swap(0, std::sync::atomic::Ordering::Relaxed);
+    let cancelled = core.cancelled_timers.take(py);
     // Objects leaving the loop are dropped after the state borrows end: dropping
     // may run Python code (see gil_cell).
     let mut dead_handles = Vec::new();

@@ -6,7 +6,6 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::RawFd;
-use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 
 use ferroloop_core::poller::{self, FdMap, Poller, Readiness, Registrar, Waker};
@@ -19,7 +18,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyTuple, PyWeakrefReference};
 use pyo3::PyTraverseError;
 
-use crate::gil_cell::GilCell;
+use crate::gil_cell::{GilCell, GilCounter, GilRc};
 use crate::handles::{closed_error, Handle, TimerSlot};
 use crate::listener::Listener;
 use crate::pipes::PipeTransportCore;
@@ -31,7 +30,7 @@ use crate::{dispatch, fd_callbacks, scheduling, signals};
 
 /// A timer in the heap. "Cancelled" for the heap means "no longer scheduled":
 /// `TimerHandle.cancel()` clears the flag, and a popped timer is out of the heap.
-pub struct TimerEntry(pub Arc<TimerSlot>);
+pub struct TimerEntry(pub GilRc<TimerSlot>);
 
 impl Cancellable for TimerEntry {
     fn is_cancelled(&self) -> bool {
@@ -131,10 +130,10 @@ pub struct LoopState {
     pub spares_trimmed_at: f64,
     pub timers: TimerQueue<TimerEntry>,
     /// Empty timer slots for reuse by `call_later` (see `recycle_slot`).
-    pub spare_slots: Vec<Arc<TimerSlot>>,
+    pub spare_slots: Vec<GilRc<TimerSlot>>,
     /// Slots of timers that fired in the last iteration whose handle was still alive
     /// (queued to run): looked at once more in the next iteration, then let go.
-    pub retired_slots: Vec<Arc<TimerSlot>>,
+    pub retired_slots: Vec<GilRc<TimerSlot>>,
     pub readers: FdMap<Py<Handle>>,
     pub writers: FdMap<Py<Handle>>,
     /// Fds owned by Rust I/O objects (transports, listeners).
@@ -177,9 +176,9 @@ impl LoopState {
     /// Only unscheduled slots come here: they hold no Python object, so dropping one
     /// inside the state borrow is safe.
     #[inline]
-    pub fn recycle_slot(&mut self, slot: Arc<TimerSlot>, retire: bool) {
+    pub fn recycle_slot(&mut self, slot: GilRc<TimerSlot>, retire: bool) {
         debug_assert!(!slot.is_scheduled());
-        if Arc::strong_count(&slot) == 1 {
+        if slot.is_unique() {
             if self.spare_slots.len() < MAX_SPARE_SLOTS {
                 self.spare_slots.push(slot);
             }
@@ -205,7 +204,7 @@ pub struct LoopCore {
     /// The epoll wait runs with the GIL released, so it cannot live in `state`.
     pub poller: Mutex<Option<Poller>>,
     /// Shared with every `TimerHandle`: how many were cancelled while scheduled.
-    pub cancelled_timers: Arc<AtomicUsize>,
+    pub cancelled_timers: Arc<GilCounter>,
 }
 
 impl LoopState {
@@ -334,7 +333,7 @@ impl LoopCore {
                 virtual_now: None,
             }),
             poller: Mutex::new(Some(poller)),
-            cancelled_timers: Arc::new(AtomicUsize::new(0)),
+            cancelled_timers: Arc::new(GilCounter::new()),
         })
     }
 

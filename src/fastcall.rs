@@ -99,7 +99,9 @@ fn add_method(ty: &Bound<'_, PyType>, name: &'static CStr, meth: ffi::PyMethodDe
 /// The arguments of one call, as the method's signature binds them.
 struct Args<'py, const N: usize> {
     leading: [Bound<'py, PyAny>; N],
-    rest: Bound<'py, PyTuple>,
+    /// Positional arguments after the named ones; None when there are none, so
+    /// the common `call_soon(cb)` neither takes nor releases the empty tuple.
+    rest: Option<Bound<'py, PyTuple>>,
     context: Option<Bound<'py, PyAny>>,
 }
 
@@ -128,7 +130,7 @@ unsafe fn bind_args<'py, const N: usize>(
             return bind_by_name(py, method, names, args, nargs, kwnames);
         };
         let leading = std::array::from_fn(|i| Bound::from_borrowed_ptr(py, *args.add(i)));
-        let rest = if nargs > N { tuple_of(py, args.add(N), nargs - N)? } else { PyTuple::empty(py) };
+        let rest = if nargs > N { Some(tuple_of(py, args.add(N), nargs - N)?) } else { None };
         return Ok(Args { leading, rest, context });
     }
     bind_by_name(py, method, names, args, nargs, kwnames)
@@ -149,7 +151,7 @@ unsafe fn bind_by_name<'py, const N: usize>(
 ) -> PyResult<Args<'py, N>> {
     let mut leading: [Option<Bound<'py, PyAny>>; N] =
         std::array::from_fn(|i| (i < nargs).then(|| Bound::from_borrowed_ptr(py, *args.add(i))));
-    let rest = if nargs > N { tuple_of(py, args.add(N), nargs - N)? } else { PyTuple::empty(py) };
+    let rest = if nargs > N { Some(tuple_of(py, args.add(N), nargs - N)?) } else { None };
     let mut context = None;
     if !kwnames.is_null() {
         let context_name = pyo3::intern!(py, "context");

@@ -94,7 +94,7 @@ pub fn add_fd(
     ensure_fd_no_transport(slf, fd)?;
     // asyncio gives fd callbacks a copy of the current context.
     let ctx = crate::scheduling::context_or_copy(py, None)?;
-    let handle = Py::new(py, Handle::new(callback.unbind(), args.unbind(), ctx, None))?;
+    let handle = Py::new(py, Handle::new(callback.unbind(), Some(args.unbind()), ctx, None))?;
     // On error the new handle comes back out, to be dropped outside the cell.
     let outcome = core.state.with(py, |s| {
         let reading = dir == Direction::Read || s.readers.contains_key(&fd);

@@ -10,8 +10,14 @@
 //! same cell (for example a `__del__` triggered by dropping a handle inside it).
 //! Move objects out and drop them after `with` returns. Re-entry is detected and
 //! panics (which PyO3 turns into an exception) rather than aliasing.
+//!
+//! `GilFlag` and `GilCounter` are the same idea for a flag or a count that other
+//! threads may read: written only with the GIL held, so without locked instructions;
+//! `GilRc` is an `Arc` whose count is kept the same way.
 
 use std::cell::{Cell, UnsafeCell};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use pyo3::Python;
 
@@ -66,5 +72,141 @@ impl<T> GilCell<T> {
         // no `with` is active (checked above) and traversal runs no Python code
         // that could start one, so no mutable reference exists.
         Some(unsafe { &*self.value.get() })
+    }
+}
+
+/// A flag that is only ever changed with the GIL held, readable from anywhere.
+///
+/// It is an atomic only so the structs holding it are `Sync`; changes are a plain
+/// load and store, never a read-modify-write: the GIL already orders every writer,
+/// and a locked instruction (`xchg`, `lock inc`) costs tens of cycles and drains
+/// the store buffer — on the `call_soon`/`call_later` paths, several of them
+/// weighed as much as the timer heap.
+pub struct GilFlag(AtomicBool);
+
+impl GilFlag {
+    pub const fn new(value: bool) -> Self {
+        GilFlag(AtomicBool::new(value))
+    }
+
+    #[inline]
+    pub fn get(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    #[inline]
+    pub fn set(&self, _py: Python<'_>, value: bool) {
+        self.0.store(value, Ordering::Relaxed);
+    }
+
+    /// Sets the flag and returns what it was.
+    #[inline]
+    pub fn replace(&self, py: Python<'_>, value: bool) -> bool {
+        let old = self.get();
+        self.set(py, value);
+        old
+    }
+}
+
+/// A counter changed only with the GIL held (see `GilFlag` for why not `fetch_add`).
+pub struct GilCounter(AtomicUsize);
+
+impl GilCounter {
+    pub const fn new() -> Self {
+        GilCounter(AtomicUsize::new(0))
+    }
+
+    #[inline]
+    pub fn get(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    #[inline]
+    pub fn add(&self, _py: Python<'_>, n: usize) {
+        self.0.store(self.get() + n, Ordering::Relaxed);
+    }
+
+    /// Returns the count and resets it to zero.
+    #[inline]
+    pub fn take(&self, _py: Python<'_>) -> usize {
+        let n = self.get();
+        self.0.store(0, Ordering::Relaxed);
+        n
+    }
+}
+
+/// A shared pointer whose count changes only with the GIL held: an `Arc` without
+/// the locked increment and decrement (see `GilFlag`), for the timer slot that a
+/// `TimerHandle` and the loop's heap share, one clone and two drops per timer.
+///
+/// Cloning takes a `Python` token. Dropping cannot, so the rule is where the
+/// pointers live: only inside Python objects' Rust data (freed by `tp_dealloc`,
+/// which holds the GIL) and the loop state behind a `GilCell`, or in locals of
+/// functions that hold a token. Debug builds check the GIL on every drop.
+pub struct GilRc<T> {
+    ptr: NonNull<GilRcBox<T>>,
+}
+
+struct GilRcBox<T> {
+    count: Cell<usize>,
+    value: T,
+}
+
+// SAFETY: the count is only read or changed with the GIL held (clone takes a token,
+// drops happen under the GIL by the placement rule above), and the GIL is a mutex,
+// so no two threads touch it at once. `T: Send + Sync` because the value is shared
+// and may be dropped on whichever thread holds the GIL.
+unsafe impl<T: Send + Sync> Send for GilRc<T> {}
+// SAFETY: as for Send: `&GilRc` only gives `&T` and a token-guarded clone.
+unsafe impl<T: Send + Sync> Sync for GilRc<T> {}
+
+impl<T> GilRc<T> {
+    pub fn new(value: T) -> Self {
+        let boxed = Box::new(GilRcBox { count: Cell::new(1), value });
+        GilRc { ptr: NonNull::from(Box::leak(boxed)) }
+    }
+
+    #[inline]
+    pub fn clone_ref(&self, _py: Python<'_>) -> Self {
+        let inner = self.inner();
+        inner.count.set(inner.count.get() + 1);
+        GilRc { ptr: self.ptr }
+    }
+
+    /// No other pointer to the value exists.
+    #[inline]
+    pub fn is_unique(&self) -> bool {
+        self.inner().count.get() == 1
+    }
+
+    #[inline]
+    fn inner(&self) -> &GilRcBox<T> {
+        // SAFETY: the box lives while any pointer to it does, and this is one.
+        unsafe { self.ptr.as_ref() }
+    }
+}
+
+impl<T> std::ops::Deref for GilRc<T> {
+    type Target = T;
+
+    #[inline]
+    fn deref(&self) -> &T {
+        &self.inner().value
+    }
+}
+
+impl<T> Drop for GilRc<T> {
+    #[inline]
+    fn drop(&mut self) {
+        // SAFETY: PyGILState_Check only reads the calling thread's state.
+        debug_assert!(unsafe { pyo3::ffi::PyGILState_Check() } == 1, "GilRc dropped without the GIL");
+        let inner = self.inner();
+        let left = inner.count.get() - 1;
+        inner.count.set(left);
+        if left == 0 {
+            // SAFETY: the last pointer is going: the box came from `Box::leak` in
+            // `new`, and nothing can reach it any more.
+            drop(unsafe { Box::from_raw(self.ptr.as_ptr()) });
+        }
     }
 }

@@ -8,7 +8,6 @@
 //! `GilCell`. Cancelling drops the callback and arguments at once, as asyncio does,
 //! so a cancelled timer keeps nothing alive while it waits to be purged.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use pyo3::exceptions::PyRuntimeError;
@@ -19,10 +18,12 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyTuple};
 use pyo3::PyTraverseError;
 
-use crate::gil_cell::GilCell;
+use crate::gil_cell::{GilCell, GilCounter, GilFlag, GilRc};
 
 pub struct HandleInner {
+    /// None once released (cancelled, or emptied for reuse).
     callback: Option<Py<PyAny>>,
+    /// None when the callback takes no arguments (`call_soon(cb)`, most calls).
     args: Option<Py<PyTuple>>,
     /// Always set, except in a spare handle waiting in the loop for reuse.
     context: Option<Py<PyAny>>,
@@ -63,12 +64,12 @@ impl Drop for HandleInner {
 
 #[pyclass(module = "ferroloop", subclass, frozen, weakref)]
 pub struct Handle {
-    cancelled: AtomicBool,
+    cancelled: GilFlag,
     /// Made by `call_soon` and dropped by the loop without anyone else holding it:
     /// the loop may reuse the object for a later `call_soon` (see `take_for_reuse`).
     reusable: bool,
     /// The loop took the handle out of the collector's lists (`untrack_queued`).
-    untracked: AtomicBool,
+    untracked: GilFlag,
     inner: GilCell<HandleInner>,
 }
 
@@ -94,23 +95,23 @@ impl Released {
 }
 
 impl Handle {
-    pub fn new(callback: Py<PyAny>, args: Py<PyTuple>, context: Py<PyAny>, source_traceback: Option<Py<PyAny>>) -> Self {
+    pub fn new(callback: Py<PyAny>, args: Option<Py<PyTuple>>, context: Py<PyAny>, source_traceback: Option<Py<PyAny>>) -> Self {
         Self::with_fields(false, callback, args, context, source_traceback)
     }
 
     /// A handle the loop may reuse once it drops the last reference (`call_soon`'s).
-    pub fn new_reusable(callback: Py<PyAny>, args: Py<PyTuple>, context: Py<PyAny>, source_traceback: Option<Py<PyAny>>) -> Self {
+    pub fn new_reusable(callback: Py<PyAny>, args: Option<Py<PyTuple>>, context: Py<PyAny>, source_traceback: Option<Py<PyAny>>) -> Self {
         Self::with_fields(true, callback, args, context, source_traceback)
     }
 
-    fn with_fields(reusable: bool, callback: Py<PyAny>, args: Py<PyTuple>, context: Py<PyAny>, tb: Option<Py<PyAny>>) -> Self {
+    fn with_fields(reusable: bool, callback: Py<PyAny>, args: Option<Py<PyTuple>>, context: Py<PyAny>, tb: Option<Py<PyAny>>) -> Self {
         Handle {
-            cancelled: AtomicBool::new(false),
+            cancelled: GilFlag::new(false),
             reusable,
-            untracked: AtomicBool::new(false),
+            untracked: GilFlag::new(false),
             inner: GilCell::new(HandleInner {
                 callback: Some(callback),
-                args: Some(args),
+                args,
                 context: Some(context),
                 debug: tb.map(|source_traceback| Box::new(DebugInfo { source_traceback, frozen_repr: None })),
                 context_untracked: false,
@@ -139,7 +140,7 @@ impl Handle {
         if !me.reusable || !unobserved {
             return None;
         }
-        me.cancelled.store(false, Ordering::Relaxed);
+        me.cancelled.set(slf.py(), false);
         Some(me.inner.with(slf.py(), |i| {
             let ctx_untracked = std::mem::take(&mut i.context_untracked);
             Released(i.callback.take(), i.args.take(), i.context.take(), i.take_source_traceback(), ctx_untracked)
@@ -171,7 +172,7 @@ impl Handle {
     /// `Released::drop_now` and `HandleInner`'s `Drop`).
     pub fn untrack_queued(slf: &Bound<'_, Handle>, fresh_context: bool) {
         let me = slf.get();
-        if !me.untracked.swap(true, Ordering::Relaxed) {
+        if !me.untracked.replace(slf.py(), true) {
             // SAFETY: a live, tracked garbage-collected object (the flag says so).
             unsafe { pyo3::ffi::PyObject_GC_UnTrack(slf.as_ptr().cast()) };
         }
@@ -190,7 +191,7 @@ impl Handle {
     /// the GIL): an untracked handle whose one reference is the caller's.
     pub fn untracked_and_held_only_once(h: &Py<Handle>) -> bool {
         // SAFETY: a live object; reads its refcount only.
-        h.get().untracked.load(Ordering::Relaxed) && unsafe { pyo3::ffi::Py_REFCNT(h.as_ptr()) } == 1
+        h.get().untracked.get() && unsafe { pyo3::ffi::Py_REFCNT(h.as_ptr()) } == 1
     }
 
     /// Puts an untracked handle, and the context copy untracked with it, back under
@@ -199,7 +200,7 @@ impl Handle {
     #[inline]
     pub fn track_again(slf: &Bound<'_, Handle>) {
         let me = slf.get();
-        if !me.untracked.swap(false, Ordering::Relaxed) {
+        if !me.untracked.replace(slf.py(), false) {
             return; // never untracked, so neither was its context
         }
         track(slf.as_ptr());
@@ -213,12 +214,12 @@ impl Handle {
 
     /// Refills a handle emptied by `take_for_reuse`. Only stores references (drops
     /// nothing), so it may run inside the loop state's `with`.
-    pub fn refill(&self, py: Python<'_>, callback: Py<PyAny>, args: Py<PyTuple>, context: Py<PyAny>, tb: Option<Py<PyAny>>) {
+    pub fn refill(&self, py: Python<'_>, callback: Py<PyAny>, args: Option<Py<PyTuple>>, context: Py<PyAny>, tb: Option<Py<PyAny>>) {
         self.inner.with(py, |i| {
             // Emptied by `take_for_reuse`: nothing to drop (so no drop call either).
             debug_assert!(i.callback.is_none() && i.context.is_none() && i.debug.is_none());
             i.callback = Some(callback);
-            i.args = Some(args);
+            i.args = args;
             i.context = Some(context);
             if let Some(source_traceback) = tb {
                 i.debug = Some(Box::new(DebugInfo { source_traceback, frozen_repr: None }));
@@ -228,7 +229,7 @@ impl Handle {
 
     #[inline]
     pub fn is_cancelled(&self) -> bool {
-        self.cancelled.load(Ordering::Relaxed)
+        self.cancelled.get()
     }
 
     /// Runs the callback in its context. The error, if any, is returned for the loop
@@ -238,10 +239,9 @@ impl Handle {
         // Strong references for the call (the callback may cancel its own handle,
         // which drops them from the handle); the context is kept alive by the thread
         // state while entered, and nothing replaces it (only spares are refilled).
-        let Some((callback, args, ctx)) = self
-            .inner
-            .with(py, |i| Some((i.callback.as_ref()?.bind(py).clone(), i.args.as_ref()?.bind(py).clone(), i.context.as_ref()?.as_ptr())))
-        else {
+        let Some((callback, args, ctx)) = self.inner.with(py, |i| {
+            Some((i.callback.as_ref()?.bind(py).clone(), i.args.as_ref().map(|a| a.bind(py).clone()), i.context.as_ref()?.as_ptr()))
+        }) else {
             return Ok(()); // cancelled while queued
         };
         // SAFETY: `ctx` is a live reference held by the handle; the check only reads its type.
@@ -249,7 +249,7 @@ impl Handle {
             // asyncio calls `context.run(callback, *args)`: any object with a
             // `run` method works, anything else fails here, when run, as there.
             let mut call_args = vec![callback];
-            call_args.extend(args.iter());
+            call_args.extend(args.iter().flat_map(|a| a.iter()));
             let call_args = PyTuple::new(py, call_args)?;
             // SAFETY: as above, `ctx` is live for this call.
             let ctx = unsafe { Bound::from_borrowed_ptr(py, ctx) };
@@ -265,14 +265,14 @@ impl Handle {
         // SAFETY: `args` is a tuple we hold a reference to for the whole call, so
         // its item array stays valid; `callback` is a live object.
         let result = unsafe {
-            let tuple = args.as_ptr().cast::<pyo3::ffi::PyTupleObject>();
-            let items = (*tuple).ob_item.as_ptr();
-            let ret = pyo3::ffi::PyObject_Vectorcall(
-                callback.as_ptr(),
-                items,
-                pyo3::ffi::PyTuple_GET_SIZE(args.as_ptr()) as usize,
-                std::ptr::null_mut(),
-            );
+            let (items, nargs) = match &args {
+                Some(args) => {
+                    let tuple = args.as_ptr().cast::<pyo3::ffi::PyTupleObject>();
+                    ((*tuple).ob_item.as_ptr(), pyo3::ffi::PyTuple_GET_SIZE(args.as_ptr()) as usize)
+                }
+                None => (std::ptr::null(), 0),
+            };
+            let ret = pyo3::ffi::PyObject_Vectorcall(callback.as_ptr(), items, nargs, std::ptr::null_mut());
             Bound::from_owned_ptr_or_err(py, ret)
         };
         // SAFETY: we entered `ctx` above on this thread; exiting it is always valid.
@@ -288,7 +288,7 @@ impl Handle {
     }
 
     fn cancel_inner(&self, py: Python<'_>, debug_repr: Option<String>) {
-        if self.cancelled.swap(true, Ordering::Relaxed) {
+        if self.cancelled.replace(py, true) {
             return;
         }
         self.release_callback(py, debug_repr);
@@ -322,7 +322,11 @@ impl Handle {
     }
 
     fn callback_and_args(&self, py: Python<'_>) -> (Option<Py<PyAny>>, Option<Py<PyTuple>>) {
-        self.inner.with(py, |i| (i.callback.as_ref().map(|c| c.clone_ref(py)), i.args.as_ref().map(|a| a.clone_ref(py))))
+        let (callback, args) =
+            self.inner.with(py, |i| (i.callback.as_ref().map(|c| c.clone_ref(py)), i.args.as_ref().map(|a| a.clone_ref(py))));
+        // asyncio's `_args`: `()` without arguments, None once released.
+        let args = callback.as_ref().map(|_| args.unwrap_or_else(|| PyTuple::empty(py).unbind()));
+        (callback, args)
     }
 
     fn repr_parts(&self, py: Python<'_>) -> PyResult<Vec<String>> {
@@ -472,7 +476,7 @@ impl Handle {
         }
         // asyncio marks the handle cancelled first, so the kept repr reads
         // "<Handle cancelled callback() ...>", callback included.
-        if self.cancelled.swap(true, Ordering::Relaxed) {
+        if self.cancelled.replace(py, true) {
             return Ok(());
         }
         let repr = obj.repr().map(|r| r.to_string());
@@ -485,21 +489,25 @@ impl Handle {
 /// scheduled. Cancelling empties the slot, so a cancelled timer waiting to be
 /// purged keeps this small Rust allocation alive, not the handle with its context
 /// (garbage-collected objects: a million of them made every collection slow).
+/// Slots are reused from timer to timer (`LoopState::recycle_slot`), so the loop's
+/// count of cancelled timers is reached through the slot rather than cloned into
+/// every handle.
 pub struct TimerSlot {
-    scheduled: AtomicBool,
+    scheduled: GilFlag,
     handle: GilCell<Option<Py<Handle>>>,
+    cancelled_timers: Arc<GilCounter>,
 }
 
 impl TimerSlot {
     #[inline]
     pub fn is_scheduled(&self) -> bool {
-        self.scheduled.load(Ordering::Relaxed)
+        self.scheduled.get()
     }
 
     /// Takes the handle out of the heap's reach (it fired, was cancelled, or the
     /// loop dropped it). Drop the result after any state borrow ends.
     pub fn unschedule(&self, py: Python<'_>) -> Option<Py<Handle>> {
-        if !self.scheduled.swap(false, Ordering::Relaxed) {
+        if !self.scheduled.replace(py, false) {
             return None;
         }
         self.handle.with(py, Option::take)
@@ -511,27 +519,31 @@ impl TimerSlot {
     }
 }
 
-/// A handle with a deadline. `cancel()` also tells the loop, through a counter it
-/// shares with the loop's timer queue, so the queue knows when to purge.
+/// A handle with a deadline. `cancel()` also tells the loop, through a counter its
+/// slot shares with the loop's timer queue, so the queue knows when to purge.
 #[pyclass(module = "ferroloop", extends = Handle, frozen)]
 pub struct TimerHandle {
     when: f64,
-    slot: Arc<TimerSlot>,
-    cancelled_timers: Arc<AtomicUsize>,
+    slot: GilRc<TimerSlot>,
 }
 
 impl TimerHandle {
     /// A timer and the slot for the heap, which `fill_slot` then points at it.
-    /// `spare`: an empty slot nobody else holds, from the loop's reserve.
-    pub fn new(when: f64, cancelled_timers: Arc<AtomicUsize>, spare: Option<Arc<TimerSlot>>) -> (Self, Arc<TimerSlot>) {
+    /// `spare`: an empty slot nobody else holds, from the loop's reserve; a new
+    /// slot reports cancellations to `cancelled_timers`.
+    pub fn new(py: Python<'_>, when: f64, spare: Option<GilRc<TimerSlot>>, cancelled_timers: &Arc<GilCounter>) -> (Self, GilRc<TimerSlot>) {
         let slot = match spare {
             Some(slot) => {
-                slot.scheduled.store(true, Ordering::Relaxed);
+                slot.scheduled.set(py, true);
                 slot
             }
-            None => Arc::new(TimerSlot { scheduled: AtomicBool::new(true), handle: GilCell::new(None) }),
+            None => GilRc::new(TimerSlot {
+                scheduled: GilFlag::new(true),
+                handle: GilCell::new(None),
+                cancelled_timers: cancelled_timers.clone(),
+            }),
         };
-        (TimerHandle { when, slot: slot.clone(), cancelled_timers }, slot)
+        (TimerHandle { when, slot: slot.clone_ref(py) }, slot)
     }
 
     pub fn fill_slot(slf: &Bound<'_, Self>) {
@@ -558,7 +570,7 @@ impl TimerHandle {
             Handle::track_again(h.bind(py)); // out of the heap, and the caller holds it
         }
         if was_scheduled {
-            me.cancelled_timers.fetch_add(1, Ordering::Relaxed);
+            me.slot.cancelled_timers.add(py, 1);
         }
         let result = base.get().cancel_with_repr(py, slf.as_any());
         drop(unscheduled.map(|h| h.into_bound(py))); // a reference to ourselves, not the last one

@@ -131,16 +131,16 @@ pub fn push_ready(
     core: &LoopCore,
     py: Python<'_>,
     callback: Bound<'_, PyAny>,
-    args: Bound<'_, PyTuple>,
+    args: Option<Bound<'_, PyTuple>>,
     (ctx, fresh_ctx): (Py<PyAny>, bool),
     tb: Option<Py<PyAny>>,
 ) -> PyResult<Py<Handle>> {
     let handle = match core.state.with(py, |s| s.spare_handles.take()) {
         Some(spare) => {
-            spare.get().refill(py, callback.unbind(), args.unbind(), ctx, tb);
+            spare.get().refill(py, callback.unbind(), args.map(Bound::unbind), ctx, tb);
             spare
         }
-        None => Py::new(py, Handle::new_reusable(callback.unbind(), args.unbind(), ctx, tb))?,
+        None => Py::new(py, Handle::new_reusable(callback.unbind(), args.map(Bound::unbind), ctx, tb))?,
     };
     let queued = handle.clone_ref(py);
     let long = core.state.with(py, |s| {
@@ -156,7 +156,7 @@ pub fn push_ready(
 pub fn call_soon(
     slf: &Bound<'_, LoopCore>,
     callback: Bound<'_, PyAny>,
-    args: Bound<'_, PyTuple>,
+    args: Option<Bound<'_, PyTuple>>,
     context: Option<Bound<'_, PyAny>>,
     method: &str,
 ) -> PyResult<Py<Handle>> {
@@ -170,7 +170,7 @@ pub fn call_soon(
 pub fn call_soon_threadsafe(
     slf: &Bound<'_, LoopCore>,
     callback: Bound<'_, PyAny>,
-    args: Bound<'_, PyTuple>,
+    args: Option<Bound<'_, PyTuple>>,
     context: Option<Bound<'_, PyAny>>,
 ) -> PyResult<Py<Handle>> {
     let py = slf.py();
@@ -190,7 +190,7 @@ pub fn call_later(
     slf: &Bound<'_, LoopCore>,
     delay: Bound<'_, PyAny>,
     callback: Bound<'_, PyAny>,
-    args: Bound<'_, PyTuple>,
+    args: Option<Bound<'_, PyTuple>>,
     context: Option<Bound<'_, PyAny>>,
 ) -> PyResult<Py<TimerHandle>> {
     let py = slf.py();
@@ -213,7 +213,7 @@ pub fn call_at(
     slf: &Bound<'_, LoopCore>,
     when: Bound<'_, PyAny>,
     callback: Bound<'_, PyAny>,
-    args: Bound<'_, PyTuple>,
+    args: Option<Bound<'_, PyTuple>>,
     context: Option<Bound<'_, PyAny>>,
 ) -> PyResult<Py<TimerHandle>> {
     if when.is_none() {
@@ -252,7 +252,7 @@ fn schedule_at(
     slf: &Bound<'_, LoopCore>,
     when: f64,
     callback: Bound<'_, PyAny>,
-    args: Bound<'_, PyTuple>,
+    args: Option<Bound<'_, PyTuple>>,
     context: Option<Bound<'_, PyAny>>,
     method: &str,
     depth: usize,
@@ -262,14 +262,14 @@ fn schedule_at(
     let tb = check_and_trace(core, py, &callback, method, false, depth)?;
     let (ctx, fresh_ctx) = context_for_queue(py, context)?;
     let spare = core.state.with(py, |s| s.spare_slots.pop());
-    let (timer, slot) = TimerHandle::new(when, core.cancelled_timers.clone(), spare);
-    let init = PyClassInitializer::from(Handle::new(callback.unbind(), args.unbind(), ctx, tb)).add_subclass(timer);
+    let (timer, slot) = TimerHandle::new(py, when, spare, &core.cancelled_timers);
+    let init = PyClassInitializer::from(Handle::new(callback.unbind(), args.map(Bound::unbind), ctx, tb)).add_subclass(timer);
     let timer = Bound::new(py, init)?;
     TimerHandle::fill_slot(&timer);
     // asyncio fires a NaN deadline at once (its comparisons with NaN are false).
     let key = if when.is_nan() { f64::NEG_INFINITY } else { when };
     let entry = TimerEntry(slot);
-    let pending_cancelled = core.cancelled_timers.load(std::sync::atomic::Ordering::Relaxed);
+    let pending_cancelled = core.cancelled_timers.get();
     let long = core.state.with(py, |s| {
         s.timers.push(key, entry);
         s.timers.live_len(pending_cancelled) >= UNTRACK_FROM_LEN

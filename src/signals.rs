@@ -39,7 +39,7 @@ pub fn set_handler(
     args: Bound<'_, PyTuple>,
 ) -> PyResult<Py<Handle>> {
     let ctx = crate::scheduling::context_or_copy(py, None)?;
-    let handle = Py::new(py, Handle::new(callback.unbind(), args.unbind(), ctx, None))?;
+    let handle = Py::new(py, Handle::new(callback.unbind(), Some(args.unbind()), ctx, None))?;
     let stored = handle.clone_ref(py);
     let replaced = core.state.with(py, |s| s.signal_handlers.insert(sig, stored));
     if let Some(old) = replaced {

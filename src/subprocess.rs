@@ -51,7 +51,13 @@ impl ChildWatch {
         let (pidfd, callback) = me.state.with(py, |s| (s.pidfd.take(), s.callback.take()));
         drop(pidfd);
         if let Some(cb) = callback {
-            crate::scheduling::call_soon(me.event_loop.bind(py), cb.into_bound(py), PyTuple::new(py, [returncode])?, None, "call_soon")?;
+            crate::scheduling::call_soon(
+                me.event_loop.bind(py),
+                cb.into_bound(py),
+                Some(PyTuple::new(py, [returncode])?),
+                None,
+                "call_soon",
+            )?;
         }
         Ok(())
     }

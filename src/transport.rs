@@ -213,7 +213,7 @@ impl StreamTransportCore {
     }
 
     fn call_soon(&self, py: Python<'_>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>) -> PyResult<()> {
-        crate::scheduling::call_soon(self.event_loop.bind(py), callback, args, None, "call_soon").map(drop)
+        crate::scheduling::call_soon(self.event_loop.bind(py), callback, Some(args), None, "call_soon").map(drop)
     }
 
     /// Called by the loop when the fd is ready (or when we queued ourselves); `clean`:

@@ -219,7 +219,7 @@ impl DatagramTransportCore {
     }
 
     fn call_soon(&self, py: Python<'_>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>) -> PyResult<()> {
-        crate::scheduling::call_soon(self.event_loop.bind(py), callback, args, None, "call_soon").map(drop)
+        crate::scheduling::call_soon(self.event_loop.bind(py), callback, Some(args), None, "call_soon").map(drop)
     }
 
     fn reading(&self, py: Python<'_>) -> bool {

@@ -420,6 +420,25 @@ def test_cancel_drops_callback_and_args(loop):
     assert ref() is None
 
 
+def test_handle_args_of_a_call_without_arguments(loop):
+    # asyncio's handles expose `_args`: () for a call without arguments, None once
+    # cancelled (the callback and arguments are dropped).
+    handles = [loop.call_soon(callback), loop.call_soon(callback, context=None),
+               loop.call_later(10, callback), loop.call_at(loop.time() + 10, callback)]
+    assert [h._args for h in handles] == [()] * 4
+    assert all(h._callback is callback for h in handles)
+    for h in handles:
+        h.cancel()
+    assert [(h._callback, h._args) for h in handles] == [(None, None)] * 4
+    # Equal timers: same deadline, callback and arguments, with or without them.
+    when = loop.time() + 10
+    a, b = loop.call_at(when, callback), loop.call_at(when, callback)
+    c = loop.call_at(when, callback, 1)
+    assert a == b and a != c
+    for h in (a, b, c):
+        h.cancel()
+
+
 def test_a_kept_handle_keeps_its_callback_after_running(loop):
     # ferroloop reuses handle objects nobody else holds: a kept one must not be.
     args = (object(),)

@@ -55,14 +55,13 @@ impl TlsCore {
     }
 
     pub(super) fn call_soon(&self, py: Python<'_>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>) -> PyResult<()> {
-        crate::scheduling::call_soon(self.event_loop.bind(py), callback, args, None, "call_soon").map(drop)
+        crate::scheduling::call_soon(self.event_loop.bind(py), callback, Some(args), None, "call_soon").map(drop)
     }
 
     pub(super) fn call_later(slf: &Bound<'_, Self>, delay: &Py<PyAny>, method: &Bound<'_, pyo3::types::PyString>) -> PyResult<Py<PyAny>> {
         let py = slf.py();
         let callback = slf.getattr(method)?;
-        let handle =
-            crate::scheduling::call_later(slf.get().event_loop.bind(py), delay.bind(py).clone(), callback, PyTuple::empty(py), None)?;
+        let handle = crate::scheduling::call_later(slf.get().event_loop.bind(py), delay.bind(py).clone(), callback, None, None)?;
         Ok(handle.into_any())
     }
 
