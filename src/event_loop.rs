@@ -375,9 +375,8 @@ impl LoopCore {
         dispatch::close(self, py)
     }
 
-    fn get_debug(&self, py: Python<'_>) -> bool {
-        self.state.with(py, |s| s.debug)
-    }
+    // `get_debug()` is a raw no-argument C method (`fastcall::install`): every C
+    // Future and Task asks for it when made.
 
     fn _set_debug_flag(&self, py: Python<'_>, enabled: bool) {
         self.state.with(py, |s| s.debug = enabled);

@@ -1,5 +1,6 @@
 //! Raw vectorcall entry points for the loop's hottest methods: `call_soon`,
-//! `call_soon_threadsafe`, `call_later` and `call_at`, `TimerHandle.cancel`
+//! `call_soon_threadsafe`, `call_later` and `call_at`, `get_debug` (asked by every
+//! C `Future` and `Task` made), `TimerHandle.cancel`
 //! (`asyncio.timeout` and `wait_for` schedule and cancel a timer every time), and
 //! the stream transport's `write` (every reply of every protocol); and the `am_send`
 //! slot of `SockOp`, through which `PyIter_Send` steps a socket operation and gets
@@ -35,7 +36,8 @@ use crate::scheduling;
 use crate::sock::{SockOp, Step};
 use crate::transport::StreamTransportCore;
 
-/// Installs the four methods on `loop_type` (the `LoopCore` type object), `cancel`
+/// Installs the four scheduling methods and `get_debug` on `loop_type` (the
+/// `LoopCore` type object), `cancel`
 /// on `timer_type` (`TimerHandle`), `write` on `stream_type`
 /// (`StreamTransportCore`) and `am_send` on `sockop_type` (`SockOp`).
 pub fn install(
@@ -55,6 +57,8 @@ pub fn install(
         let meth = ffi::PyMethodDefPointer { PyCFunctionFastWithKeywords: meth };
         add_method(loop_type, name, meth, ffi::METH_FASTCALL | ffi::METH_KEYWORDS, doc)?;
     }
+    let get_debug = ffi::PyMethodDefPointer { PyCFunction: loop_get_debug };
+    add_method(loop_type, c"get_debug", get_debug, ffi::METH_NOARGS, c"Whether the loop is in debug mode.")?;
     add_method(timer_type, c"cancel", ffi::PyMethodDefPointer { PyCFunction: timer_cancel }, ffi::METH_NOARGS, c"Cancel the timer.")?;
     let write = ffi::PyMethodDefPointer { PyCFunctionFastWithKeywords: stream_write };
     add_method(stream_type, c"write", write, ffi::METH_FASTCALL | ffi::METH_KEYWORDS, c"Write some data bytes to the transport.")
@@ -124,7 +128,7 @@ unsafe fn bind_args<'py, const N: usize>(
         // `call_soon(step, context=ctx)`: nothing to bind by name.
         let context = if kwnames.is_null() {
             None
-        } else if ffi::PyTuple_GET_SIZE(kwnames) == 1 && ffi::PyTuple_GET_ITEM(kwnames, 0) == pyo3::intern!(py, "context").as_ptr() {
+        } else if ffi::PyTuple_GET_SIZE(kwnames) == 1 && is_context_name(py, ffi::PyTuple_GET_ITEM(kwnames, 0)) {
             Some(Bound::from_borrowed_ptr(py, *args.add(nargs))).filter(|c| !c.is_none())
         } else {
             return bind_by_name(py, method, names, args, nargs, kwnames);
@@ -134,6 +138,16 @@ unsafe fn bind_args<'py, const N: usize>(
         return Ok(Args { leading, rest, context });
     }
     bind_by_name(py, method, names, args, nargs, kwnames)
+}
+
+/// Whether a keyword name is `context`. Python code passes the interned string;
+/// 3.11's C Future and Task pass a string of their own (`Py_BuildValue("(s)",
+/// "context")`) with every callback they schedule, so compare the text too.
+///
+/// SAFETY: `key` is a live `str` object.
+#[inline]
+unsafe fn is_context_name(py: Python<'_>, key: *mut ffi::PyObject) -> bool {
+    key == pyo3::intern!(py, "context").as_ptr() || ffi::PyUnicode_CompareWithASCIIString(key, c"context".as_ptr()) == 0
 }
 
 /// `bind_args` for calls that pass leading parameters by keyword, unknown keywords,
@@ -271,6 +285,17 @@ entry_point!(call_later, ["delay", "callback"], |slf, [delay, callback], rest, c
     slf, delay, callback, rest, context
 ));
 entry_point!(call_at, ["when", "callback"], |slf, [when, callback], rest, context| scheduling::call_at(slf, when, callback, rest, context));
+
+/// `get_debug()`: C `Future` and `Task` ask it of their loop every time one is made.
+unsafe extern "C" fn loop_get_debug(slf: *mut ffi::PyObject, _unused: *mut ffi::PyObject) -> *mut ffi::PyObject {
+    // SAFETY: CPython calls this with the GIL held; the descriptor checked `slf`'s type.
+    unsafe {
+        enter::<LoopCore>(slf, |core| {
+            let debug = core.get().state.with(core.py(), |s| s.debug);
+            Ok(pyo3::types::PyBool::new(core.py(), debug).to_owned().into_any())
+        })
+    }
+}
 
 /// `TimerHandle.cancel()`.
 unsafe extern "C" fn timer_cancel(slf: *mut ffi::PyObject, _unused: *mut ffi::PyObject) -> *mut ffi::PyObject {
