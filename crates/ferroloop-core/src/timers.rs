@@ -1,13 +1,20 @@
-//! The timer queue: one binary heap ordered by deadline, then by insertion order, so
-//! timers with equal deadlines fire FIFO as they do in asyncio.
+//! The timer queue: timers ordered by deadline, then by insertion order, so timers
+//! with equal deadlines fire FIFO as they do in asyncio.
 //!
-//! Cancelling a timer is O(1) for the caller: the item stays in the heap and is
-//! dropped when it reaches the top. Like asyncio, the queue is rebuilt without the
+//! Most timers arrive in deadline order: every `call_later` with the same delay
+//! (each `asyncio.timeout(10)`, each `sleep(0.1)` of a polling loop, a batch of
+//! `call_later(0)`) has a later deadline than the one before. Those go to the back
+//! of a plain queue (`in_order`), O(1) in and out with no sifting; the rest go to
+//! a binary heap, and the earlier of the two fronts is the next timer. The order is
+//! exactly one heap's: both compare (deadline, insertion number).
+//!
+//! Cancelling a timer is O(1) for the caller: the item stays queued and is dropped
+//! when it reaches the front. Like asyncio, the queue is rebuilt without the
 //! cancelled items once they are the majority, so a million cancelled timers cost
 //! neither memory nor time in the poll-timeout computation.
 
 use std::cmp::Ordering;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, VecDeque};
 
 /// What the queue needs to know about the items it holds.
 pub trait Cancellable {
@@ -18,6 +25,14 @@ struct Entry<T> {
     when: f64,
     seq: u64,
     item: T,
+}
+
+impl<T> Entry<T> {
+    /// Whether `self` fires before `other`. Deadlines are never NaN (the loop
+    /// rejects NaN), so `total_cmp` is the numeric order.
+    fn before(&self, other: &Self) -> bool {
+        self.when.total_cmp(&other.when).then(self.seq.cmp(&other.seq)) == Ordering::Less
+    }
 }
 
 impl<T> PartialEq for Entry<T> {
@@ -33,7 +48,7 @@ impl<T> PartialOrd for Entry<T> {
 }
 impl<T> Ord for Entry<T> {
     // BinaryHeap is a max-heap: reverse so the earliest deadline (then the oldest
-    // insertion) is on top. Deadlines are never NaN (the loop rejects NaN).
+    // insertion) is on top.
     fn cmp(&self, other: &Self) -> Ordering {
         other.when.total_cmp(&self.when).then_with(|| other.seq.cmp(&self.seq))
     }
@@ -43,6 +58,9 @@ impl<T> Ord for Entry<T> {
 const MIN_PURGE_SIZE: usize = 100;
 
 pub struct TimerQueue<T> {
+    /// Timers pushed in deadline order, earliest at the front.
+    in_order: VecDeque<Entry<T>>,
+    /// The others.
     heap: BinaryHeap<Entry<T>>,
     next_seq: u64,
     cancelled: usize,
@@ -56,27 +74,33 @@ impl<T: Cancellable> Default for TimerQueue<T> {
 
 impl<T: Cancellable> TimerQueue<T> {
     pub fn new() -> Self {
-        TimerQueue { heap: BinaryHeap::new(), next_seq: 0, cancelled: 0 }
+        TimerQueue { in_order: VecDeque::new(), heap: BinaryHeap::new(), next_seq: 0, cancelled: 0 }
     }
 
     pub fn len(&self) -> usize {
-        self.heap.len()
+        self.in_order.len() + self.heap.len()
     }
 
     /// Items not known to be cancelled, given `pending` cancellations not yet
     /// passed to `note_cancelled`.
     pub fn live_len(&self, pending: usize) -> usize {
-        self.heap.len().saturating_sub(self.cancelled + pending)
+        self.len().saturating_sub(self.cancelled + pending)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.heap.is_empty()
+        self.in_order.is_empty() && self.heap.is_empty()
     }
 
     pub fn push(&mut self, when: f64, item: T) {
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.heap.push(Entry { when, seq, item });
+        let entry = Entry { when, seq, item };
+        // seq only grows, so "not before the back" means "deadline not earlier".
+        if self.in_order.back().is_none_or(|back| !entry.before(back)) {
+            self.in_order.push_back(entry);
+        } else {
+            self.heap.push(entry);
+        }
     }
 
     /// Records that `n` items still in the queue were cancelled.
@@ -84,20 +108,36 @@ impl<T: Cancellable> TimerQueue<T> {
         self.cancelled += n;
     }
 
-    /// Drops cancelled items: the whole heap when they are the majority, otherwise
-    /// just those on top. Returns them so the caller can release them outside any
-    /// borrow (dropping a Python object may run arbitrary code).
+    /// Drops cancelled items: all of them when they are the majority, otherwise
+    /// just those at the front. Returns them so the caller can release them
+    /// outside any borrow (dropping a Python object may run arbitrary code).
     pub fn purge_cancelled(&mut self) -> Vec<T> {
         let mut dropped = Vec::new();
-        if self.heap.len() > MIN_PURGE_SIZE && self.cancelled * 2 > self.heap.len() {
-            let (keep, gone): (Vec<_>, Vec<_>) =
-                std::mem::take(&mut self.heap).into_vec().into_iter().partition(|e| !e.item.is_cancelled());
-            self.heap = BinaryHeap::from(keep);
-            dropped.extend(gone.into_iter().map(|e| e.item));
+        if self.len() > MIN_PURGE_SIZE && self.cancelled * 2 > self.len() {
+            // In place, so both keep their capacity for the timers still to come
+            // (every `asyncio.timeout` that ends in time leaves one cancelled).
+            for _ in 0..self.in_order.len() {
+                let entry = self.in_order.pop_front().expect("counted");
+                if entry.item.is_cancelled() {
+                    dropped.push(entry.item);
+                } else {
+                    self.in_order.push_back(entry); // the kept keep their order
+                }
+            }
+            let mut entries = std::mem::take(&mut self.heap).into_vec();
+            let mut i = 0;
+            while i < entries.len() {
+                if entries[i].item.is_cancelled() {
+                    dropped.push(entries.swap_remove(i).item);
+                } else {
+                    i += 1;
+                }
+            }
+            self.heap = BinaryHeap::from(entries);
             self.cancelled = 0;
         } else {
-            while self.heap.peek().is_some_and(|e| e.item.is_cancelled()) {
-                dropped.push(self.heap.pop().unwrap().item);
+            while self.front().is_some_and(|e| e.item.is_cancelled()) {
+                dropped.push(self.pop_front().item);
                 self.cancelled = self.cancelled.saturating_sub(1);
             }
         }
@@ -106,16 +146,16 @@ impl<T: Cancellable> TimerQueue<T> {
 
     /// The earliest deadline, cancelled items included (call `purge_cancelled` first).
     pub fn next_deadline(&self) -> Option<f64> {
-        self.heap.peek().map(|e| e.when)
+        self.front().map(|e| e.when)
     }
 
     /// Pops the earliest item if it is due before `end_time`; cancelled items are
-    /// returned too (the caller skips them), so one call is one heap operation.
+    /// returned too (the caller skips them), so one call is one queue operation.
     pub fn pop_due(&mut self, end_time: f64) -> Option<T> {
-        if self.heap.peek()?.when >= end_time {
+        if self.front()?.when >= end_time {
             return None;
         }
-        let entry = self.heap.pop().unwrap();
+        let entry = self.pop_front();
         if entry.item.is_cancelled() {
             self.cancelled = self.cancelled.saturating_sub(1);
         }
@@ -124,13 +164,32 @@ impl<T: Cancellable> TimerQueue<T> {
 
     /// Every item, in no particular order (for garbage-collector traversal).
     pub fn iter(&self) -> impl Iterator<Item = &T> {
-        self.heap.iter().map(|e| &e.item)
+        self.in_order.iter().chain(self.heap.iter()).map(|e| &e.item)
     }
 
     /// Empties the queue (loop close), handing the items back to be dropped.
     pub fn drain(&mut self) -> Vec<T> {
         self.cancelled = 0;
-        std::mem::take(&mut self.heap).into_vec().into_iter().map(|e| e.item).collect()
+        let heap = std::mem::take(&mut self.heap).into_vec();
+        std::mem::take(&mut self.in_order).into_iter().chain(heap).map(|e| e.item).collect()
+    }
+
+    /// The earliest entry of the two.
+    fn front(&self) -> Option<&Entry<T>> {
+        match (self.in_order.front(), self.heap.peek()) {
+            (Some(a), Some(b)) => Some(if b.before(a) { b } else { a }),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Removes the earliest entry; the queue must not be empty.
+    fn pop_front(&mut self) -> Entry<T> {
+        let from_heap = match (self.in_order.front(), self.heap.peek()) {
+            (Some(a), Some(b)) => b.before(a),
+            (a, _) => a.is_none(),
+        };
+        let entry = if from_heap { self.heap.pop() } else { self.in_order.pop_front() };
+        entry.expect("pop_front on an empty timer queue")
     }
 }
 
@@ -205,6 +264,69 @@ mod tests {
         assert_eq!(dropped.len(), 1_000_000);
         assert_eq!(q.len(), 1);
         assert_eq!(drain_due(&mut q, f64::INFINITY), vec![0]);
+    }
+
+    #[test]
+    fn in_order_and_out_of_order_timers_fire_as_one_sorted_queue() {
+        // Runs of rising deadlines (the in-order queue) mixed with earlier ones (the
+        // heap), equal deadlines on both sides, some cancelled: the firing order must
+        // be a stable sort by deadline, as with one heap.
+        let mut q = TimerQueue::new();
+        let mut expected = Vec::new();
+        let mut state = 12345u64;
+        let mut now = 0.0;
+        for n in 0..3000u32 {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            let r = (state >> 33) % 100;
+            let when = match r {
+                0..=59 => {
+                    now += 0.5; // a rising run
+                    now
+                }
+                60..=79 => now - ((r - 60) as f64) * 0.25, // earlier than the back
+                _ => ((r % 7) as f64) * 10.0,              // a few repeated deadlines
+            };
+            let it = item(n);
+            q.push(when, it.clone());
+            if r % 9 == 0 {
+                it.1.set(true);
+                q.note_cancelled(1);
+            } else {
+                expected.push((when, n));
+            }
+        }
+        expected.sort_by(|a, b| a.0.total_cmp(&b.0)); // stable: insertion order on ties
+        let mut fired = Vec::new();
+        while let Some(it) = q.pop_due(f64::INFINITY) {
+            if !it.is_cancelled() {
+                fired.push(it.0);
+            }
+        }
+        assert_eq!(fired, expected.iter().map(|e| e.1).collect::<Vec<_>>());
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn purge_keeps_order_across_both_queues() {
+        let mut q = TimerQueue::new();
+        let mut live = Vec::new();
+        for n in 0..300u32 {
+            // Descending deadlines every third push send those to the heap.
+            let when = if n % 3 == 0 { 1000.0 - n as f64 } else { n as f64 };
+            let it = item(n);
+            q.push(when, it.clone());
+            if n % 4 == 0 {
+                live.push((when, n));
+            } else {
+                it.1.set(true);
+                q.note_cancelled(1);
+            }
+        }
+        assert_eq!(q.purge_cancelled().len(), 300 - live.len(), "the majority: all purged");
+        assert_eq!(q.len(), live.len());
+        live.sort_by(|a, b| a.0.total_cmp(&b.0));
+        assert_eq!(q.next_deadline(), Some(live[0].0));
+        assert_eq!(drain_due(&mut q, f64::INFINITY), live.iter().map(|e| e.1).collect::<Vec<_>>());
     }
 
     #[test]
