@@ -28,8 +28,8 @@ use crate::transport::StreamTransportCore;
 use crate::udp::DatagramTransportCore;
 use crate::{dispatch, fd_callbacks, scheduling, signals};
 
-/// A timer in the heap. "Cancelled" for the heap means "no longer scheduled":
-/// `TimerHandle.cancel()` clears the flag, and a popped timer is out of the heap.
+/// A timer in the timer queue. "Cancelled" for the queue means "no longer
+/// scheduled": `TimerHandle.cancel()` clears the flag, and a popped timer is out.
 pub struct TimerEntry(pub GilRc<TimerSlot>);
 
 impl Cancellable for TimerEntry {
@@ -203,7 +203,7 @@ pub struct LoopCore {
     pub state: GilCell<LoopState>,
     /// The epoll wait runs with the GIL released, so it cannot live in `state`.
     pub poller: Mutex<Option<Poller>>,
-    /// Shared with every `TimerHandle`: how many were cancelled while scheduled.
+    /// Shared with every timer slot: how many timers were cancelled while scheduled.
     pub cancelled_timers: Arc<GilCounter>,
 }
 

@@ -37,9 +37,8 @@ use crate::sock::{SockOp, Step};
 use crate::transport::StreamTransportCore;
 
 /// Installs the four scheduling methods and `get_debug` on `loop_type` (the
-/// `LoopCore` type object), `cancel`
-/// on `timer_type` (`TimerHandle`), `write` on `stream_type`
-/// (`StreamTransportCore`) and `am_send` on `sockop_type` (`SockOp`).
+/// `LoopCore` type object), `cancel` on `timer_type` (`TimerHandle`), `write` on
+/// `stream_type` (`StreamTransportCore`) and `am_send` on `sockop_type` (`SockOp`).
 pub fn install(
     loop_type: &Bound<'_, PyType>,
     timer_type: &Bound<'_, PyType>,

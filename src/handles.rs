@@ -1,11 +1,11 @@
 //! `Handle` and `TimerHandle`: what `call_soon`, `call_later` and `add_reader`
-//! return, and what the ready queue and the timer heap hold.
+//! return, and what the ready queue and the timer queue hold.
 //!
 //! A handle is a callback, its arguments and the `contextvars.Context` it runs in.
 //! Running it enters the context through the C API (`PyContext_Enter`), which is what
-//! `Context.run` does without building an argument tuple. The cancelled flag is an
-//! atomic so the timer heap can test it without the GIL; the rest lives in a
-//! `GilCell`. Cancelling drops the callback and arguments at once, as asyncio does,
+//! `Context.run` does without building an argument tuple. The cancelled flag is a
+//! `GilFlag` (an atomic written only under the GIL) so it can be read anywhere; the
+//! rest lives in a `GilCell`. Cancelling drops the callback and arguments at once, as asyncio does,
 //! so a cancelled timer keeps nothing alive while it waits to be purged.
 
 use std::sync::Arc;
@@ -485,7 +485,7 @@ impl Handle {
     }
 }
 
-/// What the loop's timer heap holds for one timer: the handle, only while it is
+/// What the loop's timer queue holds for one timer: the handle, only while it is
 /// scheduled. Cancelling empties the slot, so a cancelled timer waiting to be
 /// purged keeps this small Rust allocation alive, not the handle with its context
 /// (garbage-collected objects: a million of them made every collection slow).
