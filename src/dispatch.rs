@@ -60,10 +60,10 @@ fn run_once(slf: &Bound<'_, LoopCore>, core: &LoopCore, py: Python<'_>) -> PyRes
         }
         // Cancelled slots are empty: recycling them here drops no Python object.
         for entry in s.timers.purge_cancelled() {
-            s.recycle_slot(entry.0, false);
+            s.recycle_slot(py, entry.0, false);
         }
         for slot in std::mem::take(&mut s.retired_slots) {
-            s.recycle_slot(slot, false);
+            s.recycle_slot(py, slot, false);
         }
         // Virtual time never sleeps: the clock moves only when told. Writes left
         // queued when the last batch was cut short (SystemExit, KeyboardInterrupt)
@@ -145,7 +145,7 @@ fn run_once(slf: &Bound<'_, LoopCore>, core: &LoopCore, py: Python<'_>) -> PyRes
             if let Some(handle) = entry.0.unschedule(py) {
                 s.ready.push_back(Ready::Handle(handle));
             }
-            s.recycle_slot(entry.0, true);
+            s.recycle_slot(py, entry.0, true);
         }
         s.ready.len()
     });

@@ -176,9 +176,9 @@ impl LoopState {
     /// Only unscheduled slots come here: they hold no Python object, so dropping one
     /// inside the state borrow is safe.
     #[inline]
-    pub fn recycle_slot(&mut self, slot: GilRc<TimerSlot>, retire: bool) {
+    pub fn recycle_slot(&mut self, py: Python<'_>, slot: GilRc<TimerSlot>, retire: bool) {
         debug_assert!(!slot.is_scheduled());
-        if slot.is_unique() {
+        if slot.is_unique(py) {
             if self.spare_slots.len() < MAX_SPARE_SLOTS {
                 self.spare_slots.push(slot);
             }

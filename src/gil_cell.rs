@@ -137,7 +137,7 @@ impl GilCounter {
 
 /// A shared pointer whose count changes only with the GIL held: an `Arc` without
 /// the locked increment and decrement (see `GilFlag`), for the timer slot that a
-/// `TimerHandle` and the loop's heap share, one clone and two drops per timer.
+/// `TimerHandle` and the loop's timer queue share, one clone and two drops per timer.
 ///
 /// Cloning takes a `Python` token. Dropping cannot, so the rule is where the
 /// pointers live: only inside Python objects' Rust data (freed by `tp_dealloc`,
@@ -152,8 +152,8 @@ struct GilRcBox<T> {
     value: T,
 }
 
-// SAFETY: the count is only read or changed with the GIL held (clone takes a token,
-// drops happen under the GIL by the placement rule above), and the GIL is a mutex,
+// SAFETY: the count is only read or changed with the GIL held (clone and
+// `is_unique` take a token, drops happen under the GIL by the placement rule above), and the GIL is a mutex,
 // so no two threads touch it at once. `T: Send + Sync` because the value is shared
 // and may be dropped on whichever thread holds the GIL.
 unsafe impl<T: Send + Sync> Send for GilRc<T> {}
@@ -175,7 +175,7 @@ impl<T> GilRc<T> {
 
     /// No other pointer to the value exists.
     #[inline]
-    pub fn is_unique(&self) -> bool {
+    pub fn is_unique(&self, _py: Python<'_>) -> bool {
         self.inner().count.get() == 1
     }
 

@@ -5,8 +5,9 @@
 //! Running it enters the context through the C API (`PyContext_Enter`), which is what
 //! `Context.run` does without building an argument tuple. The cancelled flag is a
 //! `GilFlag` (an atomic written only under the GIL) so it can be read anywhere; the
-//! rest lives in a `GilCell`. Cancelling drops the callback and arguments at once, as asyncio does,
-//! so a cancelled timer keeps nothing alive while it waits to be purged.
+//! rest lives in a `GilCell`. Cancelling drops the callback and arguments at once,
+//! as asyncio does, so a cancelled timer keeps nothing alive while it waits to be
+//! purged.
 
 use std::sync::Arc;
 

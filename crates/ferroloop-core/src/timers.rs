@@ -28,10 +28,9 @@ struct Entry<T> {
 }
 
 impl<T> Entry<T> {
-    /// Whether `self` fires before `other`. Deadlines are never NaN (the loop
-    /// rejects NaN), so `total_cmp` is the numeric order.
+    /// Whether `self` fires before `other` (greater in the heap's reversed order).
     fn before(&self, other: &Self) -> bool {
-        self.when.total_cmp(&other.when).then(self.seq.cmp(&other.seq)) == Ordering::Less
+        self > other
     }
 }
 
@@ -48,7 +47,8 @@ impl<T> PartialOrd for Entry<T> {
 }
 impl<T> Ord for Entry<T> {
     // BinaryHeap is a max-heap: reverse so the earliest deadline (then the oldest
-    // insertion) is on top.
+    // insertion) is on top. Deadlines are never NaN (the loop rejects NaN), so
+    // `total_cmp` is the numeric order.
     fn cmp(&self, other: &Self) -> Ordering {
         other.when.total_cmp(&self.when).then_with(|| other.seq.cmp(&self.seq))
     }
@@ -174,21 +174,26 @@ impl<T: Cancellable> TimerQueue<T> {
         std::mem::take(&mut self.in_order).into_iter().chain(heap).map(|e| e.item).collect()
     }
 
+    /// Whether the earliest entry is the heap's (false when both are empty).
+    fn heap_first(&self) -> bool {
+        match (self.in_order.front(), self.heap.peek()) {
+            (Some(a), Some(b)) => b.before(a),
+            (a, b) => a.is_none() && b.is_some(),
+        }
+    }
+
     /// The earliest entry of the two.
     fn front(&self) -> Option<&Entry<T>> {
-        match (self.in_order.front(), self.heap.peek()) {
-            (Some(a), Some(b)) => Some(if b.before(a) { b } else { a }),
-            (a, b) => a.or(b),
+        if self.heap_first() {
+            self.heap.peek()
+        } else {
+            self.in_order.front()
         }
     }
 
     /// Removes the earliest entry; the queue must not be empty.
     fn pop_front(&mut self) -> Entry<T> {
-        let from_heap = match (self.in_order.front(), self.heap.peek()) {
-            (Some(a), Some(b)) => b.before(a),
-            (a, _) => a.is_none(),
-        };
-        let entry = if from_heap { self.heap.pop() } else { self.in_order.pop_front() };
+        let entry = if self.heap_first() { self.heap.pop() } else { self.in_order.pop_front() };
         entry.expect("pop_front on an empty timer queue")
     }
 }
