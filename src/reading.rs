@@ -1,9 +1,11 @@
-//! The reading switch shared by the stream and datagram transports: asyncio's
-//! `_closing`/`_paused` flags plus whether the fd has a reader, and the rules
-//! `pause_reading()`/`resume_reading()`/`close()` apply to them. Kept in one
-//! place so both transports pause, resume and close reading the same way.
+//! What the stream and datagram transports share about reading: the reading
+//! switch (asyncio's `_closing`/`_paused` flags plus whether the fd has a reader,
+//! and the rules `pause_reading()`/`resume_reading()`/`close()` apply to them), so
+//! both pause, resume and close reading the same way; and `ProtocolMethod`, the
+//! protocol's read callback kept as a bound method.
 
 use pyo3::prelude::*;
+use pyo3::types::PyString;
 
 use crate::flow_control::logger;
 
@@ -71,4 +73,48 @@ impl ReadSwitch {
 pub fn log_debug(py: Python<'_>, message: &'static str, owner: Py<PyAny>) -> PyResult<()> {
     logger(py)?.call_method1("debug", (message, owner))?;
     Ok(())
+}
+
+/// One of the protocol's read callbacks (`data_received`, `get_buffer`, ...) as a
+/// bound method, looked up at its first use and kept until the transport's protocol
+/// changes, as uvloop keeps them: one attribute lookup per connection instead of
+/// one per read. Lives in the transport's state; `cached` and `fill` are called
+/// inside its borrow, the lookup itself outside (it may run Python code).
+#[derive(Default)]
+pub struct ProtocolMethod(Option<Py<PyAny>>);
+
+impl ProtocolMethod {
+    pub fn cached(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.0.as_ref().map(|m| m.clone_ref(py))
+    }
+
+    /// Keeps `method` unless one is kept already; nothing is dropped here.
+    pub fn fill(&mut self, method: &Bound<'_, PyAny>) {
+        if self.0.is_none() {
+            self.0 = Some(method.clone().unbind());
+        }
+    }
+
+    /// The protocol changed or the transport is done: the caller drops what this
+    /// returns after its borrow.
+    pub fn take(&mut self) -> Option<Py<PyAny>> {
+        self.0.take()
+    }
+
+    pub fn as_option(&self) -> &Option<Py<PyAny>> {
+        &self.0
+    }
+}
+
+/// `cached`, or else `protocol.<name>` looked up now; the second value says the
+/// lookup was made (the caller then `fill`s its `ProtocolMethod`).
+pub fn protocol_method<'py>(
+    cached: Option<Py<PyAny>>,
+    protocol: &Bound<'py, PyAny>,
+    name: &Bound<'py, PyString>,
+) -> PyResult<(Bound<'py, PyAny>, bool)> {
+    match cached {
+        Some(m) => Ok((m.into_bound(protocol.py()), false)),
+        None => Ok((protocol.getattr(name)?, true)),
+    }
 }

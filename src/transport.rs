@@ -38,13 +38,13 @@ use pyo3::gc::{PyTraverseError, PyVisit};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyByteArray, PyBytes, PyDict, PyList, PyMemoryView, PyTuple};
+use pyo3::types::{PyByteArray, PyBytes, PyDict, PyList, PyMemoryView, PyString, PyTuple};
 
 use crate::buffer::{BufView, KeptBytes, ReadBuf};
 use crate::event_loop::{IoOwner, LoopCore, Ready};
 use crate::flow_control::{self, is_fatal, logger};
 use crate::gil_cell::GilCell;
-use crate::reading::{self, ReadSwitch};
+use crate::reading::{self, ProtocolMethod, ReadSwitch};
 use crate::sock::os_error;
 
 /// asyncio's `max_size` for one `recv` of a transport.
@@ -143,6 +143,10 @@ pub struct TransportState {
     protocol: Option<Py<PyAny>>,
     /// The protocol is an `asyncio.BufferedProtocol` (reads go into its buffer).
     buffered: bool,
+    /// Its read callbacks, kept while it is the protocol (see `ProtocolMethod`).
+    data_received: ProtocolMethod,
+    get_buffer: ProtocolMethod,
+    buffer_updated: ProtocolMethod,
     protocol_connected: bool,
     /// The Python transport object protocols see; dropped at connection lost.
     owner: Option<Py<PyAny>>,
@@ -161,6 +165,14 @@ pub struct TransportState {
     high: usize,
     low: usize,
     empty_waiter: Option<Py<PyAny>>,
+}
+
+impl TransportState {
+    /// The protocol changes or goes: its kept methods go too (dropped by the caller
+    /// after the borrow).
+    fn forget_protocol_methods(&mut self) -> [Option<Py<PyAny>>; 3] {
+        [self.data_received.take(), self.get_buffer.take(), self.buffer_updated.take()]
+    }
 }
 
 #[pyclass(module = "ferroloop._ferroloop", frozen, weakref)]
@@ -240,14 +252,19 @@ impl StreamTransportCore {
         let py = slf.py();
         let me = slf.get();
         for _ in 0..MAX_READS_PER_EVENT {
-            let (go, buffered, protocol) = me.state.with(py, |s| {
+            let (go, buffered, protocol, first) = me.state.with(py, |s| {
                 let go = s.read.can_read() && s.conn_lost == 0;
-                (go, s.buffered, s.protocol.as_ref().map(|p| p.clone_ref(py)))
+                let first = if s.buffered { s.get_buffer.cached(py) } else { s.data_received.cached(py) };
+                (go, s.buffered, s.protocol.as_ref().map(|p| p.clone_ref(py)), first)
             });
             let Some(protocol) = protocol.filter(|_| go) else { return Ok(ReadEnd::Done) };
             let protocol = protocol.bind(py);
             if buffered {
-                let buf = match protocol.call_method1(intern!(py, "get_buffer"), (-1,)).and_then(|b| {
+                let get_buffer = match me.protocol_method(protocol, first, intern!(py, "get_buffer"), |s| &mut s.get_buffer) {
+                    Ok(m) => m,
+                    Err(e) => return Self::callback_failed(slf, e, "Fatal error: protocol.get_buffer() call failed."),
+                };
+                let buf = match get_buffer.call1((-1,)).and_then(|b| {
                     if b.len()? == 0 {
                         Err(PyRuntimeError::new_err("get_buffer() returned an empty buffer"))
                     } else {
@@ -276,7 +293,9 @@ impl StreamTransportCore {
                         return Ok(ReadEnd::Done);
                     }
                     Ok(n) => {
-                        if let Err(e) = protocol.call_method1(intern!(py, "buffer_updated"), (n,)) {
+                        let cached = me.state.with(py, |s| s.buffer_updated.cached(py));
+                        let updated = me.protocol_method(protocol, cached, intern!(py, "buffer_updated"), |s| &mut s.buffer_updated);
+                        if let Err(e) = updated.and_then(|m| m.call1((n,))) {
                             return Self::callback_failed(slf, e, "Fatal error: protocol.buffer_updated() call failed.");
                         }
                         if clean && n < asked {
@@ -300,7 +319,8 @@ impl StreamTransportCore {
                     }
                     ReadStep::Data(data) => {
                         let short = data.as_bytes().len() < MAX_READ;
-                        if let Err(e) = protocol.call_method1(intern!(py, "data_received"), (data,)) {
+                        let received = me.protocol_method(protocol, first, intern!(py, "data_received"), |s| &mut s.data_received);
+                        if let Err(e) = received.and_then(|m| m.call1((data,))) {
                             return Self::callback_failed(slf, e, "Fatal error: protocol.data_received() call failed.");
                         }
                         if clean && short {
@@ -321,6 +341,26 @@ impl StreamTransportCore {
         }
         Self::fatal_error(slf, err, message)?;
         Ok(ReadEnd::Done)
+    }
+
+    /// The protocol's read callback `name`: `cached`, or looked up now and kept in
+    /// the state's `field` while `protocol` is still the transport's protocol.
+    fn protocol_method<'py>(
+        &self,
+        protocol: &Bound<'py, PyAny>,
+        cached: Option<Py<PyAny>>,
+        name: &Bound<'py, PyString>,
+        field: fn(&mut TransportState) -> &mut ProtocolMethod,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let (method, looked_up) = reading::protocol_method(cached, protocol, name)?;
+        if looked_up {
+            self.state.with(protocol.py(), |s| {
+                if s.protocol.as_ref().is_some_and(|p| p.is(protocol)) {
+                    field(s).fill(&method);
+                }
+            });
+        }
+        Ok(method)
     }
 
     fn on_eof(slf: &Bound<'_, Self>) -> PyResult<()> {
@@ -479,8 +519,9 @@ impl StreamTransportCore {
             _ => Ok(()),
         };
         me.unregister(py);
-        let (sock, protocol, owner, server, waiter) =
-            me.state.with(py, |s| (s.sock.take(), s.protocol.take(), s.owner.take(), s.server.take(), s.empty_waiter.take()));
+        let (sock, protocol, owner, server, waiter, methods) = me.state.with(py, |s| {
+            (s.sock.take(), s.protocol.take(), s.owner.take(), s.server.take(), s.empty_waiter.take(), s.forget_protocol_methods())
+        });
         let close_result = match &sock {
             Some(sock) => sock.bind(py).call_method0(intern!(py, "close")).map(drop),
             None => Ok(()),
@@ -489,7 +530,7 @@ impl StreamTransportCore {
             (Some(server), Some(owner)) => server.bind(py).call_method1(intern!(py, "_detach"), (owner,)).map(drop),
             _ => Ok(()),
         };
-        drop((sock, protocol, owner, server, waiter));
+        drop((sock, protocol, owner, server, waiter, methods));
         result.and(close_result).and(detach_result)
     }
 
@@ -687,6 +728,9 @@ impl StreamTransportCore {
                 sock: Some(sock.unbind()),
                 protocol: Some(protocol.unbind()),
                 buffered,
+                data_received: ProtocolMethod::default(),
+                get_buffer: ProtocolMethod::default(),
+                buffer_updated: ProtocolMethod::default(),
                 protocol_connected: true,
                 owner: Some(owner.unbind()),
                 server: server.filter(|s| !s.is_none()).map(Bound::unbind),
@@ -870,7 +914,7 @@ impl StreamTransportCore {
         let old = self.state.with(py, |s| {
             s.buffered = buffered;
             s.protocol_connected = true;
-            s.protocol.replace(protocol.unbind())
+            (s.protocol.replace(protocol.unbind()), s.forget_protocol_methods())
         });
         drop(old);
         Ok(())
@@ -984,6 +1028,9 @@ impl StreamTransportCore {
         if let Some(s) = self.state.get_for_traverse() {
             visit.call(&s.sock)?;
             visit.call(&s.protocol)?;
+            for method in [&s.data_received, &s.get_buffer, &s.buffer_updated] {
+                visit.call(method.as_option())?;
+            }
             visit.call(&s.owner)?;
             visit.call(&s.server)?;
             visit.call(&s.empty_waiter)?;
@@ -992,7 +1039,8 @@ impl StreamTransportCore {
     }
 
     fn __clear__(&self, py: Python<'_>) {
-        let taken = self.state.with(py, |s| (s.protocol.take(), s.owner.take(), s.server.take(), s.empty_waiter.take()));
+        let taken =
+            self.state.with(py, |s| (s.protocol.take(), s.forget_protocol_methods(), s.owner.take(), s.server.take(), s.empty_waiter.take()));
         drop(taken);
     }
 }

@@ -42,7 +42,7 @@ use crate::buffer::ReadBuf;
 use crate::event_loop::{IoOwner, LoopCore, Ready};
 use crate::flow_control::{self, is_fatal, logger};
 use crate::gil_cell::GilCell;
-use crate::reading::{self, ReadSwitch};
+use crate::reading::{self, ProtocolMethod, ReadSwitch};
 use crate::sock::{is_retry, os_error};
 
 /// asyncio's `max_size` for one `recvfrom` of a datagram transport.
@@ -67,6 +67,8 @@ enum Target {
 struct DgramState {
     sock: Option<Py<PyAny>>,
     protocol: Option<Py<PyAny>>,
+    /// Its `datagram_received`, kept while it is the protocol.
+    datagram_received: ProtocolMethod,
     protocol_connected: bool,
     owner: Option<Py<PyAny>>,
     /// asyncio's `_address`: the `remote_addr` the endpoint was created for.
@@ -296,7 +298,7 @@ impl DatagramTransportCore {
             let protocol = me.protocol(py);
             let result = match me.recv_one(py)? {
                 Ok(None) | Err(SendErr::WouldBlock) => return Ok(()),
-                Ok(Some((data, addr))) => protocol.bind(py).call_method1(intern!(py, "datagram_received"), (data, addr)),
+                Ok(Some((data, addr))) => me.datagram_received(protocol.bind(py)).and_then(|m| m.call1((data, addr))),
                 Err(SendErr::Os(exc)) => protocol.bind(py).call_method1(intern!(py, "error_received"), (exc.into_value(py),)),
                 Err(SendErr::Other(exc)) => {
                     return Self::fatal_error(slf, exc, "Fatal read error on datagram transport");
@@ -312,6 +314,21 @@ impl DatagramTransportCore {
         }
         Self::queue_io(slf, true, false);
         Ok(())
+    }
+
+    /// `protocol.datagram_received`, kept while it is the protocol (see `ProtocolMethod`).
+    fn datagram_received<'py>(&self, protocol: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+        let py = protocol.py();
+        let cached = self.state.with(py, |s| s.datagram_received.cached(py));
+        let (method, looked_up) = reading::protocol_method(cached, protocol, intern!(py, "datagram_received"))?;
+        if looked_up {
+            self.state.with(py, |s| {
+                if s.protocol.as_ref().is_some_and(|p| p.is(protocol)) {
+                    s.datagram_received.fill(&method);
+                }
+            });
+        }
+        Ok(method)
     }
 
     /// One send attempt of `data` to `target`.
@@ -472,7 +489,7 @@ impl DatagramTransportCore {
         me.unregister(py);
         let taken = me
             .state
-            .with(py, |s| (s.sock.take(), s.protocol.take(), s.owner.take(), std::mem::take(&mut s.buffer), std::mem::take(&mut s.peers)));
+            .with(py, |s| (s.sock.take(), s.protocol.take(), s.datagram_received.take(), s.owner.take(), std::mem::take(&mut s.buffer), std::mem::take(&mut s.peers)));
         let close_result = match &taken.0 {
             Some(sock) => sock.bind(py).call_method0(intern!(py, "close")).map(drop),
             None => Ok(()),
@@ -533,6 +550,7 @@ impl DatagramTransportCore {
             state: GilCell::new(DgramState {
                 sock: Some(sock.unbind()),
                 protocol: Some(protocol.unbind()),
+                datagram_received: ProtocolMethod::default(),
                 protocol_connected: true,
                 owner: Some(owner.unbind()),
                 address: address.filter(|a| !a.is_none()).map(Bound::unbind),
@@ -695,7 +713,7 @@ impl DatagramTransportCore {
     fn set_protocol(&self, py: Python<'_>, protocol: Bound<'_, PyAny>) {
         let old = self.state.with(py, |s| {
             s.protocol_connected = true;
-            s.protocol.replace(protocol.unbind())
+            (s.protocol.replace(protocol.unbind()), s.datagram_received.take())
         });
         drop(old);
     }
@@ -770,6 +788,7 @@ impl DatagramTransportCore {
         if let Some(s) = self.state.get_for_traverse() {
             visit.call(&s.sock)?;
             visit.call(&s.protocol)?;
+            visit.call(s.datagram_received.as_option())?;
             visit.call(&s.owner)?;
             visit.call(&s.address)?;
             for (_, tuple) in &s.peers.peers {
@@ -785,7 +804,7 @@ impl DatagramTransportCore {
     }
 
     fn __clear__(&self, py: Python<'_>) {
-        let taken = self.state.with(py, |s| (s.protocol.take(), s.owner.take(), std::mem::take(&mut s.buffer)));
+        let taken = self.state.with(py, |s| (s.protocol.take(), s.datagram_received.take(), s.owner.take(), std::mem::take(&mut s.buffer)));
         drop(taken);
     }
 }

@@ -12,6 +12,7 @@ import socket
 import struct
 import sys
 import tempfile
+import weakref
 from asyncio import constants, trsock
 from unittest import mock
 
@@ -596,6 +597,51 @@ def test_set_protocol_mid_stream(loop):
         assert not first.lost.done() and not second.lost.done()
         server.close()
     run(loop, main())
+
+
+@pytest.mark.parametrize('kind', ['plain', 'buffered'])
+def test_protocol_freed_once_connection_lost(loop, kind):
+    """After connection_lost the transport holds nothing of its protocol (nor of the
+    read callbacks a loop may keep), so the protocol goes with its last reference:
+    no cycle for the collector to find."""
+    class Plain(asyncio.Protocol):
+        def __init__(self):
+            self.got = loop.create_future()
+            self.lost = loop.create_future()
+
+        def data_received(self, data):
+            if not self.got.done():
+                self.got.set_result(data)
+
+        def connection_lost(self, exc):
+            self.lost.set_result(exc)
+
+    class Buffered(Plain, asyncio.BufferedProtocol):
+        def get_buffer(self, sizehint):
+            return bytearray(16)
+
+        def buffer_updated(self, nbytes):
+            self.data_received(b'?' * nbytes)
+
+    async def main():
+        server, addr = await start_echo_server(loop)
+        tr, pr = await loop.create_connection(Plain if kind == 'plain' else Buffered, *addr)
+        tr.write(b'ping')
+        await pr.got
+        tr.close()
+        assert await pr.lost is None
+        ref = weakref.ref(pr)
+        del pr
+        collected = ref() is None
+        server.close()
+        await server.wait_closed()
+        return collected
+
+    gc.disable()
+    try:
+        assert run(loop, main())
+    finally:
+        gc.enable()
 
 
 # ----- client connection errors and arguments ----------------------------------------
