@@ -107,6 +107,16 @@ pub enum Ready {
     Flush(Py<StreamTransportCore>),
 }
 
+/// The block `sockio::prefer_heap_for_reads` frees once per process: glibc's mmap
+/// threshold becomes this (a page above 1 MiB), so reads of up to `MAX_READ` come
+/// from the heap, and its trim threshold twice this, so a few connections' large
+/// reads coming and going do not hand the heap top back to the kernel and fault it
+/// in again. With a block of `MAX_READ` (trim at 520 KiB) the 100 KiB echoes cost
+/// 28-71 µs of server CPU per request or 16-24 µs depending on the heap's layout
+/// (where the interpreter's own allocations happened to fall); with this, 16-24
+/// whatever the layout (bench/README.md, "Large messages and glibc's heap").
+const READ_HEAP_BLOCK: usize = 1024 * 1024 + 4096;
+
 /// Emptied handles the loop keeps for reuse (about 112 bytes each): always up to
 /// `KEEP_SPARE_HANDLES`, and up to `MAX_SPARE_HANDLES` while bursts need them (a
 /// thread calling `call_soon_threadsafe` queues tens of thousands while it holds
@@ -301,8 +311,7 @@ impl LoopCore {
 
     #[new]
     fn new() -> PyResult<Self> {
-        // A page more than a read's `bytes` (its header included).
-        sockio::prefer_heap_for_reads(crate::transport::MAX_READ + 4096);
+        sockio::prefer_heap_for_reads(READ_HEAP_BLOCK);
         let (poller, registrar, waker) = poller::new()?;
         Ok(LoopCore {
             state: GilCell::new(LoopState {

@@ -13,15 +13,18 @@
 use std::io;
 use std::os::fd::RawFd;
 
-/// Lets glibc's malloc serve read buffers of up to `size` bytes from the heap.
+/// Lets glibc's malloc serve buffers of up to `size` bytes from the heap, and keep
+/// up to twice that free at the heap's top.
 ///
 /// Reads of up to 256 KiB go straight into a `bytes` of that size, shrunk to what
 /// arrived. glibc serves an allocation that large with `mmap` until a chunk of that
-/// size has been freed whole, which raises its (dynamic) mmap threshold past it;
-/// shrunk buffers never are, so without this every large read paid mmap + mremap +
-/// munmap and a page fault per 4 KiB (a 100 KiB Protocol echo on one connection:
-/// 74 µs of server CPU per request instead of 18). Freeing one such chunk does once
-/// what any program that frees a large buffer does; other allocators ignore it.
+/// size has been freed whole, which raises its (dynamic) mmap threshold past it, and
+/// its trim threshold (free memory at the heap top it keeps instead of returning it
+/// with `brk`) to twice that; shrunk buffers never are, so without this every large
+/// read paid mmap + mremap + munmap and a page fault per 4 KiB (a 100 KiB Protocol
+/// echo on one connection: 74 µs of server CPU per request instead of 18). Freeing
+/// one such chunk does once what any program that frees a large buffer does; other
+/// allocators ignore it. The caller picks `size` (see the loop's `READ_HEAP_BLOCK`).
 pub fn prefer_heap_for_reads(size: usize) {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
