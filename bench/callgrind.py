@@ -54,6 +54,9 @@ TIMING_DEPENDENT = {'micro/call_soon_threadsafe', 'micro/spawn_true', 'micro/spa
 # Network: (label, servers.py style, loadgen mode, size, N requests), one connection.
 NET_JOBS = [
     ('echo/1 KiB x1/protocol', 'protocol', 'tcp', KIB, 2_000),
+    ('echo/1 KiB x1/streams', 'streams', 'tcp', KIB, 2_000),
+    ('echo/1 KiB x1/sock', 'sock', 'tcp', KIB, 2_000),
+    ('udp/1 KiB x1/udp', 'udp', 'udp', KIB, 2_000),
     ('http/x1/http_one', 'http_one', 'http', 0, 2_000),
     ('http/x1/http_split', 'http_split', 'http', 0, 2_000),
 ]

@@ -53,8 +53,10 @@ fn run() -> Result<(), String> {
     if cfg.conns == 0 || cfg.size == 0 || cfg.duration.is_zero() || cfg.requests == Some(0) {
         return Err("--conns, --size, --duration and --requests must be positive".into());
     }
-    if cfg.requests.is_some() && !matches!(mode.as_str(), "tcp" | "http") {
-        return Err("--requests applies to the tcp and http modes only".into());
+    // udp too: a resent datagram (lost on loopback only under memory pressure) is
+    // the only work beyond the N requests there.
+    if cfg.requests.is_some() && !matches!(mode.as_str(), "tcp" | "http" | "udp") {
+        return Err("--requests applies to the tcp, http and udp modes only".into());
     }
     sys::setup(args.get_opt("cpu")?)?;
     let report = match mode.as_str() {
