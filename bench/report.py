@@ -148,6 +148,8 @@ def markdown(info, runs, chart_note):
            f" ({'quick' if info['quick'] else 'full'}: network runs {info['duration_s']} s after"
            f" {info['warmup_s']} s warm-up), {info['elapsed_s']:.0f} s in all.", '',
            f"Machine: {m['nproc']} CPUs, {m['cpu_model']}, Linux {m['kernel']}, {m['python']}.", '',
+           *([f"Network servers ran with {' '.join(f'{k}={v}' for k, v in info['server_env'].items())}"
+              ' in their environment.', ''] if info.get('server_env') else []),
            'Loops: ' + ', '.join(f'{k} {v}' for k, v in m['loops'].items()) + '.', '',
            f'Every ratio is to {BASELINE} in the same run; ↑ marks a column where higher is better,'
            ' ↓ one where lower is better. "others %" is the CPU the rest of the machine used during'

@@ -4,6 +4,7 @@ hits all of them alike. Writes results.md (also printed), results.json (every ra
 and ratios.png to --out. Start it through run.sh, which builds what it needs.
 
     python bench/run.py [--quick] [--rounds N] [--loops a,b] [--only SUBSTR] [--out DIR]
+                        [--server-env KEY=VALUE ...]
 
 Network runs pin the server and the Rust load generator to the SAME CPU: on these
 VMs a wake-up across CPUs costs ~25 us each way and would swamp the loops'
@@ -39,8 +40,10 @@ HTTP_STYLES = ('http_one', 'http_split')
 class Settings:
     """Per-mode sizes of the runs: --quick trades precision for a run under 5 minutes."""
 
-    def __init__(self, quick, rounds):
+    def __init__(self, quick, rounds, server_env=None):
         self.quick = quick
+        # Added to every network server's environment (each loop and the ceiling).
+        self.server_env = server_env or {}
         self.rounds = rounds or (2 if quick else 3)
         self.micro_scale = 0.5 if quick else 1.0
         self.duration = 0.5 if quick else 2.0
@@ -194,8 +197,12 @@ def run_micro(loop, job, s):
     return result
 
 
+def server_env(s):
+    return {**os.environ, **s.server_env} if s.server_env else None
+
+
 def run_net(loop, job, s, cpu):
-    server = Server(server_cmd(loop, job['style'], job['mode'], cpu))
+    server = Server(server_cmd(loop, job['style'], job['mode'], cpu), env=server_env(s))
     try:
         cmd = [os.path.join(tools_dir(), 'loadgen'), job['mode'], '--addr', f'127.0.0.1:{server.port}',
                '--conns', str(job['conns']), '--duration', str(s.duration),
@@ -228,7 +235,7 @@ def socket_count(pid):
 
 def run_memory(loop, job, s, cpu):
     """RSS of an echo server holding job['conns'] idle connections (loadgen idle)."""
-    server = Server(server_cmd(loop, 'protocol', 'tcp', cpu))
+    server = Server(server_cmd(loop, 'protocol', 'tcp', cpu), env=server_env(s))
     client = None
     try:
         base_rss, base_socks = rss_kib(server.pid), socket_count(server.pid)
@@ -287,8 +294,14 @@ def main():
     ap.add_argument('--only', help='run only jobs whose group/case/style contains this')
     ap.add_argument('--out', default=os.path.join(BENCH, 'results'))
     ap.add_argument('--cpu', type=int, default=0, help='the CPU network servers and the load generator share')
+    ap.add_argument('--server-env', action='append', default=[], metavar='KEY=VALUE',
+                    help="set in every network server's environment, every loop's and the ceiling's alike "
+                         '(repeatable), e.g. MALLOC_TRIM_THRESHOLD_=67108864')
     args = ap.parse_args()
-    s = Settings(args.quick, args.rounds)
+    if any('=' not in kv or kv.startswith('=') for kv in args.server_env):
+        ap.error('--server-env takes KEY=VALUE')
+    extra = dict(kv.split('=', 1) for kv in args.server_env)
+    s = Settings(args.quick, args.rounds, extra)
     names = [n for n in args.loops.split(',') if n]
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # inherited by loadgen idle
@@ -316,6 +329,7 @@ def main():
         print(f'bench: round {rnd}/{s.rounds} done at {time.monotonic() - t_start:.0f} s', file=sys.stderr)
     info = {'machine': machine_info(status), 'loops': names, 'quick': s.quick, 'rounds': s.rounds,
             'duration_s': s.duration, 'warmup_s': s.warmup, 'cpu': args.cpu, 'only': args.only,
+            'server_env': s.server_env,
             'elapsed_s': round(time.monotonic() - t_start, 1)}
     print(report.write(args.out, info, runs))
 
