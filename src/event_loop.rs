@@ -18,7 +18,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyTuple, PyWeakrefReference};
 use pyo3::PyTraverseError;
 
-use crate::gil_cell::{GilCell, GilCounter, GilRc};
+use crate::gil_cell::{GilCell, GilCounter, GilFlag, GilRc};
 use crate::handles::{closed_error, Handle, TimerSlot};
 use crate::listener::Listener;
 use crate::pipes::PipeTransportCore;
@@ -255,6 +255,31 @@ impl LoopCore {
     pub fn release_owned(&self, py: Python<'_>, fd: RawFd, is_ours: impl Fn(&IoOwner) -> bool) {
         let removed = self.state.with(py, |s| s.release_owner(fd, is_ours));
         drop(removed);
+    }
+
+    /// Watches `fd` (registered readable by `register_owner`) for writability too, or
+    /// no longer; `watched` is the owner's record of what the kernel has, so only a
+    /// change costs an `epoll_ctl`. Owners watch writability only while they hold
+    /// data the kernel refused: a socket watched for it is woken whenever its send
+    /// buffer frees space, for a datagram or Unix socket after every send (loopback
+    /// UDP ping-pong: 6.6 against 6.1 µs of server CPU per request; a Unix stream
+    /// echo woke the loop a second time per request). The kernel checks readiness as
+    /// the interest changes, so a socket writable already is reported at once.
+    pub fn watch_writable(&self, py: Python<'_>, fd: RawFd, watched: &GilFlag, on: bool) -> PyResult<()> {
+        if watched.get() == on {
+            return Ok(());
+        }
+        let changed = self.state.with(py, |s| match s.registrar.as_mut() {
+            Some(reg) => reg.set_owned_interest(fd, true, on),
+            None => Ok(()), // closed: nothing is watched any more
+        });
+        match changed {
+            // Not registered (handed to sendfile, or already released): nothing to change.
+            Err(e) if e.raw_os_error() != Some(libc::ENOENT) => return Err(sock::os_error(&e)),
+            _ => {}
+        }
+        watched.set(py, on);
+        Ok(())
     }
 
     /// Raises asyncio's "Event loop is closed" if it is.

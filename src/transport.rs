@@ -43,7 +43,7 @@ use pyo3::types::{PyByteArray, PyBytes, PyDict, PyList, PyMemoryView, PyString, 
 use crate::buffer::{BufView, KeptBytes, ReadBuf};
 use crate::event_loop::{IoOwner, LoopCore, Ready};
 use crate::flow_control::{self, is_fatal, logger};
-use crate::gil_cell::GilCell;
+use crate::gil_cell::{GilCell, GilFlag};
 use crate::reading::{self, ProtocolMethod, ReadSwitch};
 use crate::sock::os_error;
 
@@ -179,6 +179,9 @@ impl TransportState {
 pub struct StreamTransportCore {
     fd: RawFd,
     event_loop: Py<LoopCore>,
+    /// The fd is watched for writability too: only while the kernel refused some of
+    /// what was written (see `LoopCore::watch_writable`).
+    write_watched: GilFlag,
     state: GilCell<TransportState>,
 }
 
@@ -400,7 +403,11 @@ impl StreamTransportCore {
                 }
                 Ok(())
             }
-            Ok((n, _)) => {
+            Ok((n, empty)) => {
+                if empty {
+                    // Failing, it only leaves the fd watched: a wake-up more, never one lost.
+                    let _ = me.watch_writable(py, false);
+                }
                 if n > 0 {
                     Self::maybe_resume_protocol(slf)?;
                 }
@@ -633,8 +640,17 @@ impl StreamTransportCore {
                 Self::fatal_error(slf, os_error(&e), "Fatal write error on socket transport")
             }
             Ok(true) => Self::on_drained(slf),
-            Ok(false) => Self::maybe_pause_protocol(slf),
+            Ok(false) => {
+                me.watch_writable(py, true)?;
+                Self::maybe_pause_protocol(slf)
+            }
         }
+    }
+
+    /// Watches the fd for writability while the kernel has refused some of what was
+    /// written (see `LoopCore::watch_writable`).
+    fn watch_writable(&self, py: Python<'_>, on: bool) -> PyResult<()> {
+        self.event_loop.get().watch_writable(py, self.fd, &self.write_watched, on)
     }
 
     /// The loop is closing: send what is queued as far as the socket takes it,
@@ -699,6 +715,7 @@ impl StreamTransportCore {
         if me.state.with(py, |s| s.wq.is_empty()) {
             return Ok(());
         }
+        me.watch_writable(py, true)?;
         Self::maybe_pause_protocol(slf)
     }
 }
@@ -724,6 +741,7 @@ impl StreamTransportCore {
         Ok(StreamTransportCore {
             fd,
             event_loop: event_loop.unbind(),
+            write_watched: GilFlag::new(false),
             state: GilCell::new(TransportState {
                 sock: Some(sock.unbind()),
                 protocol: Some(protocol.unbind()),
@@ -749,12 +767,16 @@ impl StreamTransportCore {
         })
     }
 
-    /// Hands the fd to the loop (edge-triggered, both directions).
+    /// Hands the fd to the loop (edge-triggered; writable too while something waits
+    /// to be sent).
     fn _register(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let me = slf.get();
         let fd = me.fd;
-        let replaced = me.event_loop.get().state.with(py, |s| s.register_owner(fd, IoOwner::Stream(slf.clone().unbind()), true, true))?;
+        let backlog = me.state.with(py, |s| !s.wq.is_empty());
+        let replaced =
+            me.event_loop.get().state.with(py, |s| s.register_owner(fd, IoOwner::Stream(slf.clone().unbind()), true, backlog))?;
+        me.write_watched.set(py, backlog);
         me.state.with(py, |s| s.registered = true);
         drop(replaced);
         Ok(())

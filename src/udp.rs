@@ -41,7 +41,7 @@ use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PyString, PyTuple}
 use crate::buffer::ReadBuf;
 use crate::event_loop::{IoOwner, LoopCore, Ready};
 use crate::flow_control::{self, is_fatal, logger};
-use crate::gil_cell::GilCell;
+use crate::gil_cell::{GilCell, GilFlag};
 use crate::reading::{self, ProtocolMethod, ReadSwitch};
 use crate::sock::{is_retry, os_error};
 
@@ -133,6 +133,8 @@ pub struct DatagramTransportCore {
     send_empty: bool,
     header_bytes: usize,
     event_loop: Py<LoopCore>,
+    /// The fd is watched for writability too: only while datagrams are queued.
+    write_watched: GilFlag,
     state: GilCell<DgramState>,
 }
 
@@ -414,6 +416,11 @@ impl DatagramTransportCore {
                 }
             }
         }
+        if me.state.with(py, |s| s.buffer.is_empty()) {
+            // Failing, it only leaves the fd watched for writability: a wake-up more
+            // per send, never a lost one.
+            let _ = me.watch_writable(py, false);
+        }
         Self::maybe_resume_protocol(slf)?;
         let finish = me.state.with(py, |s| {
             if s.buffer.is_empty() && s.read.closing && s.conn_lost == 0 {
@@ -468,6 +475,12 @@ impl DatagramTransportCore {
         let exc = exc.map_or_else(|| py.None().into_bound(py), |e| e.into_value(py).into_bound(py).into_any());
         let cb = slf.getattr(intern!(py, "_call_connection_lost"))?;
         slf.get().call_soon(py, cb, PyTuple::new(py, [exc])?)
+    }
+
+    /// Watches the fd for writability while datagrams are queued (see
+    /// `LoopCore::watch_writable`).
+    fn watch_writable(&self, py: Python<'_>, on: bool) -> PyResult<()> {
+        self.event_loop.get().watch_writable(py, self.fd, &self.write_watched, on)
     }
 
     /// Stops watching the fd (before the socket is closed: the number may be reused).
@@ -547,6 +560,7 @@ impl DatagramTransportCore {
             send_empty,
             header_bytes,
             event_loop: event_loop.unbind(),
+            write_watched: GilFlag::new(false),
             state: GilCell::new(DgramState {
                 sock: Some(sock.unbind()),
                 protocol: Some(protocol.unbind()),
@@ -567,12 +581,14 @@ impl DatagramTransportCore {
         })
     }
 
-    /// Hands the fd to the loop (edge-triggered, both directions).
+    /// Hands the fd to the loop (edge-triggered, readable; writable while datagrams
+    /// are queued).
     fn _register(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let me = slf.get();
         let fd = me.fd;
-        let replaced = me.event_loop.get().state.with(py, |s| s.register_owner(fd, IoOwner::Datagram(slf.clone().unbind()), true, true))?;
+        // Readable only: see `watch_writable`.
+        let replaced = me.event_loop.get().state.with(py, |s| s.register_owner(fd, IoOwner::Datagram(slf.clone().unbind()), true, false))?;
         me.state.with(py, |s| s.registered = true);
         drop(replaced);
         Ok(())
@@ -649,6 +665,7 @@ impl DatagramTransportCore {
             s.buffer_size += copy.len() + me.header_bytes;
             s.buffer.push_back((copy, target));
         });
+        me.watch_writable(py, true)?;
         Self::maybe_pause_protocol(slf)
     }
 

@@ -210,33 +210,44 @@ def test_get_buffer_returning_empty_is_fatal(loop):
 
 # ----- flow control ------------------------------------------------------------------
 
-def test_flow_control_pauses_and_resumes_the_writer(loop):
+@pytest.mark.parametrize('family', ['tcp', 'unix'])
+def test_flow_control_pauses_and_resumes_the_writer(loop, family, tmp_path):
+    """Three rounds of a reader that stops reading: the writer is paused, its
+    backlog drains once reading resumes, and it is resumed (ferroloop watches the
+    socket for writability only while a backlog exists: each round turns that on
+    and off again)."""
     async def main():
         sinks = []
-        server = await loop.create_server(lambda: sinks.append(Recorder(loop)) or sinks[-1], '127.0.0.1', 0)
-        tr, pr = await loop.create_connection(lambda: Recorder(loop), *server.sockets[0].getsockname())
+        if family == 'tcp':
+            server = await loop.create_server(lambda: sinks.append(Recorder(loop)) or sinks[-1], '127.0.0.1', 0)
+            tr, pr = await loop.create_connection(lambda: Recorder(loop), *server.sockets[0].getsockname())
+        else:
+            path = str(tmp_path / 'sock')
+            server = await loop.create_unix_server(lambda: sinks.append(Recorder(loop)) or sinks[-1], path)
+            tr, pr = await loop.create_unix_connection(lambda: Recorder(loop), path)
         await yield_n(3)
         sink = sinks[0]
-        sink.transport.pause_reading()
-        assert not sink.transport.is_reading()
         chunk = b'x' * 65536
         written = 0
-        for _ in range(10_000):  # bounded: the kernel buffers are a few MiB at most
-            tr.write(chunk)
-            written += len(chunk)
-            if pr.paused:
-                break
-            await asyncio.sleep(0)
-        assert pr.paused == 1
-        assert tr.get_write_buffer_size() > 65536
-        assert pr.resumed == 0
-        sink.transport.resume_reading()
-        assert sink.transport.is_reading()
-        await sink.wait_for_bytes(written)
-        assert len(sink.data) == written
-        await yield_n(3)
-        assert pr.resumed == 1
-        assert tr.get_write_buffer_size() == 0
+        for round_ in range(1, 4):
+            sink.transport.pause_reading()
+            assert not sink.transport.is_reading()
+            for _ in range(10_000):  # bounded: the kernel buffers are a few MiB at most
+                tr.write(chunk)
+                written += len(chunk)
+                if pr.paused == round_:
+                    break
+                await asyncio.sleep(0)
+            assert pr.paused == round_
+            assert tr.get_write_buffer_size() > 65536
+            assert pr.resumed == round_ - 1
+            sink.transport.resume_reading()
+            assert sink.transport.is_reading()
+            await sink.wait_for_bytes(written)
+            assert len(sink.data) == written
+            await yield_n(3)
+            assert pr.resumed == round_
+            assert tr.get_write_buffer_size() == 0
         tr.close()
         await pr.lost
         server.close()

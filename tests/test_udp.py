@@ -685,6 +685,32 @@ def test_flow_control_and_close_with_queued_datagrams(loop):
     assert errors == []
 
 
+def test_a_second_backlog_is_sent_after_the_first_drained(loop):
+    """Datagrams queued again after the queue drained go out too (ferroloop
+    watches the socket for writability only while datagrams are queued)."""
+    async def main():
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, 'peer')
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as peer:
+                peer.bind(path)
+                peer.setblocking(False)
+                tr, pr = await loop.create_datagram_endpoint(
+                    lambda: FlowProto(loop), remote_addr=path, family=socket.AF_UNIX)
+                for round_ in range(3):
+                    sent = [bytes([round_, i]) * 20 for i in range(100)]
+                    for data in sent:
+                        tr.sendto(data)
+                    assert tr.get_write_buffer_size() > 0, 'the peer queue is short: some wait'
+                    got = [await loop.sock_recv(peer, 100) for _ in sent]
+                    assert got == sent
+                    if not (PY313 and not isinstance(loop, ferroloop.Loop)):  # see above
+                        assert tr.get_write_buffer_size() == 0
+                tr.close()
+                assert await pr.lost is None
+
+    run(loop, main())
+
+
 def test_abort_drops_queued_datagrams(loop):
     async def main():
         with tempfile.TemporaryDirectory() as d:

@@ -263,6 +263,20 @@ impl Registrar {
         Ok(())
     }
 
+    /// Changes the directions an owned fd is watched in (`EPOLL_CTL_MOD`, still
+    /// edge-triggered). The kernel checks the fd's readiness as it changes, so a
+    /// direction that is ready already is reported by the next poll: nothing that
+    /// happened before the change is missed. For owners that watch writability only
+    /// while they have something queued: a datagram socket watched for it is
+    /// reported after every send (each freed send buffer wakes its watchers).
+    pub fn set_owned_interest(&mut self, fd: RawFd, readable: bool, writable: bool) -> io::Result<()> {
+        let Some(interest) = interest_of(readable, writable) else { return Err(io::Error::from_raw_os_error(libc::EINVAL)) };
+        if !self.owned.contains(&fd) {
+            return Err(io::Error::from_raw_os_error(libc::ENOENT));
+        }
+        self.modify(fd, interest)
+    }
+
     pub fn unwatch_owned(&mut self, fd: RawFd) {
         if self.owned.remove(&fd) {
             let _ = self.registry.deregister(&mut SourceFd(&fd));
@@ -461,6 +475,28 @@ mod tests {
         assert!(out.is_empty(), "unread data is not reported again");
         reg.unwatch_owned(a.as_raw_fd());
         assert_eq!(reg.watched_count(), 0);
+    }
+
+    #[test]
+    fn adding_a_direction_to_an_owned_fd_reports_it_if_ready_already() {
+        let (mut poller, mut reg, _waker) = new().unwrap();
+        let (a, mut b) = UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        reg.watch_owned(a.as_raw_fd(), true, false).unwrap();
+        let mut out = Vec::new();
+        poller.poll(Some(Duration::ZERO), &mut out).unwrap();
+        assert!(out.is_empty(), "writable, but not watched for it");
+        // No new edge happens after this: the change itself must report it.
+        reg.set_owned_interest(a.as_raw_fd(), true, true).unwrap();
+        poller.poll(Some(Duration::from_secs(5)), &mut out).unwrap();
+        assert_eq!(out, vec![Readiness { fd: a.as_raw_fd(), readable: false, writable: true, hup: false }]);
+        out.clear();
+        reg.set_owned_interest(a.as_raw_fd(), true, false).unwrap();
+        b.write_all(b"x").unwrap();
+        poller.poll(Some(Duration::from_secs(5)), &mut out).unwrap();
+        assert_eq!(out, vec![Readiness { fd: a.as_raw_fd(), readable: true, writable: false, hup: false }]);
+        assert!(reg.set_owned_interest(a.as_raw_fd(), false, false).is_err());
+        assert!(reg.set_owned_interest(b.as_raw_fd(), true, true).is_err(), "not an owned fd");
     }
 
     #[test]
