@@ -23,6 +23,7 @@
 
 use std::ffi::{c_char, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicPtr, Ordering};
 
 use pyo3::exceptions::PyTypeError;
 use pyo3::ffi;
@@ -141,12 +142,24 @@ unsafe fn bind_args<'py, const N: usize>(
 
 /// Whether a keyword name is `context`. Python code passes the interned string;
 /// 3.11's C Future and Task pass a string of their own (`Py_BuildValue("(s)",
-/// "context")`) with every callback they schedule, so compare the text too.
+/// "context")`, made once) with every callback they schedule: the first such
+/// string whose text matches is remembered, so their calls skip the comparison
+/// too (~50 instructions each). It is kept referenced for the process's life, so
+/// its address cannot be reused by another object.
 ///
-/// SAFETY: `key` is a live `str` object.
+/// SAFETY: `key` is a live `str` object; the GIL is held.
 #[inline]
 unsafe fn is_context_name(py: Python<'_>, key: *mut ffi::PyObject) -> bool {
-    key == pyo3::intern!(py, "context").as_ptr() || ffi::PyUnicode_CompareWithASCIIString(key, c"context".as_ptr()) == 0
+    static SEEN: AtomicPtr<ffi::PyObject> = AtomicPtr::new(std::ptr::null_mut());
+    if key == pyo3::intern!(py, "context").as_ptr() || key == SEEN.load(Ordering::Relaxed) {
+        return true;
+    }
+    let matches = ffi::PyUnicode_CompareWithASCIIString(key, c"context".as_ptr()) == 0;
+    if matches && SEEN.load(Ordering::Relaxed).is_null() {
+        ffi::Py_INCREF(key);
+        SEEN.store(key, Ordering::Relaxed); // under the GIL: no other writer
+    }
+    matches
 }
 
 /// `bind_args` for calls that pass leading parameters by keyword, unknown keywords,
