@@ -257,8 +257,9 @@ impl LoopCore {
         drop(removed);
     }
 
-    /// Watches `fd` (registered readable by `register_owner`) for writability too, or
-    /// no longer; `watched` is the owner's record of what the kernel has, so only a
+    /// Watches an owner's `fd` (see `register_owner`) for writability too, or no
+    /// longer, and for reading all along; `watched` is the owner's record of what
+    /// the kernel has, so only a
     /// change costs an `epoll_ctl`. Owners watch writability only while they hold
     /// data the kernel refused: a socket watched for it is woken whenever its send
     /// buffer frees space, for a datagram or Unix socket after every send (loopback

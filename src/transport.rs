@@ -2,7 +2,10 @@
 //! Unix sockets), with the semantics of asyncio's `_SelectorSocketTransport`.
 //!
 //! The loop owns the socket's fd for the transport's lifetime (`LoopState.io`): it is
-//! registered edge-triggered for both directions, and each poll event becomes one
+//! registered edge-triggered, for reading, and for writing only while the kernel
+//! has refused some of what was written (`LoopCore::watch_writable`: a socket
+//! watched for writability is woken whenever its send buffer frees space, a Unix
+//! socket after every read of its peer). Each poll event becomes one
 //! `Ready::Io` entry in the ready queue, in the batch position asyncio would run the
 //! reader callback. Running it (`on_io`) calls into this object directly: no Python
 //! `Handle` per event. Reads loop until `EAGAIN` (the poller reports an fd again only
@@ -641,7 +644,7 @@ impl StreamTransportCore {
             }
             Ok(true) => Self::on_drained(slf),
             Ok(false) => {
-                me.watch_writable(py, true)?;
+                Self::watch_backlog(slf)?;
                 Self::maybe_pause_protocol(slf)
             }
         }
@@ -651,6 +654,16 @@ impl StreamTransportCore {
     /// written (see `LoopCore::watch_writable`).
     fn watch_writable(&self, py: Python<'_>, on: bool) -> PyResult<()> {
         self.event_loop.get().watch_writable(py, self.fd, &self.write_watched, on)
+    }
+
+    /// Data the kernel refused is queued: watch for the socket turning writable.
+    /// If the loop cannot, the queue would never be sent: the transport fails
+    /// (closed, the error reported as a write error's).
+    fn watch_backlog(slf: &Bound<'_, Self>) -> PyResult<()> {
+        match slf.get().watch_writable(slf.py(), true) {
+            Ok(()) => Ok(()),
+            Err(e) => Self::fatal_error(slf, e, "Fatal write error on socket transport"),
+        }
     }
 
     /// The loop is closing: send what is queued as far as the socket takes it,
@@ -715,7 +728,7 @@ impl StreamTransportCore {
         if me.state.with(py, |s| s.wq.is_empty()) {
             return Ok(());
         }
-        me.watch_writable(py, true)?;
+        Self::watch_backlog(slf)?;
         Self::maybe_pause_protocol(slf)
     }
 }

@@ -3,7 +3,9 @@
 //! `_SelectorDatagramTransport`.
 //!
 //! As for stream transports (see `transport`), the loop owns the fd for the
-//! transport's lifetime, edge-triggered in both directions, and a poll event is one
+//! transport's lifetime, edge-triggered, for reading, and for writing only while
+//! datagrams are queued (a datagram socket watched for writability is woken after
+//! every send: `LoopCore::watch_writable`); a poll event is one
 //! `Ready::Io` entry handled here: datagrams are received until `EAGAIN` (up to a
 //! cap per event, then the transport queues itself again), each handed to
 //! `datagram_received(data, addr)`. `sendto` sends at once; what the kernel refuses
@@ -237,7 +239,9 @@ impl DatagramTransportCore {
         if readable && me.reading(py) {
             Self::read_ready(slf)?;
         }
-        if writable && me.state.with(py, |s| !s.buffer.is_empty() && s.sock.is_some()) {
+        // Watched with an empty queue: the last datagram's send failed, and what
+        // follows a drained queue (resume_writing, a pending close) is still due.
+        if writable && (me.write_watched.get() || me.state.with(py, |s| !s.buffer.is_empty())) && me.state.with(py, |s| s.sock.is_some()) {
             Self::write_ready(slf)?;
         }
         Ok(())
@@ -400,11 +404,10 @@ impl DatagramTransportCore {
                 }
                 Err(SendErr::Os(exc)) => {
                     drop(target);
-                    // The rest waits for no new edge (the socket is writable): look
-                    // again next iteration, as asyncio's writer callback would.
-                    if me.state.with(py, |s| !s.buffer.is_empty()) {
-                        Self::queue_io(slf, false, true);
-                    }
+                    // No new edge comes (the socket is writable): look again next
+                    // iteration, as asyncio's writer callback would, for the rest of
+                    // the queue or, if this was the last, what follows its end.
+                    Self::queue_io(slf, false, true);
                     return me.error_received(py, exc);
                 }
                 Err(SendErr::Other(exc)) => {
@@ -665,7 +668,10 @@ impl DatagramTransportCore {
             s.buffer_size += copy.len() + me.header_bytes;
             s.buffer.push_back((copy, target));
         });
-        me.watch_writable(py, true)?;
+        if let Err(e) = me.watch_writable(py, true) {
+            // The queue would never be sent.
+            return Self::fatal_error(slf, e, "Fatal write error on datagram transport");
+        }
         Self::maybe_pause_protocol(slf)
     }
 

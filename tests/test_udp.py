@@ -777,3 +777,35 @@ def test_send_errors_on_queued_datagrams_each_reach_error_received(loop):
 
     run(loop, main())
     assert errors == []
+
+
+def test_close_finishes_when_the_last_queued_sends_fail(loop):
+    """close() waits for the queued datagrams; the peer goes away, so each send
+    fails (error_received). Once the queue is empty the transport still resumes
+    the writer and finishes closing, as asyncio's writer callback does on the
+    iteration after the last failure."""
+    errors = collect_errors(loop)
+
+    async def main():
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, 'peer')
+            peer = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            peer.bind(path)
+            tr, pr = await loop.create_datagram_endpoint(
+                lambda: FlowProto(loop), remote_addr=path, family=socket.AF_UNIX)
+            tr.set_write_buffer_limits(high=40, low=20)
+            for i in range(100):
+                tr.sendto(b'%04d' % i)
+            assert pr.paused == 1
+            tr.close()
+            peer.close()
+            assert await pr.lost is None
+            assert pr.errors and all(isinstance(e, OSError) for e in pr.errors)
+            if not (PY313 and not isinstance(loop, ferroloop.Loop)):  # see the flow control case
+                assert pr.resumed == 1
+                assert pr.events[-2:] == ['resume', 'lost']
+                assert tr.get_write_buffer_size() == 0
+
+    run(loop, main())
+    assert errors == []
+

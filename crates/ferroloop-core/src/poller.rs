@@ -129,7 +129,8 @@ pub struct Registrar {
     /// doc); the flag: it fired once since.
     lingering: FdMap<(Interest, bool)>,
     /// Fds owned by Rust I/O objects (stream transports, listening sockets):
-    /// registered edge-triggered once, never re-armed, counted as watched.
+    /// edge-triggered, never re-armed, counted as watched; their directions may
+    /// change (`set_owned_interest`).
     owned: FdSet,
 }
 
@@ -251,8 +252,9 @@ impl Registrar {
     }
 
     /// Watches an fd a Rust I/O object drains until `EAGAIN` on every event
-    /// (stream transports: reading and writing; listeners and read pipes: reading
-    /// only; write pipes to character devices: writing only).
+    /// (transports: reading, and writing while they hold refused data; listeners
+    /// and read pipes: reading only; write pipes to character devices: writing
+    /// only).
     /// Edge-triggered: an event is reported when the fd *becomes* ready, so the
     /// owner must read (write) until the kernel says "would block", or queue
     /// itself to try again, as it would otherwise never hear of that fd again.
