@@ -645,6 +645,17 @@ class FlowProto(Proto):
         self.resumed += 1
 
 
+async def endpoint_to_unix_peer(loop, directory, protocol_factory):
+    """A datagram endpoint connected to a new Unix datagram socket bound in
+    ``directory``: the peer (for the test to read from or close), the transport
+    and the protocol."""
+    path = os.path.join(directory, 'peer')
+    peer = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    peer.bind(path)
+    tr, pr = await loop.create_datagram_endpoint(protocol_factory, remote_addr=path, family=socket.AF_UNIX)
+    return peer, tr, pr
+
+
 def test_flow_control_and_close_with_queued_datagrams(loop):
     """A Unix datagram peer that does not read makes sendto() "would block" (its
     queue is short): datagrams are queued whole, pause_writing/resume_writing follow
@@ -690,12 +701,9 @@ def test_a_second_backlog_is_sent_after_the_first_drained(loop):
     watches the socket for writability only while datagrams are queued)."""
     async def main():
         with tempfile.TemporaryDirectory() as d:
-            path = os.path.join(d, 'peer')
-            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as peer:
-                peer.bind(path)
+            peer, tr, pr = await endpoint_to_unix_peer(loop, d, lambda: FlowProto(loop))
+            with peer:
                 peer.setblocking(False)
-                tr, pr = await loop.create_datagram_endpoint(
-                    lambda: FlowProto(loop), remote_addr=path, family=socket.AF_UNIX)
                 for round_ in range(3):
                     sent = [bytes([round_, i]) * 20 for i in range(100)]
                     for data in sent:
@@ -757,11 +765,7 @@ def test_send_errors_on_queued_datagrams_each_reach_error_received(loop):
 
     async def main():
         with tempfile.TemporaryDirectory() as d:
-            path = os.path.join(d, 'peer')
-            peer = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-            peer.bind(path)
-            tr, pr = await loop.create_datagram_endpoint(
-                lambda: Proto(loop), remote_addr=path, family=socket.AF_UNIX)
+            peer, tr, pr = await endpoint_to_unix_peer(loop, d, lambda: Proto(loop))
             for i in range(100):
                 tr.sendto(b'%04d' % i)
             per_datagram = 4 + (8 if PY313 else 0)
@@ -788,11 +792,7 @@ def test_close_finishes_when_the_last_queued_sends_fail(loop):
 
     async def main():
         with tempfile.TemporaryDirectory() as d:
-            path = os.path.join(d, 'peer')
-            peer = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-            peer.bind(path)
-            tr, pr = await loop.create_datagram_endpoint(
-                lambda: FlowProto(loop), remote_addr=path, family=socket.AF_UNIX)
+            peer, tr, pr = await endpoint_to_unix_peer(loop, d, lambda: FlowProto(loop))
             tr.set_write_buffer_limits(high=40, low=20)
             for i in range(100):
                 tr.sendto(b'%04d' % i)
