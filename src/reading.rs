@@ -8,6 +8,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyString;
 
 use crate::flow_control::logger;
+use crate::gil_cell::GilCell;
 
 /// Embedded in each transport's state (inside its `GilCell`); plain flags, no
 /// Python objects, so its methods are safe inside a `with` borrow.
@@ -106,15 +107,27 @@ impl ProtocolMethod {
     }
 }
 
-/// `cached`, or else `protocol.<name>` looked up now; the second value says the
-/// lookup was made (the caller then `fill`s its `ProtocolMethod`).
-pub fn protocol_method<'py>(
-    cached: Option<Py<PyAny>>,
+/// The protocol's read callback `name`: `cached` (what the transport's
+/// `ProtocolMethod` held), or else looked up now and kept there, in the field of
+/// `state` that `slot` gives with the transport's current protocol, if `protocol`
+/// still is that protocol (the lookup may have run Python code).
+pub fn protocol_method<'py, S>(
+    state: &GilCell<S>,
     protocol: &Bound<'py, PyAny>,
+    cached: Option<Py<PyAny>>,
     name: &Bound<'py, PyString>,
-) -> PyResult<(Bound<'py, PyAny>, bool)> {
-    match cached {
-        Some(m) => Ok((m.into_bound(protocol.py()), false)),
-        None => Ok((protocol.getattr(name)?, true)),
+    slot: fn(&mut S) -> (&Option<Py<PyAny>>, &mut ProtocolMethod),
+) -> PyResult<Bound<'py, PyAny>> {
+    let py = protocol.py();
+    if let Some(method) = cached {
+        return Ok(method.into_bound(py));
     }
+    let method = protocol.getattr(name)?;
+    state.with(py, |s| {
+        let (current, kept) = slot(s);
+        if current.as_ref().is_some_and(|p| p.is(protocol)) {
+            kept.fill(&method);
+        }
+    });
+    Ok(method)
 }

@@ -41,7 +41,7 @@ use pyo3::gc::{PyTraverseError, PyVisit};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyByteArray, PyBytes, PyDict, PyList, PyMemoryView, PyString, PyTuple};
+use pyo3::types::{PyByteArray, PyBytes, PyDict, PyList, PyMemoryView, PyTuple};
 
 use crate::buffer::{BufView, KeptBytes, ReadBuf};
 use crate::event_loop::{IoOwner, LoopCore, Ready};
@@ -266,7 +266,9 @@ impl StreamTransportCore {
             let Some(protocol) = protocol.filter(|_| go) else { return Ok(ReadEnd::Done) };
             let protocol = protocol.bind(py);
             if buffered {
-                let get_buffer = match me.protocol_method(protocol, first, intern!(py, "get_buffer"), |s| &mut s.get_buffer) {
+                let get_buffer = match reading::protocol_method(&me.state, protocol, first, intern!(py, "get_buffer"), |s| {
+                    (&s.protocol, &mut s.get_buffer)
+                }) {
                     Ok(m) => m,
                     Err(e) => return Self::callback_failed(slf, e, "Fatal error: protocol.get_buffer() call failed."),
                 };
@@ -300,7 +302,9 @@ impl StreamTransportCore {
                     }
                     Ok(n) => {
                         let cached = me.state.with(py, |s| s.buffer_updated.cached(py));
-                        let updated = me.protocol_method(protocol, cached, intern!(py, "buffer_updated"), |s| &mut s.buffer_updated);
+                        let updated = reading::protocol_method(&me.state, protocol, cached, intern!(py, "buffer_updated"), |s| {
+                            (&s.protocol, &mut s.buffer_updated)
+                        });
                         if let Err(e) = updated.and_then(|m| m.call1((n,))) {
                             return Self::callback_failed(slf, e, "Fatal error: protocol.buffer_updated() call failed.");
                         }
@@ -325,7 +329,9 @@ impl StreamTransportCore {
                     }
                     ReadStep::Data(data) => {
                         let short = data.as_bytes().len() < MAX_READ;
-                        let received = me.protocol_method(protocol, first, intern!(py, "data_received"), |s| &mut s.data_received);
+                        let received = reading::protocol_method(&me.state, protocol, first, intern!(py, "data_received"), |s| {
+                            (&s.protocol, &mut s.data_received)
+                        });
                         if let Err(e) = received.and_then(|m| m.call1((data,))) {
                             return Self::callback_failed(slf, e, "Fatal error: protocol.data_received() call failed.");
                         }
@@ -347,26 +353,6 @@ impl StreamTransportCore {
         }
         Self::fatal_error(slf, err, message)?;
         Ok(ReadEnd::Done)
-    }
-
-    /// The protocol's read callback `name`: `cached`, or looked up now and kept in
-    /// the state's `field` while `protocol` is still the transport's protocol.
-    fn protocol_method<'py>(
-        &self,
-        protocol: &Bound<'py, PyAny>,
-        cached: Option<Py<PyAny>>,
-        name: &Bound<'py, PyString>,
-        field: fn(&mut TransportState) -> &mut ProtocolMethod,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        let (method, looked_up) = reading::protocol_method(cached, protocol, name)?;
-        if looked_up {
-            self.state.with(protocol.py(), |s| {
-                if s.protocol.as_ref().is_some_and(|p| p.is(protocol)) {
-                    field(s).fill(&method);
-                }
-            });
-        }
-        Ok(method)
     }
 
     fn on_eof(slf: &Bound<'_, Self>) -> PyResult<()> {
@@ -1074,8 +1060,9 @@ impl StreamTransportCore {
     }
 
     fn __clear__(&self, py: Python<'_>) {
-        let taken =
-            self.state.with(py, |s| (s.protocol.take(), s.forget_protocol_methods(), s.owner.take(), s.server.take(), s.empty_waiter.take()));
+        let taken = self
+            .state
+            .with(py, |s| (s.protocol.take(), s.forget_protocol_methods(), s.owner.take(), s.server.take(), s.empty_waiter.take()));
         drop(taken);
     }
 }

@@ -326,15 +326,8 @@ impl DatagramTransportCore {
     fn datagram_received<'py>(&self, protocol: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
         let py = protocol.py();
         let cached = self.state.with(py, |s| s.datagram_received.cached(py));
-        let (method, looked_up) = reading::protocol_method(cached, protocol, intern!(py, "datagram_received"))?;
-        if looked_up {
-            self.state.with(py, |s| {
-                if s.protocol.as_ref().is_some_and(|p| p.is(protocol)) {
-                    s.datagram_received.fill(&method);
-                }
-            });
-        }
-        Ok(method)
+        let name = intern!(py, "datagram_received");
+        reading::protocol_method(&self.state, protocol, cached, name, |s| (&s.protocol, &mut s.datagram_received))
     }
 
     /// One send attempt of `data` to `target`.
@@ -503,9 +496,16 @@ impl DatagramTransportCore {
             _ => Ok(()),
         };
         me.unregister(py);
-        let taken = me
-            .state
-            .with(py, |s| (s.sock.take(), s.protocol.take(), s.datagram_received.take(), s.owner.take(), std::mem::take(&mut s.buffer), std::mem::take(&mut s.peers)));
+        let taken = me.state.with(py, |s| {
+            (
+                s.sock.take(),
+                s.protocol.take(),
+                s.datagram_received.take(),
+                s.owner.take(),
+                std::mem::take(&mut s.buffer),
+                std::mem::take(&mut s.peers),
+            )
+        });
         let close_result = match &taken.0 {
             Some(sock) => sock.bind(py).call_method0(intern!(py, "close")).map(drop),
             None => Ok(()),
@@ -591,7 +591,8 @@ impl DatagramTransportCore {
         let me = slf.get();
         let fd = me.fd;
         // Readable only: see `watch_writable`.
-        let replaced = me.event_loop.get().state.with(py, |s| s.register_owner(fd, IoOwner::Datagram(slf.clone().unbind()), true, false))?;
+        let replaced =
+            me.event_loop.get().state.with(py, |s| s.register_owner(fd, IoOwner::Datagram(slf.clone().unbind()), true, false))?;
         me.state.with(py, |s| s.registered = true);
         drop(replaced);
         Ok(())
