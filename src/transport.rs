@@ -414,6 +414,10 @@ impl StreamTransportCore {
     fn on_drained(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let me = slf.get();
+        // The common case (every reply sent whole): nothing waits on the drain.
+        if me.state.with(py, |s| s.empty_waiter.is_none() && !s.read.closing && !s.eof) {
+            return Ok(());
+        }
         if let Some(w) = me.state.with(py, |s| s.empty_waiter.as_ref().map(|w| w.clone_ref(py))) {
             // The sendfile waiting on it may have been cancelled meanwhile: the close
             // or write_eof below must happen all the same.
@@ -614,15 +618,13 @@ impl StreamTransportCore {
     pub fn flush_deferred(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let me = slf.get();
-        let live = me.state.with(py, |s| {
+        let result = me.state.with(py, |s| {
             let was = std::mem::replace(&mut s.deferred, false);
             // Already sent by a writable event, or dropped by an abort: done.
-            was && s.conn_lost == 0 && s.sock.is_some() && !s.wq.is_empty()
+            let live = was && s.conn_lost == 0 && s.sock.is_some() && !s.wq.is_empty();
+            live.then(|| s.wq.flush(me.fd).map(|_| s.wq.is_empty()))
         });
-        if !live {
-            return Ok(());
-        }
-        let result = me.state.with(py, |s| s.wq.flush(me.fd).map(|_| s.wq.is_empty()));
+        let Some(result) = result else { return Ok(()) };
         match result {
             Err(e) => {
                 me.state.with(py, |s| s.wq.clear());
