@@ -259,13 +259,13 @@ impl LoopCore {
 
     /// Watches an owner's `fd` (see `register_owner`) for writability too, or no
     /// longer, and for reading all along; `watched` is the owner's record of what
-    /// the kernel has, so only a
-    /// change costs an `epoll_ctl`. Owners watch writability only while they hold
-    /// data the kernel refused: a socket watched for it is woken whenever its send
-    /// buffer frees space, for a datagram or Unix socket after every send (loopback
-    /// UDP ping-pong: 6.6 against 6.1 µs of server CPU per request; a Unix stream
-    /// echo woke the loop a second time per request). The kernel checks readiness as
-    /// the interest changes, so a socket writable already is reported at once.
+    /// the kernel has, so only a change costs an `epoll_ctl`. Owners watch
+    /// writability only while they hold data the kernel refused: a socket watched
+    /// for it is woken whenever its send buffer frees space, for a datagram or Unix
+    /// socket after every send (loopback UDP ping-pong: 6.6 against 6.1 µs of server
+    /// CPU per request; a Unix stream echo woke the loop a second time per request).
+    /// The kernel checks readiness as the interest changes, so a socket writable
+    /// already is reported at once.
     pub fn watch_writable(&self, py: Python<'_>, fd: RawFd, watched: &GilFlag, on: bool) -> PyResult<()> {
         if watched.get() == on {
             return Ok(());

@@ -241,7 +241,8 @@ impl DatagramTransportCore {
         }
         // Watched with an empty queue: the last datagram's send failed, and what
         // follows a drained queue (resume_writing, a pending close) is still due.
-        if writable && (me.write_watched.get() || me.state.with(py, |s| !s.buffer.is_empty())) && me.state.with(py, |s| s.sock.is_some()) {
+        let watched = me.write_watched.get();
+        if writable && me.state.with(py, |s| s.sock.is_some() && (watched || !s.buffer.is_empty())) {
             Self::write_ready(slf)?;
         }
         Ok(())
@@ -298,13 +299,17 @@ impl DatagramTransportCore {
         let py = slf.py();
         let me = slf.get();
         for _ in 0..MAX_DATAGRAMS_PER_EVENT {
-            if !me.reading(py) {
+            let (go, protocol, kept) = me.state.with(py, |s| {
+                let go = s.read.can_read() && s.conn_lost == 0;
+                (go, s.protocol.as_ref().map(|p| p.clone_ref(py)), s.datagram_received.cached(py))
+            });
+            if !go {
                 return Ok(());
             }
-            let protocol = me.protocol(py);
+            let protocol = protocol.unwrap_or_else(|| py.None());
             let result = match me.recv_one(py)? {
                 Ok(None) | Err(SendErr::WouldBlock) => return Ok(()),
-                Ok(Some((data, addr))) => me.datagram_received(protocol.bind(py)).and_then(|m| m.call1((data, addr))),
+                Ok(Some((data, addr))) => me.datagram_received(protocol.bind(py), kept).and_then(|m| m.call1((data, addr))),
                 Err(SendErr::Os(exc)) => protocol.bind(py).call_method1(intern!(py, "error_received"), (exc.into_value(py),)),
                 Err(SendErr::Other(exc)) => {
                     return Self::fatal_error(slf, exc, "Fatal read error on datagram transport");
@@ -322,12 +327,10 @@ impl DatagramTransportCore {
         Ok(())
     }
 
-    /// `protocol.datagram_received`, kept while it is the protocol (see `ProtocolMethod`).
-    fn datagram_received<'py>(&self, protocol: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
-        let py = protocol.py();
-        let cached = self.state.with(py, |s| s.datagram_received.cached(py));
-        let name = intern!(py, "datagram_received");
-        reading::protocol_method(&self.state, protocol, cached, name, |s| (&s.protocol, &mut s.datagram_received))
+    /// `protocol.datagram_received`: `kept` (see `ProtocolMethod`), or looked up now.
+    fn datagram_received<'py>(&self, protocol: &Bound<'py, PyAny>, kept: Option<Py<PyAny>>) -> PyResult<Bound<'py, PyAny>> {
+        let name = intern!(protocol.py(), "datagram_received");
+        reading::protocol_method(&self.state, protocol, kept, name, |s| (&s.protocol, &mut s.datagram_received))
     }
 
     /// One send attempt of `data` to `target`.
