@@ -1,12 +1,12 @@
 //! Raw vectorcall entry points for the loop's hottest methods: `call_soon`,
 //! `call_soon_threadsafe`, `call_later` and `call_at`, `get_debug` (asked by every
 //! C `Future` and `Task` made), `TimerHandle.cancel`
-//! (`asyncio.timeout` and `wait_for` schedule and cancel a timer every time), and
-//! the stream transport's `write` (every reply of every protocol); and the `am_send`
-//! slot of `SockOp`, through which `PyIter_Send` steps a socket operation and gets
-//! its result without a `StopIteration` being raised. On 3.10 and 3.11 that is how
-//! `await loop.sock_recv(...)` steps it; 3.12+ `await` calls `__next__`/`send`
-//! instead, which keep working as before.
+//! (`asyncio.timeout` and `wait_for` schedule and cancel a timer every time), the
+//! transports' `write` and `sendto` (every reply of every protocol); and the
+//! `am_send` slot of `SockOp`, through which `PyIter_Send` steps a socket operation
+//! and gets its result without a `StopIteration` being raised. On 3.10 and 3.11
+//! that is how `await loop.sock_recv(...)` steps it; 3.12+ `await` calls
+//! `__next__`/`send` instead, which keep working as before.
 //!
 //! C `Task` and `Future` call `call_soon` on every step and done-callback, so its
 //! fixed cost is the loop's. PyO3's generic method wrapper (argument description
@@ -17,13 +17,20 @@
 //! context=None)` by hand, with the errors PyO3 gives for the same signature, and
 //! calls the body in `scheduling`.
 //!
+//! `write` and `sendto` are methods of the Python transport classes themselves
+//! (`install_transport_method`), which reach their Rust core through the `_core`
+//! slot's offset: `transport.write(data)` is then a method CPython's specializing
+//! interpreter caches (3.11's `LOAD_METHOD_WITH_VALUES`) and calls without a bound
+//! method, where a core's bound method kept in a slot cost a generic attribute
+//! lookup (~130 instructions) per call.
+//!
 //! No PyO3 trampoline runs, so PyO3 does not count this thread as attached: code
 //! here must not drop a `Py<T>` on the success path (PyO3 would defer the decref to
 //! its pool); values are held as `Bound`, whose drop decrefs directly.
 
 use std::ffi::{c_char, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicPtr, Ordering};
+use std::sync::atomic::{AtomicIsize, AtomicPtr, Ordering};
 
 use pyo3::exceptions::PyTypeError;
 use pyo3::ffi;
@@ -36,16 +43,12 @@ use crate::handles::TimerHandle;
 use crate::scheduling;
 use crate::sock::{SockOp, Step};
 use crate::transport::StreamTransportCore;
+use crate::udp::DatagramTransportCore;
 
 /// Installs the four scheduling methods and `get_debug` on `loop_type` (the
-/// `LoopCore` type object), `cancel` on `timer_type` (`TimerHandle`), `write` on
-/// `stream_type` (`StreamTransportCore`) and `am_send` on `sockop_type` (`SockOp`).
-pub fn install(
-    loop_type: &Bound<'_, PyType>,
-    timer_type: &Bound<'_, PyType>,
-    stream_type: &Bound<'_, PyType>,
-    sockop_type: &Bound<'_, PyType>,
-) -> PyResult<()> {
+/// `LoopCore` type object), `cancel` on `timer_type` (`TimerHandle`) and `am_send`
+/// on `sockop_type` (`SockOp`).
+pub fn install(loop_type: &Bound<'_, PyType>, timer_type: &Bound<'_, PyType>, sockop_type: &Bound<'_, PyType>) -> PyResult<()> {
     install_am_send(sockop_type)?;
     let methods: [(&'static CStr, ffi::PyCFunctionFastWithKeywords, &'static CStr); 4] = [
         (c"call_soon", call_soon, c"Arrange for a callback to be called as soon as possible."),
@@ -59,9 +62,41 @@ pub fn install(
     }
     let get_debug = ffi::PyMethodDefPointer { PyCFunction: loop_get_debug };
     add_method(loop_type, c"get_debug", get_debug, ffi::METH_NOARGS, c"Whether the loop is in debug mode.")?;
-    add_method(timer_type, c"cancel", ffi::PyMethodDefPointer { PyCFunction: timer_cancel }, ffi::METH_NOARGS, c"Cancel the timer.")?;
-    let write = ffi::PyMethodDefPointer { PyCFunctionFastWithKeywords: stream_write };
-    add_method(stream_type, c"write", write, ffi::METH_FASTCALL | ffi::METH_KEYWORDS, c"Write some data bytes to the transport.")
+    add_method(timer_type, c"cancel", ffi::PyMethodDefPointer { PyCFunction: timer_cancel }, ffi::METH_NOARGS, c"Cancel the timer.")
+}
+
+/// Byte offset of the `_core` slot in a transport object (0 until the first
+/// `install_transport_method`). Every transport class inherits the one slot of
+/// `_CoreTransport`, so one offset serves them all.
+static CORE_OFFSET: AtomicIsize = AtomicIsize::new(0);
+
+/// `install_transport_method(cls, name)`: makes `cls.<name>` (`write` on the stream
+/// transport class, `sendto` on the datagram one) a C method that calls the core
+/// held in the instance's `_core` slot. `cls._core` must be a `__slots__` member.
+#[pyfunction]
+pub fn install_transport_method(cls: &Bound<'_, PyType>, name: &str) -> PyResult<()> {
+    let (name, meth, doc): (&'static CStr, ffi::PyCFunctionFastWithKeywords, &'static CStr) = match name {
+        "write" => (c"write", transport_write, c"Write some data bytes to the transport."),
+        "sendto" => (c"sendto", transport_sendto, c"Send data to the transport."),
+        other => return Err(pyo3::exceptions::PyValueError::new_err(format!("no raw transport method {other:?}"))),
+    };
+    let member = cls.getattr(pyo3::intern!(cls.py(), "_core"))?;
+    // SAFETY: `member` is a live object; its type is checked before it is read as
+    // a member descriptor, whose `d_member` points to the slot's static definition
+    // (declared as `PyGetSetDef` before 3.11 by pyo3-ffi, but a `PyMemberDef`).
+    let offset = unsafe {
+        let is_member = ffi::Py_TYPE(member.as_ptr()) == std::ptr::addr_of_mut!(ffi::PyMemberDescr_Type);
+        let def = is_member.then(|| &*(*member.as_ptr().cast::<ffi::PyMemberDescrObject>()).d_member.cast::<ffi::PyMemberDef>());
+        match def {
+            Some(def) if def.type_code == ffi::Py_T_OBJECT_EX && def.offset > 0 => def.offset,
+            _ => return Err(PyTypeError::new_err("the transport's _core must be a __slots__ member")),
+        }
+    };
+    let known = CORE_OFFSET.swap(offset, Ordering::Relaxed);
+    if known != 0 && known != offset {
+        return Err(PyTypeError::new_err("every transport class must share _CoreTransport's _core slot"));
+    }
+    add_method(cls, name, ffi::PyMethodDefPointer { PyCFunctionFastWithKeywords: meth }, ffi::METH_FASTCALL | ffi::METH_KEYWORDS, doc)
 }
 
 /// Sets `am_send` on `sockop_type` (and on 3.10 the flag that announces it, removed
@@ -235,7 +270,7 @@ fn missing_arguments(method: &str, missing: &[&str]) -> PyErr {
 /// SAFETY: called by CPython with the GIL held; `slf` is an instance of `T` (the
 /// method descriptor checked its type before calling).
 #[inline]
-unsafe fn enter<T: pyo3::PyClass>(
+unsafe fn enter<T>(
     slf: *mut ffi::PyObject,
     body: impl for<'py> FnOnce(&Bound<'py, T>) -> PyResult<Bound<'py, PyAny>>,
 ) -> *mut ffi::PyObject {
@@ -320,10 +355,40 @@ unsafe extern "C" fn timer_cancel(slf: *mut ffi::PyObject, _unused: *mut ffi::Py
     }
 }
 
-/// `StreamTransportCore.write(data)`. One positional argument is the call every
-/// protocol makes; anything else goes to the PyO3-bound `_write`, for its binding
-/// and its errors.
-unsafe extern "C" fn stream_write(
+/// The core in the `_core` slot of `transport` when it is a `T`; None when the slot
+/// is empty or holds something else (a test's stand-in).
+///
+/// SAFETY: the GIL is held; `transport` is an instance of a class
+/// `install_transport_method` was given (the method descriptor checked its type),
+/// so `CORE_OFFSET` is the offset of its `_core` slot.
+#[inline]
+unsafe fn core_of<'py, T: pyo3::PyClass>(py: Python<'py>, transport: *mut ffi::PyObject) -> Option<Bound<'py, T>> {
+    let core = *transport.cast::<u8>().offset(CORE_OFFSET.load(Ordering::Relaxed)).cast::<*mut ffi::PyObject>();
+    (!core.is_null()).then(|| Bound::from_borrowed_ptr(py, core)).and_then(|c| c.cast_into::<T>().ok())
+}
+
+/// Calls `transport._core.<name>(*args, **kwargs)` the generic way: its binding, its
+/// errors (the `AttributeError` of an unset slot included).
+///
+/// SAFETY: as `transport_write`'s.
+#[cold]
+unsafe fn forward_to_core(
+    transport: *mut ffi::PyObject,
+    name: &'static str,
+    args: *const *mut ffi::PyObject,
+    nargsf: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    enter::<PyAny>(transport, |transport| {
+        let method = transport.getattr(pyo3::intern!(transport.py(), "_core"))?.getattr(name)?;
+        Bound::from_owned_ptr_or_err(transport.py(), ffi::PyObject_Vectorcall(method.as_ptr(), args, nargsf as usize, kwnames))
+    })
+}
+
+/// The stream transport's `write(data)`. One positional argument is the call every
+/// protocol makes; anything else goes to the core's PyO3-bound `write`, for its
+/// binding and its errors.
+unsafe extern "C" fn transport_write(
     slf: *mut ffi::PyObject,
     args: *const *mut ffi::PyObject,
     nargsf: ffi::Py_ssize_t,
@@ -332,15 +397,37 @@ unsafe extern "C" fn stream_write(
     // SAFETY: CPython calls this with the GIL held and its vectorcall arguments,
     // passed on unchanged; the descriptor checked `slf`'s type.
     unsafe {
-        enter::<StreamTransportCore>(slf, |core| {
-            let py = core.py();
-            if ffi::PyVectorcall_NARGS(nargsf as usize) == 1 && kwnames.is_null() {
+        let py = Python::assume_attached();
+        match core_of::<StreamTransportCore>(py, slf) {
+            Some(core) if ffi::PyVectorcall_NARGS(nargsf as usize) == 1 && kwnames.is_null() => enter(core.as_ptr(), |core| {
                 StreamTransportCore::write(core, Bound::from_borrowed_ptr(py, *args))?;
-                return Ok(PyNone::get(py).to_owned().into_any());
-            }
-            let bound = core.getattr(pyo3::intern!(py, "_write"))?;
-            Bound::from_owned_ptr_or_err(py, ffi::PyObject_Vectorcall(bound.as_ptr(), args, nargsf as usize, kwnames))
-        })
+                Ok(PyNone::get(py).to_owned().into_any())
+            }),
+            _ => forward_to_core(slf, "write", args, nargsf, kwnames),
+        }
+    }
+}
+
+/// The datagram transport's `sendto(data, addr=None)`, positional arguments only
+/// (what protocols pass); anything else goes to the core's PyO3-bound `sendto`.
+unsafe extern "C" fn transport_sendto(
+    slf: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargsf: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: as `transport_write`'s.
+    unsafe {
+        let py = Python::assume_attached();
+        let nargs = ffi::PyVectorcall_NARGS(nargsf as usize);
+        match core_of::<DatagramTransportCore>(py, slf) {
+            Some(core) if (1..=2).contains(&nargs) && kwnames.is_null() => enter(core.as_ptr(), |core| {
+                let addr = (nargs == 2).then(|| Bound::from_borrowed_ptr(py, *args.add(1)));
+                DatagramTransportCore::sendto(core, Bound::from_borrowed_ptr(py, *args), addr)?;
+                Ok(PyNone::get(py).to_owned().into_any())
+            }),
+            _ => forward_to_core(slf, "sendto", args, nargsf, kwnames),
+        }
     }
 }
 

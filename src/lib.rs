@@ -37,7 +37,6 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     fastcall::install(
         &m.py().get_type::<event_loop::LoopCore>(),
         &m.py().get_type::<handles::TimerHandle>(),
-        &m.py().get_type::<transport::StreamTransportCore>(),
         &m.py().get_type::<sock::SockOp>(),
     )?;
     m.add_class::<handles::Handle>()?;
@@ -50,5 +49,6 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<pipes::PipeTransportCore>()?;
     m.add_class::<subprocess::ChildWatch>()?;
     m.add_function(wrap_pyfunction!(subprocess::wait_child_blocking, m)?)?;
+    m.add_function(wrap_pyfunction!(fastcall::install_transport_method, m)?)?;
     Ok(())
 }

@@ -796,10 +796,9 @@ impl StreamTransportCore {
         Self::call_connection_lost(slf, exc)
     }
 
-    /// `write(data)` for calls that are not one positional argument (`data=...`,
-    /// too many or none): PyO3 binds those, with its errors. Plain `write(data)`
-    /// comes in through the raw entry point `fastcall::stream_write`.
-    #[pyo3(name = "_write")]
+    /// `write(data)`. The transport's `write` calls this directly when given one
+    /// positional argument (`fastcall::transport_write`); other calls come here
+    /// through PyO3, for its binding and its errors.
     pub(crate) fn write(slf: &Bound<'_, Self>, data: Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
         if !is_bytes_like(&data) {

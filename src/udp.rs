@@ -614,8 +614,11 @@ impl DatagramTransportCore {
         Self::call_connection_lost(slf, exc)
     }
 
+    /// `sendto(data, addr=None)`. The transport's `sendto` calls this directly when
+    /// given positional arguments only (`fastcall::transport_sendto`); other calls
+    /// come here through PyO3, for its binding and its errors.
     #[pyo3(signature = (data, addr=None))]
-    fn sendto(slf: &Bound<'_, Self>, data: Bound<'_, PyAny>, addr: Option<Bound<'_, PyAny>>) -> PyResult<()> {
+    pub(crate) fn sendto(slf: &Bound<'_, Self>, data: Bound<'_, PyAny>, addr: Option<Bound<'_, PyAny>>) -> PyResult<()> {
         let py = slf.py();
         let me = slf.get();
         if !is_bytes_like(&data) {

@@ -12,6 +12,7 @@ import os
 import socket
 import sys
 import tempfile
+from unittest import mock
 
 import pytest
 
@@ -173,6 +174,37 @@ def test_echo_connected_client(loop, family, host):
 
     run(loop, main())
     assert errors == []
+
+
+def test_sendto_by_keyword_wrong_arguments_and_patched_on_the_instance(loop):
+    """sendto binds like asyncio's ``sendto(data, addr=None)``: by keyword too, a
+    TypeError for a wrong argument count; and, as asyncio's transports have a
+    ``__dict__``, ``mock.patch.object`` can replace it on one transport."""
+    async def main():
+        s_tr, s_pr = await loop.create_datagram_endpoint(lambda: Proto(loop), local_addr=('127.0.0.1', 0))
+        s_addr = s_tr.get_extra_info('sockname')
+        c_tr, c_pr = await loop.create_datagram_endpoint(lambda: Proto(loop), local_addr=('127.0.0.1', 0))
+        c_tr.sendto(data=b'one', addr=s_addr)
+        c_tr.sendto(b'two', addr=s_addr)
+        await s_pr.wait_for(2)
+        assert [d for d, _ in s_pr.datagrams] == [b'one', b'two']
+        for bad in ((), (b'x', s_addr, 0)):
+            with pytest.raises(TypeError):
+                c_tr.sendto(*bad)
+        with pytest.raises(TypeError):
+            c_tr.sendto(b'x', s_addr, addr=s_addr)
+        with mock.patch.object(c_tr, 'sendto') as fake:
+            c_tr.sendto(b'not sent', s_addr)
+        assert fake.call_args == mock.call(b'not sent', s_addr)
+        c_tr.sendto(b'three', s_addr)
+        await s_pr.wait_for(3)
+        assert [d for d, _ in s_pr.datagrams] == [b'one', b'two', b'three']
+        c_tr.close()
+        s_tr.close()
+        await c_pr.lost
+        await s_pr.lost
+
+    run(loop, main())
 
 
 def test_ipv6_four_tuple_sendto(loop):

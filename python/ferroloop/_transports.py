@@ -3,11 +3,11 @@
 ``_StreamTransport`` is an ``asyncio.Transport`` whose work is done by the Rust
 ``StreamTransportCore``. ``asyncio.BaseTransport`` declares an instance slot
 (``_extra``), so no class can have both it and a Rust class as bases (CPython
-refuses the layout); the transport holds its core instead. ``write`` is the core's
-bound method stored in a slot, so ``transport.write(data)`` is one slot read and
-one call into Rust, with no Python frame; the other methods are one-line Python
-methods calling the core (one frame, and no bound method kept per connection for
-methods a connection may never call). It subclasses
+refuses the layout); the transport holds its core instead. ``write`` is a C method
+of the class itself (``install_transport_method``) that calls the core in the
+``_core`` slot, so ``transport.write(data)`` is one call into Rust, with no Python
+frame and no bound method; the other methods are one-line Python methods calling
+the core (one frame). It subclasses
 ``transports._FlowControlMixin`` like asyncio's own socket transport, which
 ``loop.sendfile``'s fallback protocol insists on.
 
@@ -23,7 +23,7 @@ from asyncio import constants, events, exceptions, futures, tasks, transports, t
 from asyncio.base_events import _set_nodelay
 from asyncio.log import logger
 
-from ._ferroloop import Listener, StreamTransportCore
+from ._ferroloop import Listener, StreamTransportCore, install_transport_method
 
 _ACCEPT_RESOURCE_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
@@ -39,14 +39,11 @@ class _CoreTransport(transports._FlowControlMixin):
     """What the stream and datagram transports share: the socket's extra info, a
     Rust core doing the work, the start-up order asyncio uses, and the private
     attributes, repr and unclosed-transport warning asyncio's selector transports
-    have. ``_send_slot`` is the slot the core's ``write``/``sendto`` goes into at
-    start (see the module's docstring); it is filled through its descriptor, so a
-    subclass overriding the method keeps its override and ``super()`` still
-    reaches the core. No ``__getattr__``: it would slow down every attribute lookup.
+    have. ``write``/``sendto`` are C methods of the concrete classes, reaching the
+    core through the ``_core`` slot (see the module's docstring). No ``__getattr__``: it would slow down every attribute lookup.
     A ``__dict__``, as asyncio's transports have, lets code replace a method on an
     instance (``mock.patch.object(transport, 'close')``)."""
     __slots__ = ('_core', '__weakref__', '__dict__')
-    _send_slot = None  # set after each concrete class below
 
     def _init_extra(self, loop, sock, extra):
         """asyncio's extra info: the socket, and its name and the peer's unless given."""
@@ -63,8 +60,6 @@ class _CoreTransport(transports._FlowControlMixin):
         starts after it has run, as in asyncio."""
         loop = self._loop
         self._core = core
-        slot = type(self)._send_slot  # on the class: the descriptor itself
-        slot.__set__(self, getattr(core, slot.__name__))
         core._register()
         loop.call_soon(protocol.connection_made, self)
         loop.call_soon(core._start_reading)
@@ -162,7 +157,7 @@ class _CoreTransport(transports._FlowControlMixin):
 
 
 class _StreamTransport(_CoreTransport):
-    __slots__ = ('_server', 'write')
+    __slots__ = ('_server',)
 
     _start_tls_compatible = True
     _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
@@ -198,7 +193,7 @@ class _StreamTransport(_CoreTransport):
         self._core._force_close(exc)
 
 
-_StreamTransport._send_slot = vars(_StreamTransport)['write']
+install_transport_method(_StreamTransport, 'write')
 
 
 async def connected(transport, protocol, waiter):

@@ -3,8 +3,8 @@ checks and error messages, and the datagram transport.
 
 ``_DatagramTransport`` is an ``asyncio.DatagramTransport`` (and an
 ``asyncio.Transport``, as asyncio's own is) whose work is done by the Rust
-``DatagramTransportCore``; like the stream transport it holds its core and exposes
-the core's methods as bound builtins in slots (see ``_transports``)."""
+``DatagramTransportCore``; like the stream transport it holds its core, and its
+``sendto`` is a C method calling the core directly (see ``_transports``)."""
 
 import socket
 import sys
@@ -13,7 +13,7 @@ import warnings
 from asyncio import base_events, transports
 from asyncio.log import logger
 
-from ._ferroloop import DatagramTransportCore
+from ._ferroloop import DatagramTransportCore, install_transport_method
 from ._network import remove_stale_unix_socket
 from ._transports import _CoreTransport, connected
 
@@ -22,7 +22,7 @@ _PY313 = sys.version_info >= (3, 13)
 
 
 class _DatagramTransport(_CoreTransport, transports.DatagramTransport):
-    __slots__ = ('sendto',)
+    __slots__ = ()
 
     max_size = 256 * 1024
 
@@ -37,7 +37,7 @@ class _DatagramTransport(_CoreTransport, transports.DatagramTransport):
         return self._core._address
 
 
-_DatagramTransport._send_slot = vars(_DatagramTransport)['sendto']
+install_transport_method(_DatagramTransport, 'sendto')
 
 _unset = object()
 
