@@ -72,14 +72,17 @@ class Http(asyncio.Protocol):
     def data_received(self, data):
         buf = self.pending + data if self.pending else data
         start = 0
-        write = self.transport.write
+        # `self.transport.write(...)` per reply, as servers write (uvicorn's
+        # protocols, asyncio's StreamWriter): not a bound method fetched once per
+        # read, which costs a method object on loops whose write is a method
+        # (uvloop, rloop and ferroloop) and nothing where it is an attribute.
         while (end := buf.find(b'\r\n\r\n', start)) >= 0:
             start = end + 4
             if self.split:
-                write(HTTP_HEAD)
-                write(HTTP_BODY)
+                self.transport.write(HTTP_HEAD)
+                self.transport.write(HTTP_BODY)
             else:
-                write(HTTP_RESPONSE)
+                self.transport.write(HTTP_RESPONSE)
         self.pending = buf[start:]
 
 
