@@ -468,9 +468,8 @@ impl LoopCore {
     // Each returns a `SockOp`: a coroutine as far as asyncio is concerned (await it,
     // or hand it to `create_task`), running nothing until its first step (see `sock`).
 
-    fn sock_recv(slf: &Bound<'_, Self>, sock: Bound<'_, PyAny>, n: Bound<'_, PyAny>) -> PyResult<Py<SockOp>> {
-        sock::recv(slf, sock, n)
-    }
+    // `sock_recv(sock, n)` and `sock_sendall(sock, data)`, one of each per request
+    // of a `sock_*` server, are raw C methods installed at import (`fastcall`).
 
     fn sock_recv_into(slf: &Bound<'_, Self>, sock: Bound<'_, PyAny>, buf: Bound<'_, PyAny>) -> PyResult<Py<SockOp>> {
         sock::recv_into(slf, sock, buf)
@@ -489,10 +488,6 @@ impl LoopCore {
     ) -> PyResult<Py<SockOp>> {
         let nbytes = nbytes.unwrap_or_else(|| 0u8.into_pyobject(slf.py()).expect("small int").into_any());
         sock::recvfrom_into(slf, sock, buf, nbytes)
-    }
-
-    fn sock_sendall(slf: &Bound<'_, Self>, sock: Bound<'_, PyAny>, data: Bound<'_, PyAny>) -> PyResult<Py<SockOp>> {
-        sock::sendall(slf, sock, data)
     }
 
     fn sock_sendto(

@@ -2,9 +2,10 @@
 //! `call_soon_threadsafe`, `call_later` and `call_at`, `get_debug` (asked by every
 //! C `Future` and `Task` made), `TimerHandle.cancel`
 //! (`asyncio.timeout` and `wait_for` schedule and cancel a timer every time), the
-//! transports' `write` and `sendto` (every reply of every protocol); and the
-//! `am_send` slot of `SockOp`, through which `PyIter_Send` steps a socket operation
-//! and gets its result without a `StopIteration` being raised. On 3.10 and 3.11
+//! transports' `write` and `sendto` (every reply of every protocol), `sock_recv` and
+//! `sock_sendall`; and the `am_await` and `am_send` slots of `SockOp`, through which
+//! `PyIter_Send` steps a socket operation and gets its result without a
+//! `StopIteration` being raised. On 3.10 and 3.11
 //! that is how `await loop.sock_recv(...)` steps it; 3.12+ `await` calls
 //! `__next__`/`send` instead, which keep working as before.
 //!
@@ -41,15 +42,15 @@ use pyo3::types::{PyNone, PyString, PyTuple, PyType};
 use crate::event_loop::LoopCore;
 use crate::handles::TimerHandle;
 use crate::scheduling;
-use crate::sock::{SockOp, Step};
+use crate::sock::{self, SockOp, Step};
 use crate::transport::StreamTransportCore;
 use crate::udp::DatagramTransportCore;
 
 /// Installs the four scheduling methods and `get_debug` on `loop_type` (the
-/// `LoopCore` type object), `cancel` on `timer_type` (`TimerHandle`) and `am_send`
-/// on `sockop_type` (`SockOp`).
+/// `LoopCore` type object) with `sock_recv` and `sock_sendall`, `cancel` on
+/// `timer_type` (`TimerHandle`) and `am_await` and `am_send` on `sockop_type` (`SockOp`).
 pub fn install(loop_type: &Bound<'_, PyType>, timer_type: &Bound<'_, PyType>, sockop_type: &Bound<'_, PyType>) -> PyResult<()> {
-    install_am_send(sockop_type)?;
+    install_async_slots(sockop_type)?;
     let methods: [(&'static CStr, ffi::PyCFunctionFastWithKeywords, &'static CStr); 4] = [
         (c"call_soon", call_soon, c"Arrange for a callback to be called as soon as possible."),
         (c"call_soon_threadsafe", call_soon_threadsafe, c"Like call_soon(), but thread-safe."),
@@ -57,6 +58,14 @@ pub fn install(loop_type: &Bound<'_, PyType>, timer_type: &Bound<'_, PyType>, so
         (c"call_at", call_at, c"Like call_later(), but uses an absolute time."),
     ];
     for (name, meth, doc) in methods {
+        let meth = ffi::PyMethodDefPointer { PyCFunctionFastWithKeywords: meth };
+        add_method(loop_type, name, meth, ffi::METH_FASTCALL | ffi::METH_KEYWORDS, doc)?;
+    }
+    let socket_methods: [(&'static CStr, ffi::PyCFunctionFastWithKeywords, &'static CStr); 2] = [
+        (c"sock_recv", sock_recv, c"Receive up to n bytes from sock (a coroutine)."),
+        (c"sock_sendall", sock_sendall, c"Send all of data to sock (a coroutine)."),
+    ];
+    for (name, meth, doc) in socket_methods {
         let meth = ffi::PyMethodDefPointer { PyCFunctionFastWithKeywords: meth };
         add_method(loop_type, name, meth, ffi::METH_FASTCALL | ffi::METH_KEYWORDS, doc)?;
     }
@@ -100,8 +109,9 @@ pub fn install_transport_method(cls: &Bound<'_, PyType>, name: &str) -> PyResult
 }
 
 /// Sets `am_send` on `sockop_type` (and on 3.10 the flag that announces it, removed
-/// in 3.11), as a type spec's `Py_am_send` slot would have.
-fn install_am_send(sockop_type: &Bound<'_, PyType>) -> PyResult<()> {
+/// in 3.11), as a type spec's `Py_am_send` slot would have, and replaces PyO3's
+/// `am_await` (`__await__`, a trampoline with a borrow check) with a raw one.
+fn install_async_slots(sockop_type: &Bound<'_, PyType>) -> PyResult<()> {
     const PY_TPFLAGS_HAVE_AM_SEND: std::ffi::c_ulong = 1 << 21;
     let before_3_11 = sockop_type.py().version_info() < (3, 11);
     // SAFETY: `sockop_type` is a live heap type made by PyO3 (`PyType_FromSpec`), so
@@ -115,6 +125,7 @@ fn install_am_send(sockop_type: &Bound<'_, PyType>) -> PyResult<()> {
             return Err(pyo3::exceptions::PyRuntimeError::new_err("SockOp has no async methods table"));
         }
         (*async_methods).am_send = Some(sockop_send);
+        (*async_methods).am_await = Some(sockop_await);
         if before_3_11 {
             // A cast, not `|=` on the field: free-threaded builds (3.13+, never
             // here) declare it atomic, with the same layout.
@@ -333,6 +344,64 @@ entry_point!(call_later, ["delay", "callback"], |slf, [delay, callback], rest, c
 ));
 entry_point!(call_at, ["when", "callback"], |slf, [when, callback], rest, context| scheduling::call_at(slf, when, callback, rest, context));
 
+/// Defines a socket operation's entry point `(sock, arg)`: two positional arguments
+/// go straight to `body`; other calls are bound by name (`bind_args`), with PyO3's
+/// errors for this signature, which has no `*args` and no `context`.
+macro_rules! sock_entry_point {
+    ($name:ident, [$sock:literal, $arg:literal], $body:path) => {
+        unsafe extern "C" fn $name(
+            slf: *mut ffi::PyObject,
+            args: *const *mut ffi::PyObject,
+            nargsf: ffi::Py_ssize_t,
+            kwnames: *mut ffi::PyObject,
+        ) -> *mut ffi::PyObject {
+            // SAFETY: CPython calls this with the GIL held and its vectorcall
+            // arguments, passed on unchanged; the descriptor checked `slf`'s type.
+            unsafe {
+                enter::<LoopCore>(slf, |slf| {
+                    let py = slf.py();
+                    let nargs = ffi::PyVectorcall_NARGS(nargsf as usize) as usize;
+                    let [sock, arg] = if nargs == 2 && kwnames.is_null() {
+                        [Bound::from_borrowed_ptr(py, *args), Bound::from_borrowed_ptr(py, *args.add(1))]
+                    } else {
+                        bind_two(py, stringify!($name), [$sock, $arg], args, nargs, kwnames)?
+                    };
+                    Ok($body(slf, sock, arg)?.into_bound(py).into_any())
+                })
+            }
+        }
+    };
+}
+
+sock_entry_point!(sock_recv, ["sock", "n"], sock::recv);
+sock_entry_point!(sock_sendall, ["sock", "data"], sock::sendall);
+
+/// `bind_args` for a signature of exactly two parameters: the `*args` and
+/// `context=` it accepts are errors here.
+///
+/// SAFETY: as `bind_args`'s, `nargs` being the call's positional count.
+#[cold]
+unsafe fn bind_two<'py>(
+    py: Python<'py>,
+    method: &str,
+    names: [&str; 2],
+    args: *const *mut ffi::PyObject,
+    nargs: usize,
+    kwnames: *mut ffi::PyObject,
+) -> PyResult<[Bound<'py, PyAny>; 2]> {
+    if nargs > 2 {
+        return Err(PyTypeError::new_err(format!("LoopCore.{method}() takes 2 positional arguments but {nargs} were given")));
+    }
+    if !kwnames.is_null() {
+        for k in 0..ffi::PyTuple_GET_SIZE(kwnames) {
+            if is_context_name(py, ffi::PyTuple_GET_ITEM(kwnames, k)) {
+                return Err(PyTypeError::new_err(format!("LoopCore.{method}() got an unexpected keyword argument 'context'")));
+            }
+        }
+    }
+    Ok(bind_args(py, method, names, args, nargs as ffi::Py_ssize_t, kwnames)?.leading)
+}
+
 /// `get_debug()`: C `Future` and `Task` ask it of their loop every time one is made.
 unsafe extern "C" fn loop_get_debug(slf: *mut ffi::PyObject, _unused: *mut ffi::PyObject) -> *mut ffi::PyObject {
     // SAFETY: CPython calls this with the GIL held; the descriptor checked `slf`'s type.
@@ -429,6 +498,15 @@ unsafe extern "C" fn transport_sendto(
             _ => forward_to_core(slf, "sendto", args, nargsf, kwnames),
         }
     }
+}
+
+/// `SockOp`'s `am_await` (`await op`, every `await loop.sock_*(...)`): the
+/// operation is its own iterator.
+unsafe extern "C" fn sockop_await(slf: *mut ffi::PyObject) -> *mut ffi::PyObject {
+    // SAFETY: CPython calls this with the GIL held and `slf` a live instance; the
+    // new reference returned is the one the caller owns.
+    unsafe { ffi::Py_INCREF(slf) };
+    slf
 }
 
 /// `SockOp`'s `am_send` (`PyIter_Send`): the step's value comes back in `result`

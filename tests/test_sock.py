@@ -90,6 +90,28 @@ def test_create_task_and_gather_accept_them(loop, pair):
     assert run(loop, main()) == (b'ping', [None, b'x'])
 
 
+def test_arguments_by_keyword_and_wrong_calls(loop, pair):
+    """recv and sendall bind ``(sock, n)`` / ``(sock, data)`` as asyncio's methods
+    do: by keyword too; a TypeError, at the call, for a missing, extra, repeated or
+    unknown argument (``context`` included: these are not callback schedulers)."""
+    a, b = pair
+    run(loop, loop.sock_sendall(sock=b, data=b'kw'))
+    assert run(loop, loop.sock_recv(a, n=10)) == b'kw'
+    wrong = [
+        lambda: loop.sock_recv(a),
+        lambda: loop.sock_recv(a, 10, 20),
+        lambda: loop.sock_recv(a, 10, context=None),
+        lambda: loop.sock_recv(a, sock=a, n=10),
+        lambda: loop.sock_recv(a, size=10),
+        lambda: loop.sock_sendall(),
+        lambda: loop.sock_sendall(b, b'x', b'y'),
+        lambda: loop.sock_sendall(b, data=b'x', flags=0),
+    ]
+    for call in wrong:
+        with pytest.raises(TypeError):
+            call()
+
+
 def test_errors_are_raised_at_await_not_at_call(loop):
     s = socket.socket()
     s.setblocking(False)            # (debug mode would reject a blocking one first)
