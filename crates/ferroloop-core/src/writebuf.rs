@@ -177,6 +177,13 @@ unsafe fn small_total(iov: *const libc::iovec, count: usize) -> bool {
     true
 }
 
+/// One `send(2)` of `buf` (`MSG_NOSIGNAL | MSG_DONTWAIT`, as every send here).
+fn send_one(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is a live readable slice of the given length.
+    let ret = unsafe { libc::send(fd, buf.as_ptr().cast(), buf.len(), libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) };
+    usize::try_from(ret).map_err(|_| io::Error::last_os_error())
+}
+
 /// One `sendmsg(2)` of the given slices, in order. Returns how much the kernel took.
 pub fn send_vectored(fd: RawFd, bufs: &[&[u8]]) -> io::Result<usize> {
     Vectored::Sendmsg.send(fd, bufs.iter().copied())
@@ -298,7 +305,13 @@ impl<K: AsRef<[u8]>> WriteQueue<K> {
     pub fn flush_with(&mut self, fd: RawFd, how: Vectored) -> io::Result<usize> {
         let mut total = 0;
         while !self.is_empty() {
-            let n = match how.send(fd, self.iter_slices()) {
+            let attempt = match (how, self.chunks.front()) {
+                // One chunk (a reply written in one call): `send` it, with no
+                // iovec array to fill from the queue.
+                (Vectored::Sendmsg, Some(head)) if self.chunks.len() == 1 => send_one(fd, &head.bytes()[self.head_sent..]),
+                _ => how.send(fd, self.iter_slices()),
+            };
+            let n = match attempt {
                 Ok(n) => n,
                 // Edge-triggered callers must stop only on a real "would block".
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
@@ -414,6 +427,33 @@ mod tests {
             assert!(rounds < 10_000);
         }
         assert_eq!(got, expected);
+    }
+
+    #[test]
+    fn one_large_chunk_goes_out_in_order_over_partial_sends() {
+        // A single queued chunk is sent by `send` from its unsent part: many
+        // partial sends (the socket buffer is far smaller) must resume where the
+        // last one stopped.
+        let (a, mut b) = UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        b.set_nonblocking(true).unwrap();
+        let data: Vec<u8> = (0..(1u32 << 20)).map(|i| (i % 251) as u8).collect();
+        let mut q: WriteQueue = WriteQueue::new();
+        q.push(&data);
+        let (mut got, mut buf, mut partial) = (Vec::new(), vec![0u8; 65536], 0);
+        while !q.is_empty() {
+            q.flush(a.as_raw_fd()).unwrap();
+            partial += usize::from(!q.is_empty());
+            while let Ok(n) = b.read(&mut buf) {
+                got.extend_from_slice(&buf[..n]);
+            }
+            assert!(partial < 10_000);
+        }
+        while let Ok(n) = b.read(&mut buf) {
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert!(partial > 1, "the test needs partial sends");
+        assert_eq!(got, data);
     }
 
     #[test]
