@@ -1378,6 +1378,43 @@ def test_many_writes_of_one_iteration_arrive_in_order(loop):
     run(loop, main())
 
 
+def test_replies_written_in_a_varying_number_of_pieces_arrive_whole(loop):
+    """A reply written as one write() or as several (a header and a body), in
+    patterns that change from request to request, arrives complete and in order,
+    and the write buffer is empty after each (ferroloop sends a single write at
+    once and collects a reply written in pieces; either way, nothing waits)."""
+    pattern = [1, 1, 3, 1, 2, 2, 1, 4, 1, 1, 5, 1]
+
+    class Pieces(asyncio.Protocol):
+        def connection_made(self, transport):
+            self.transport = transport
+            self.sizes = []
+
+        def data_received(self, data):
+            for line in data.split(b'\n')[:-1]:
+                n = int(line)
+                for i in range(n):
+                    self.transport.write(b'%d/%d;' % (i, n))
+                if n % 2:  # (asking sends what ferroloop collected so far)
+                    self.sizes.append(self.transport.get_write_buffer_size())
+                self.transport.write(b'\n')
+
+    async def main():
+        protos = []
+        server = await loop.create_server(lambda: protos.append(Pieces()) or protos[-1], '127.0.0.1', 0)
+        reader, writer = await asyncio.open_connection(*server.sockets[0].getsockname())
+        for n in pattern:
+            writer.write(b'%d\n' % n)
+            reply = await reader.readuntil(b'\n')
+            assert reply == b''.join(b'%d/%d;' % (i, n) for i in range(n)) + b'\n'
+        assert protos[0].sizes == [0] * sum(n % 2 for n in pattern)
+        writer.close()
+        await writer.wait_closed()
+        server.close()
+        await server.wait_closed()
+    run(loop, main())
+
+
 def test_write_by_keyword_and_with_the_wrong_argument_count(loop):
     async def main():
         server, addr = await start_echo_server(loop)
