@@ -68,6 +68,16 @@ const MAX_READS_PER_EVENT: usize = 4;
 /// Writes while the loop runs are collected up to this many bytes and sent at the
 /// end of the iteration; beyond, they are sent at once.
 const DEFER_MAX: usize = 64 * 1024;
+/// Where `StreamTransportCore::route` sends a write.
+enum Route {
+    /// Queued for the end of the iteration; `first`: the transport's first of it.
+    Collected { first: bool },
+    /// Sent now: nothing is queued before it.
+    SendNow,
+    /// Queued behind what the kernel has not taken yet.
+    Queue,
+}
+
 /// asyncio's `constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES`.
 const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
 
@@ -589,25 +599,26 @@ impl StreamTransportCore {
         Ok(true)
     }
 
-    /// Collects a write for the end of the iteration when the loop is running, the
-    /// socket is not known to be full and the protocol writes in pieces: the last
-    /// flushed batch held several writes, or one already went out in this
-    /// iteration. False: send it now instead. A `bytes` (`keep`) is held by
-    /// reference, not copied (see `WriteQueue::push_kept`).
-    fn defer(slf: &Bound<'_, Self>, bufs: &[&[u8]], total: usize, keep: Option<&Bound<'_, PyBytes>>) -> PyResult<bool> {
+    /// Where a write goes. Collected for the end of the iteration when the loop is
+    /// running, the socket is not known to be full and the protocol writes in
+    /// pieces: the last flushed batch held several writes, or one already went out
+    /// in this iteration. Otherwise sent now, or queued behind what the kernel has
+    /// not taken yet. A collected `bytes` (`keep`) is held by reference, not copied
+    /// (see `WriteQueue::push_kept`).
+    fn route(slf: &Bound<'_, Self>, bufs: &[&[u8]], total: usize, keep: Option<&Bound<'_, PyBytes>>) -> PyResult<Route> {
         let py = slf.py();
         let me = slf.get();
         let iteration = me.event_loop.get().state.with(py, |s| (s.running && !s.closed).then_some(s.iteration));
-        let Some(iteration) = iteration else { return Ok(false) };
-        let (queued, overflow) = me.state.with(py, |s| {
+        let (route, overflow) = me.state.with(py, |s| {
             let first = !s.deferred;
             if first {
-                if !s.wq.is_empty() || total >= DEFER_MAX {
-                    return (None, false);
+                if !s.wq.is_empty() {
+                    return (Route::Queue, false);
                 }
+                let Some(iteration) = iteration.filter(|_| total < DEFER_MAX) else { return (Route::SendNow, false) };
                 let again = std::mem::replace(&mut s.write_iteration, iteration) == iteration;
                 if !again && !s.coalesce {
-                    return (None, false);
+                    return (Route::SendNow, false);
                 }
                 s.pieces = u32::from(again);
             }
@@ -617,20 +628,15 @@ impl StreamTransportCore {
                 None => bufs.iter().for_each(|b| s.wq.push(b)),
             }
             s.deferred = true;
-            (Some(first), s.wq.len() >= DEFER_MAX.min(s.high.max(1)))
+            (Route::Collected { first }, s.wq.len() >= DEFER_MAX.min(s.high.max(1)))
         });
-        match queued {
-            None => Ok(false),
-            Some(first) => {
-                if first {
-                    me.event_loop.get().state.with(py, |s| s.deferred_flush.push_back(slf.clone().unbind()));
-                }
-                if overflow {
-                    Self::flush_deferred(slf)?;
-                }
-                Ok(true)
-            }
+        if let Route::Collected { first: true } = route {
+            me.event_loop.get().state.with(py, |s| s.deferred_flush.push_back(slf.clone().unbind()));
         }
+        if overflow {
+            Self::flush_deferred(slf)?;
+        }
+        Ok(route)
     }
 
     /// Sends the writes collected during this iteration (the loop calls this at the
@@ -694,23 +700,25 @@ impl StreamTransportCore {
         let py = slf.py();
         let me = slf.get();
         let total: usize = bufs.iter().map(|b| b.len()).sum();
-        if Self::defer(slf, bufs, total, keep)? {
-            return Ok(());
-        }
+        let route = Self::route(slf, bufs, total, keep)?;
         let mut sent = 0;
         let mut blocked = true;
-        if me.state.with(py, |s| s.wq.is_empty()) {
-            match writebuf::send_vectored(me.fd, bufs) {
-                Ok(n) => {
-                    sent = n;
-                    blocked = false;
+        match route {
+            Route::Collected { .. } => return Ok(()),
+            Route::Queue => {}
+            Route::SendNow => {
+                match writebuf::send_vectored(me.fd, bufs) {
+                    Ok(n) => {
+                        sent = n;
+                        blocked = false;
+                    }
+                    Err(e) if e.raw_os_error() == Some(libc::EINTR) => blocked = false,
+                    Err(e) if sockio::would_block(&e) => {}
+                    Err(e) => return Self::fatal_error(slf, os_error(&e), "Fatal write error on socket transport"),
                 }
-                Err(e) if e.raw_os_error() == Some(libc::EINTR) => blocked = false,
-                Err(e) if sockio::would_block(&e) => {}
-                Err(e) => return Self::fatal_error(slf, os_error(&e), "Fatal write error on socket transport"),
-            }
-            if sent == total {
-                return Ok(());
+                if sent == total {
+                    return Ok(());
+                }
             }
         }
         let flushed = me.state.with(py, |s| {

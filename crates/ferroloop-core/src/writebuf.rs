@@ -186,7 +186,10 @@ fn send_one(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
 
 /// One `sendmsg(2)` of the given slices, in order. Returns how much the kernel took.
 pub fn send_vectored(fd: RawFd, bufs: &[&[u8]]) -> io::Result<usize> {
-    Vectored::Sendmsg.send(fd, bufs.iter().copied())
+    match bufs {
+        [one] if !one.is_empty() => send_one(fd, one), // a reply written in one call
+        _ => Vectored::Sendmsg.send(fd, bufs.iter().copied()),
+    }
 }
 
 /// One `writev(2)` of the given slices, in order (pipes and character devices).
