@@ -54,7 +54,6 @@ fn run_once(slf: &Bound<'_, LoopCore>, core: &LoopCore, py: Python<'_>) -> PyRes
     // may run Python code (see gil_cell).
     let mut dead_handles = Vec::new();
     let (timeout, skip_poll, mut fds) = core.state.with(py, |s| {
-        s.iteration += 1;
         s.timers.note_cancelled(cancelled);
         if s.spare_handles.above_keep() {
             trim_spare_handles(s, &mut dead_handles);

@@ -155,9 +155,6 @@ pub struct LoopState {
     /// Transports with writes collected during this iteration, flushed at its end
     /// (a queue that keeps its allocation from iteration to iteration).
     pub deferred_flush: VecDeque<Py<StreamTransportCore>>,
-    /// Iterations run (`dispatch::run_once`), from 1: tells a transport whether
-    /// two writes came in one iteration (see `StreamTransportCore::defer`).
-    pub iteration: u64,
     pub registrar: Option<Registrar>,
     pub waker: Option<Waker>,
     /// Scratch buffer for poll results, kept to avoid an allocation per iteration.
@@ -355,7 +352,6 @@ impl LoopCore {
                 io: FdMap::default(),
                 sock_lingering: FdMap::default(),
                 deferred_flush: VecDeque::new(),
-                iteration: 0,
                 registrar: Some(registrar),
                 waker: Some(waker),
                 ready_fds: Vec::with_capacity(64),

@@ -1381,8 +1381,8 @@ def test_many_writes_of_one_iteration_arrive_in_order(loop):
 def test_replies_written_in_a_varying_number_of_pieces_arrive_whole(loop):
     """A reply written as one write() or as several (a header and a body), in
     patterns that change from request to request, arrives complete and in order,
-    and the write buffer is empty after each (ferroloop sends a single write at
-    once and collects a reply written in pieces; either way, nothing waits)."""
+    and the write buffer is empty when asked (ferroloop collects the writes of
+    an iteration and sends them at its end; asking sends them first)."""
     pattern = [1, 1, 3, 1, 2, 2, 1, 4, 1, 1, 5, 1]
 
     class Pieces(asyncio.Protocol):
