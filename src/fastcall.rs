@@ -311,27 +311,42 @@ fn panic_error(payload: Box<dyn std::any::Any + Send>) -> PyErr {
     PanicException::new_err(msg)
 }
 
-/// Defines one entry point: binds the call's arguments to `params` (then `*args`
-/// and `context=`) and returns what `body` makes of them.
-macro_rules! entry_point {
-    ($name:ident, [$($param:literal),+], |$slf:ident, [$($arg:ident),+], $rest:ident, $context:ident| $body:expr) => {
+/// Defines a raw `METH_FASTCALL | METH_KEYWORDS` C function: `body` gets the
+/// object and the call's vectorcall arguments, and runs in an `unsafe` block.
+macro_rules! vectorcall_fn {
+    ($name:ident, |$slf:ident, $args:ident, $nargsf:ident, $kwnames:ident| $body:expr) => {
         unsafe extern "C" fn $name(
-            slf: *mut ffi::PyObject,
-            args: *const *mut ffi::PyObject,
-            nargsf: ffi::Py_ssize_t,
-            kwnames: *mut ffi::PyObject,
+            $slf: *mut ffi::PyObject,
+            $args: *const *mut ffi::PyObject,
+            $nargsf: ffi::Py_ssize_t,
+            $kwnames: *mut ffi::PyObject,
         ) -> *mut ffi::PyObject {
             // SAFETY: CPython calls this with the GIL held and its vectorcall
-            // arguments, passed on unchanged; the descriptor checked `slf`'s type.
-            unsafe {
-                enter::<LoopCore>(slf, |$slf| {
-                    let bound = bind_args($slf.py(), stringify!($name), [$($param),+], args, nargsf, kwnames)?;
-                    let [$($arg),+] = bound.leading;
-                    let ($rest, $context) = (bound.rest, bound.context);
-                    Ok($body?.into_bound($slf.py()).into_any())
-                })
-            }
+            // arguments, passed on unchanged; the method descriptor checked that
+            // `slf` is an instance of the type the method is installed on.
+            unsafe { $body }
         }
+    };
+}
+
+/// Defines a raw method of `LoopCore`: `body` gets the loop and the call's
+/// vectorcall arguments.
+macro_rules! loop_method {
+    ($name:ident, |$slf:ident, $args:ident, $nargsf:ident, $kwnames:ident| $body:expr) => {
+        vectorcall_fn!($name, |slf, $args, $nargsf, $kwnames| enter::<LoopCore>(slf, |$slf| $body));
+    };
+}
+
+/// Defines one scheduling entry point: binds the call's arguments to `params`
+/// (then `*args` and `context=`) and returns what `body` makes of them.
+macro_rules! entry_point {
+    ($name:ident, [$($param:literal),+], |$slf:ident, [$($arg:ident),+], $rest:ident, $context:ident| $body:expr) => {
+        loop_method!($name, |$slf, args, nargsf, kwnames| {
+            let bound = bind_args($slf.py(), stringify!($name), [$($param),+], args, nargsf, kwnames)?;
+            let [$($arg),+] = bound.leading;
+            let ($rest, $context) = (bound.rest, bound.context);
+            Ok($body?.into_bound($slf.py()).into_any())
+        });
     };
 }
 
@@ -349,27 +364,16 @@ entry_point!(call_at, ["when", "callback"], |slf, [when, callback], rest, contex
 /// errors for this signature, which has no `*args` and no `context`.
 macro_rules! sock_entry_point {
     ($name:ident, [$sock:literal, $arg:literal], $body:path) => {
-        unsafe extern "C" fn $name(
-            slf: *mut ffi::PyObject,
-            args: *const *mut ffi::PyObject,
-            nargsf: ffi::Py_ssize_t,
-            kwnames: *mut ffi::PyObject,
-        ) -> *mut ffi::PyObject {
-            // SAFETY: CPython calls this with the GIL held and its vectorcall
-            // arguments, passed on unchanged; the descriptor checked `slf`'s type.
-            unsafe {
-                enter::<LoopCore>(slf, |slf| {
-                    let py = slf.py();
-                    let nargs = ffi::PyVectorcall_NARGS(nargsf as usize) as usize;
-                    let [sock, arg] = if nargs == 2 && kwnames.is_null() {
-                        [Bound::from_borrowed_ptr(py, *args), Bound::from_borrowed_ptr(py, *args.add(1))]
-                    } else {
-                        bind_two(py, stringify!($name), [$sock, $arg], args, nargs, kwnames)?
-                    };
-                    Ok($body(slf, sock, arg)?.into_bound(py).into_any())
-                })
-            }
-        }
+        loop_method!($name, |slf, args, nargsf, kwnames| {
+            let py = slf.py();
+            let nargs = ffi::PyVectorcall_NARGS(nargsf as usize) as usize;
+            let [sock, arg] = if nargs == 2 && kwnames.is_null() {
+                [Bound::from_borrowed_ptr(py, *args), Bound::from_borrowed_ptr(py, *args.add(1))]
+            } else {
+                bind_two(py, stringify!($name), [$sock, $arg], args, nargs, kwnames)?
+            };
+            Ok($body(slf, sock, arg)?.into_bound(py).into_any())
+        });
     };
 }
 
@@ -439,7 +443,7 @@ unsafe fn core_of<'py, T: pyo3::PyClass>(py: Python<'py>, transport: *mut ffi::P
 /// Calls `transport._core.<name>(*args, **kwargs)` the generic way: its binding, its
 /// errors (the `AttributeError` of an unset slot included).
 ///
-/// SAFETY: as `transport_write`'s.
+/// SAFETY: as `call_core`'s.
 #[cold]
 unsafe fn forward_to_core(
     transport: *mut ffi::PyObject,
@@ -454,51 +458,58 @@ unsafe fn forward_to_core(
     })
 }
 
-/// The stream transport's `write(data)`. One positional argument is the call every
-/// protocol makes; anything else goes to the core's PyO3-bound `write`, for its
-/// binding and its errors.
-unsafe extern "C" fn transport_write(
-    slf: *mut ffi::PyObject,
+/// A transport method's call: `body` runs on the core when the slot holds a `T`,
+/// there are no keywords and `accepts` the positional count; anything else goes to
+/// the core's PyO3-bound method `name`, for its binding and its errors.
+///
+/// SAFETY: as `core_of`'s; `args` and `kwnames` are the call's vectorcall arguments.
+#[inline(always)]
+unsafe fn call_core<T: pyo3::PyClass>(
+    transport: *mut ffi::PyObject,
+    name: &'static str,
     args: *const *mut ffi::PyObject,
     nargsf: ffi::Py_ssize_t,
     kwnames: *mut ffi::PyObject,
+    accepts: impl Fn(usize) -> bool,
+    body: impl for<'py> FnOnce(&Bound<'py, T>, usize) -> PyResult<()>,
 ) -> *mut ffi::PyObject {
-    // SAFETY: CPython calls this with the GIL held and its vectorcall arguments,
-    // passed on unchanged; the descriptor checked `slf`'s type.
-    unsafe {
-        let py = Python::assume_attached();
-        match core_of::<StreamTransportCore>(py, slf) {
-            Some(core) if ffi::PyVectorcall_NARGS(nargsf as usize) == 1 && kwnames.is_null() => enter(core.as_ptr(), |core| {
-                StreamTransportCore::write(core, Bound::from_borrowed_ptr(py, *args))?;
-                Ok(PyNone::get(py).to_owned().into_any())
-            }),
-            _ => forward_to_core(slf, "write", args, nargsf, kwnames),
-        }
+    let py = Python::assume_attached();
+    let nargs = ffi::PyVectorcall_NARGS(nargsf as usize) as usize;
+    match core_of::<T>(py, transport) {
+        Some(core) if accepts(nargs) && kwnames.is_null() => enter(core.as_ptr(), |core| {
+            body(core, nargs)?;
+            Ok(PyNone::get(core.py()).to_owned().into_any())
+        }),
+        _ => forward_to_core(transport, name, args, nargsf, kwnames),
     }
 }
 
-/// The datagram transport's `sendto(data, addr=None)`, positional arguments only
-/// (what protocols pass); anything else goes to the core's PyO3-bound `sendto`.
-unsafe extern "C" fn transport_sendto(
-    slf: *mut ffi::PyObject,
-    args: *const *mut ffi::PyObject,
-    nargsf: ffi::Py_ssize_t,
-    kwnames: *mut ffi::PyObject,
-) -> *mut ffi::PyObject {
-    // SAFETY: as `transport_write`'s.
-    unsafe {
-        let py = Python::assume_attached();
-        let nargs = ffi::PyVectorcall_NARGS(nargsf as usize);
-        match core_of::<DatagramTransportCore>(py, slf) {
-            Some(core) if (1..=2).contains(&nargs) && kwnames.is_null() => enter(core.as_ptr(), |core| {
-                let addr = (nargs == 2).then(|| Bound::from_borrowed_ptr(py, *args.add(1)));
-                DatagramTransportCore::sendto(core, Bound::from_borrowed_ptr(py, *args), addr)?;
-                Ok(PyNone::get(py).to_owned().into_any())
-            }),
-            _ => forward_to_core(slf, "sendto", args, nargsf, kwnames),
-        }
+// The stream transport's `write(data)`: one positional argument, the call every
+// protocol makes.
+vectorcall_fn!(transport_write, |slf, args, nargsf, kwnames| call_core::<StreamTransportCore>(
+    slf,
+    "write",
+    args,
+    nargsf,
+    kwnames,
+    |n| n == 1,
+    |core, _| StreamTransportCore::write(core, Bound::from_borrowed_ptr(core.py(), *args))
+));
+
+// The datagram transport's `sendto(data, addr=None)`, positional arguments only
+// (what protocols pass).
+vectorcall_fn!(transport_sendto, |slf, args, nargsf, kwnames| call_core::<DatagramTransportCore>(
+    slf,
+    "sendto",
+    args,
+    nargsf,
+    kwnames,
+    |n| (1..=2).contains(&n),
+    |core, nargs| {
+        let addr = (nargs == 2).then(|| Bound::from_borrowed_ptr(core.py(), *args.add(1)));
+        DatagramTransportCore::sendto(core, Bound::from_borrowed_ptr(core.py(), *args), addr)
     }
-}
+));
 
 /// `SockOp`'s `am_await` (`await op`, every `await loop.sock_*(...)`): the
 /// operation is its own iterator.
