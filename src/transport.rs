@@ -18,11 +18,12 @@
 //! `DEFER_MAX` bytes, beyond which they are sent at once. Even a reply written in
 //! one call gains: sent at the end of the batch, just before the loop polls, it
 //! wakes the peer when the loop has nothing left to do. Sending it from inside the
-//! protocol callback costs ~250 fewer instructions, but measured 1-3 % more server
-//! CPU per request (1 KiB echo and HTTP, 1 and 10 connections, A/B on one machine). Everything whose result
-//! depends on what was sent (`get_write_buffer_size`, `close`, `abort`, `write_eof`,
-//! sendfile) sends the collected writes first, so what a protocol can observe is
-//! what asyncio's immediate send gives. Outside a running loop writes are sent at
+//! protocol callback costs ~250 fewer instructions, but measured 1-3 % more
+//! server CPU per request (1 KiB echo and HTTP, 1 and 10 connections, A/B on one
+//! machine). Everything whose result depends on what was sent
+//! (`get_write_buffer_size`, `close`, `abort`, `write_eof`, sendfile) sends the
+//! collected writes first, so what a protocol can observe is what asyncio's
+//! immediate send gives. Outside a running loop writes are sent at
 //! once. What the kernel does not take is queued (`ferroloop_core::writebuf`) and
 //! flushed when the socket turns writable.
 //!

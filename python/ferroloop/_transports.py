@@ -40,9 +40,10 @@ class _CoreTransport(transports._FlowControlMixin):
     Rust core doing the work, the start-up order asyncio uses, and the private
     attributes, repr and unclosed-transport warning asyncio's selector transports
     have. ``write``/``sendto`` are C methods of the concrete classes, reaching the
-    core through the ``_core`` slot (see the module's docstring). No ``__getattr__``: it would slow down every attribute lookup.
-    A ``__dict__``, as asyncio's transports have, lets code replace a method on an
-    instance (``mock.patch.object(transport, 'close')``)."""
+    core through the ``_core`` slot (see the module's docstring). No
+    ``__getattr__``: it would slow down every attribute lookup. A ``__dict__``, as
+    asyncio's transports have, lets code replace a method on an instance
+    (``mock.patch.object(transport, 'close')``)."""
     __slots__ = ('_core', '__weakref__', '__dict__')
 
     def _init_extra(self, loop, sock, extra):
