@@ -5,9 +5,9 @@
 //! transports' `write` and `sendto` (every reply of every protocol), `sock_recv` and
 //! `sock_sendall`; and the `am_await` and `am_send` slots of `SockOp`, through which
 //! `PyIter_Send` steps a socket operation and gets its result without a
-//! `StopIteration` being raised. On 3.10 and 3.11
-//! that is how `await loop.sock_recv(...)` steps it; 3.12+ `await` calls
-//! `__next__`/`send` instead, which keep working as before.
+//! `StopIteration` being raised. On 3.10 and 3.11 that is how
+//! `await loop.sock_recv(...)` steps it; 3.12+ `await` calls `__next__`/`send`
+//! instead, which keep working as before.
 //!
 //! C `Task` and `Future` call `call_soon` on every step and done-callback, so its
 //! fixed cost is the loop's. PyO3's generic method wrapper (argument description
@@ -46,26 +46,21 @@ use crate::sock::{self, SockOp, Step};
 use crate::transport::StreamTransportCore;
 use crate::udp::DatagramTransportCore;
 
-/// Installs the four scheduling methods and `get_debug` on `loop_type` (the
-/// `LoopCore` type object) with `sock_recv` and `sock_sendall`, `cancel` on
-/// `timer_type` (`TimerHandle`) and `am_await` and `am_send` on `sockop_type` (`SockOp`).
+/// Installs the four scheduling methods, `sock_recv`, `sock_sendall` and
+/// `get_debug` on `loop_type` (the `LoopCore` type object), `cancel` on
+/// `timer_type` (`TimerHandle`) and `am_await` and `am_send` on `sockop_type`
+/// (`SockOp`).
 pub fn install(loop_type: &Bound<'_, PyType>, timer_type: &Bound<'_, PyType>, sockop_type: &Bound<'_, PyType>) -> PyResult<()> {
     install_async_slots(sockop_type)?;
-    let methods: [(&'static CStr, ffi::PyCFunctionFastWithKeywords, &'static CStr); 4] = [
+    let methods: [(&'static CStr, ffi::PyCFunctionFastWithKeywords, &'static CStr); 6] = [
         (c"call_soon", call_soon, c"Arrange for a callback to be called as soon as possible."),
         (c"call_soon_threadsafe", call_soon_threadsafe, c"Like call_soon(), but thread-safe."),
         (c"call_later", call_later, c"Arrange for a callback to be called at a given time."),
         (c"call_at", call_at, c"Like call_later(), but uses an absolute time."),
-    ];
-    for (name, meth, doc) in methods {
-        let meth = ffi::PyMethodDefPointer { PyCFunctionFastWithKeywords: meth };
-        add_method(loop_type, name, meth, ffi::METH_FASTCALL | ffi::METH_KEYWORDS, doc)?;
-    }
-    let socket_methods: [(&'static CStr, ffi::PyCFunctionFastWithKeywords, &'static CStr); 2] = [
         (c"sock_recv", sock_recv, c"Receive up to n bytes from sock (a coroutine)."),
         (c"sock_sendall", sock_sendall, c"Send all of data to sock (a coroutine)."),
     ];
-    for (name, meth, doc) in socket_methods {
+    for (name, meth, doc) in methods {
         let meth = ffi::PyMethodDefPointer { PyCFunctionFastWithKeywords: meth };
         add_method(loop_type, name, meth, ffi::METH_FASTCALL | ffi::METH_KEYWORDS, doc)?;
     }

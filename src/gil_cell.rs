@@ -153,9 +153,10 @@ struct GilRcBox<T> {
 }
 
 // SAFETY: the count is only read or changed with the GIL held (clone and
-// `is_unique` take a token, drops happen under the GIL by the placement rule above), and the GIL is a mutex,
-// so no two threads touch it at once. `T: Send + Sync` because the value is shared
-// and may be dropped on whichever thread holds the GIL.
+// `is_unique` take a token, drops happen under the GIL by the placement rule
+// above), and the GIL is a mutex, so no two threads touch it at once. `T: Send +
+// Sync` because the value is shared and may be dropped on whichever thread holds
+// the GIL.
 unsafe impl<T: Send + Sync> Send for GilRc<T> {}
 // SAFETY: as for Send: `&GilRc` only gives `&T` and a token-guarded clone.
 unsafe impl<T: Send + Sync> Sync for GilRc<T> {}

@@ -80,8 +80,9 @@ pub fn log_debug(py: Python<'_>, message: &'static str, owner: Py<PyAny>) -> PyR
 /// bound method, looked up at its first use and kept until the transport's protocol
 /// changes (as uvloop keeps a stream transport's): one attribute lookup per
 /// connection instead of one per read. Unlike asyncio, a method assigned to the
-/// protocol instance later is not seen (README, known differences). Lives in the transport's state; `cached` and `fill` are called
-/// inside its borrow, the lookup itself outside (it may run Python code).
+/// protocol instance later is not seen (README, known differences). Lives in the
+/// transport's state; `cached` and `fill` are called inside its borrow, the lookup
+/// itself outside (it may run Python code).
 #[derive(Default)]
 pub struct ProtocolMethod(Option<Py<PyAny>>);
 

@@ -23,9 +23,9 @@
 //! machine). Everything whose result depends on what was sent
 //! (`get_write_buffer_size`, `close`, `abort`, `write_eof`, sendfile) sends the
 //! collected writes first, so what a protocol can observe is what asyncio's
-//! immediate send gives. Outside a running loop writes are sent at
-//! once. What the kernel does not take is queued (`ferroloop_core::writebuf`) and
-//! flushed when the socket turns writable.
+//! immediate send gives. Outside a running loop writes are sent at once. What the
+//! kernel does not take is queued (`ferroloop_core::writebuf`) and flushed when the
+//! socket turns writable.
 //!
 //! The Python class `ferroloop._transports._StreamTransport` (an `asyncio.Transport`)
 //! wraps this object: `asyncio.BaseTransport` has an instance slot (`_extra`), which
