@@ -1,6 +1,7 @@
 //! Raw vectorcall entry points for the loop's hottest methods: `call_soon`,
 //! `call_soon_threadsafe`, `call_later` and `call_at`, `get_debug` (asked by every
-//! C `Future` and `Task` made), `TimerHandle.cancel`
+//! C `Future` and `Task` made), `create_future` (every wait makes one),
+//! `TimerHandle.cancel`
 //! (`asyncio.timeout` and `wait_for` schedule and cancel a timer every time), the
 //! transports' `write` and `sendto` (every reply of every protocol), `sock_recv` and
 //! `sock_sendall`; and the `am_await` and `am_send` slots of `SockOp`, through which
@@ -37,6 +38,7 @@ use pyo3::exceptions::PyTypeError;
 use pyo3::ffi;
 use pyo3::panic::PanicException;
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyNone, PyString, PyTuple, PyType};
 
 use crate::event_loop::LoopCore;
@@ -46,8 +48,8 @@ use crate::sock::{self, SockOp, Step};
 use crate::transport::StreamTransportCore;
 use crate::udp::DatagramTransportCore;
 
-/// Installs the four scheduling methods, `sock_recv`, `sock_sendall` and
-/// `get_debug` on `loop_type` (the `LoopCore` type object), `cancel` on
+/// Installs the four scheduling methods, `sock_recv`, `sock_sendall`,
+/// `get_debug` and `create_future` on `loop_type` (the `LoopCore` type object), `cancel` on
 /// `timer_type` (`TimerHandle`) and `am_await` and `am_send` on `sockop_type`
 /// (`SockOp`).
 pub fn install(loop_type: &Bound<'_, PyType>, timer_type: &Bound<'_, PyType>, sockop_type: &Bound<'_, PyType>) -> PyResult<()> {
@@ -66,6 +68,8 @@ pub fn install(loop_type: &Bound<'_, PyType>, timer_type: &Bound<'_, PyType>, so
     }
     let get_debug = ffi::PyMethodDefPointer { PyCFunction: loop_get_debug };
     add_method(loop_type, c"get_debug", get_debug, ffi::METH_NOARGS, c"Whether the loop is in debug mode.")?;
+    let create_future = ffi::PyMethodDefPointer { PyCFunction: loop_create_future };
+    add_method(loop_type, c"create_future", create_future, ffi::METH_NOARGS, c"Create a Future object attached to the loop.")?;
     add_method(timer_type, c"cancel", ffi::PyMethodDefPointer { PyCFunction: timer_cancel }, ffi::METH_NOARGS, c"Cancel the timer.")
 }
 
@@ -408,6 +412,27 @@ unsafe extern "C" fn loop_get_debug(slf: *mut ffi::PyObject, _unused: *mut ffi::
         enter::<LoopCore>(slf, |core| {
             let debug = core.get().state.with(core.py(), |s| s.debug);
             Ok(pyo3::types::PyBool::new(core.py(), debug).to_owned().into_any())
+        })
+    }
+}
+
+/// `create_future()`: `asyncio.Future(loop=self)`. Every wait makes one (a
+/// `sock_*` call or a stream read that finds nothing, `sleep`, locks, queues), and
+/// as a Python method it cost a frame and a keyword call, ~2,100 instructions.
+/// The loop is always passed: a plain `Future()` would find the running loop by
+/// itself, but on 3.11 that lookup is a `getpid()` system call.
+unsafe extern "C" fn loop_create_future(slf: *mut ffi::PyObject, _unused: *mut ffi::PyObject) -> *mut ffi::PyObject {
+    static FUTURE: PyOnceLock<(Py<PyAny>, Py<PyTuple>)> = PyOnceLock::new();
+    // SAFETY: CPython calls this with the GIL held; the descriptor checked `slf`'s
+    // type. The vectorcall gets `slf` as the value of its one keyword, `loop`.
+    unsafe {
+        enter::<PyAny>(slf, |event_loop| {
+            let py = event_loop.py();
+            let (future, loop_keyword) = FUTURE.get_or_try_init(py, || -> PyResult<_> {
+                Ok((py.import("asyncio.futures")?.getattr("Future")?.unbind(), PyTuple::new(py, ["loop"])?.unbind()))
+            })?;
+            let args = [slf];
+            Bound::from_owned_ptr_or_err(py, ffi::PyObject_Vectorcall(future.as_ptr(), args.as_ptr(), 0, loop_keyword.as_ptr()))
         })
     }
 }

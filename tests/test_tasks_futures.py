@@ -2,6 +2,7 @@
 
 import asyncio
 import contextvars
+import socket
 import sys
 
 import pytest
@@ -17,6 +18,45 @@ def test_create_future_is_the_c_future(loop):
     assert fut.get_loop() is loop
     assert not fut.done()
     fut.cancel()
+
+
+def test_create_future_of_a_loop_that_is_not_the_running_one(loop, make_loop):
+    other = make_loop()
+
+    async def main():
+        return other.create_future(), loop.create_future()
+
+    theirs, ours = loop.run_until_complete(main())
+    assert theirs.get_loop() is other
+    assert ours.get_loop() is loop
+
+
+def test_sock_recv_waits_on_the_loops_create_future(loop):
+    """asyncio's sock_recv makes its future with self.create_future(), so a
+    subclass's override sees every wait."""
+    made = []
+
+    class Counting(type(loop)):
+        def create_future(self):
+            made.append(True)
+            return super().create_future()
+
+    loop.close()
+    counting = Counting()
+    a, b = socket.socketpair()
+    try:
+        a.setblocking(False)
+
+        async def main():
+            counting.call_soon(b.send, b'x')
+            return await counting.sock_recv(a, 10)
+
+        assert counting.run_until_complete(main()) == b'x'
+        assert made
+    finally:
+        counting.close()
+        a.close()
+        b.close()
 
 
 def test_future_callbacks_run_on_the_loop_in_order(loop):

@@ -172,10 +172,6 @@ class Loop(LoopCore, NetworkMixin, DatagramMixin, PipesMixin, SubprocessMixin, S
 
     # ----- futures and tasks ----------------------------------------------------------
 
-    def create_future(self):
-        """Create an asyncio.Future (the C implementation) attached to this loop."""
-        return futures.Future(loop=self)
-
     def create_task(self, coro, *, name=None, context=None, **kwargs):
         """Schedule a coroutine as a Task (or through the task factory). Extra
         keywords (3.13's ``eager_start``) go to the Task or the factory."""
