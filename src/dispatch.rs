@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use ferroloop_core::clock;
+use ferroloop_core::{clock, sockio};
 use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -43,6 +43,7 @@ pub fn run_until_stopped(slf: &Bound<'_, LoopCore>) -> PyResult<()> {
     core.state.with(py, |s| {
         s.stopping = false;
         s.running = false;
+        s.after_io = false;
         s.thread_id = None;
     });
     result
@@ -84,8 +85,18 @@ fn run_once(slf: &Bound<'_, LoopCore>, core: &LoopCore, py: Python<'_>) -> PyRes
         // With work queued and no fd to watch, polling could only find the signal
         // socket, and pending signals are checked below anyway: skip the syscall.
         // (Unless signal handlers are installed: their numbers arrive on that socket.)
-        let skip_poll =
-            timeout == Some(Duration::ZERO) && s.signal_handlers.is_empty() && s.registrar.as_ref().is_none_or(|r| r.watched_count() == 0);
+        //
+        // After a batch that only handled I/O for the loop's own transports and
+        // `sock_*` receives and sent nothing (`after_io`), the callbacks it
+        // scheduled (a task woken by `data_received`) run before the next poll, as
+        // uvloop runs them: a server's request then costs one poll, not a blocking
+        // one and then a zero-timeout one. Skipping it changes nothing a callback
+        // can see, except I/O arriving from outside during that very batch, which
+        // is seen an iteration later. The loop still polls at least every other
+        // iteration, and always when stopping (`stop()` before `run_forever()`
+        // polls once).
+        let no_fds = s.signal_handlers.is_empty() && s.registrar.as_ref().is_none_or(|r| r.watched_count() == 0);
+        let skip_poll = timeout == Some(Duration::ZERO) && !s.stopping && (no_fds || s.after_io);
         (timeout, skip_poll, std::mem::take(&mut s.ready_fds))
     });
     // Trimmed spares go now, not after a poll that may sleep for long.
@@ -105,13 +116,17 @@ fn run_once(slf: &Bound<'_, LoopCore>, core: &LoopCore, py: Python<'_>) -> PyRes
         other => other?,
     }
 
-    let ntodo = core.state.with(py, |s| {
+    let (ntodo, io_only) = core.state.with(py, |s| {
         if let Some(w) = &s.waker {
             w.disarm();
         }
+        // A batch of the loop's own I/O handling alone (see `after_io`): nothing
+        // queued before the poll, no user fd callback, no timer.
+        let mut io_only = !skip_poll && !fds.is_empty() && s.ready.is_empty();
         for r in fds.drain(..) {
             if Some(r.fd) == s.signal_fd {
                 crate::signals::queue_arrived(s, py, r.fd);
+                io_only = false;
                 continue;
             }
             if let Some(owner) = s.io.get(&r.fd) {
@@ -124,7 +139,10 @@ fn run_once(slf: &Bound<'_, LoopCore>, core: &LoopCore, py: Python<'_>) -> PyRes
                 match table.get(&r.fd) {
                     Some(h) if wanted && h.get().is_cancelled() => dead_handles.extend(table.remove(&r.fd)),
                     Some(h) if wanted => {
-                        level |= crate::fd_callbacks::needs_rearm(py, h);
+                        // Only the loop's own receive operations need no re-arm.
+                        let user_callback = crate::fd_callbacks::needs_rearm(py, h);
+                        level |= user_callback;
+                        io_only &= !user_callback;
                         s.ready.push_back(Ready::Handle(h.clone_ref(py)));
                     }
                     _ => {}
@@ -144,10 +162,11 @@ fn run_once(slf: &Bound<'_, LoopCore>, core: &LoopCore, py: Python<'_>) -> PyRes
             // A cancelled timer's slot is already empty.
             if let Some(handle) = entry.0.unschedule(py) {
                 s.ready.push_back(Ready::Handle(handle));
+                io_only = false;
             }
             s.recycle_slot(py, entry.0, true);
         }
-        s.ready.len()
+        (s.ready.len(), io_only)
     });
     drop(dead_handles);
     // Python-level signal handlers (KeyboardInterrupt) run here, after the poll's
@@ -155,6 +174,7 @@ fn run_once(slf: &Bound<'_, LoopCore>, core: &LoopCore, py: Python<'_>) -> PyRes
     py.check_signals()?;
 
     let (debug, virtual_time) = core.state.with(py, |s| (s.debug, s.virtual_now.is_some()));
+    let sends_before = io_only.then(sockio::sends);
     for _ in 0..ntodo {
         let Some(item) = core.state.with(py, |s| {
             let item = s.ready.pop_front();
@@ -178,6 +198,9 @@ fn run_once(slf: &Bound<'_, LoopCore>, core: &LoopCore, py: Python<'_>) -> PyRes
         }
     }
     flush_deferred_writes(slf, py, debug)?;
+    // Whatever the batch sent, a peer in this loop may read at once: poll first.
+    let after_io = sends_before.is_some_and(|n| sockio::sends() == n);
+    core.state.with(py, |s| s.after_io = after_io);
     if virtual_time {
         // Test support: the Python side feeds its time generator (see `_enable_virtual_time`).
         slf.call_method0(pyo3::intern!(py, "_after_virtual_iteration"))?;

@@ -377,3 +377,65 @@ def test_transport_io_is_polled_before_every_batch(loop, pair):
     assert _ready_before_next_batch(loop, watch, b) == ['A', 'B', 'io', 'C']
     transports[0].close()
     run_iterations(loop, 2)
+
+
+@pytest.mark.parametrize('peer', ['stream', 'datagram'])
+def test_what_an_io_callback_sends_is_polled_before_its_callbacks_callbacks(loop, peer):
+    """A protocol callback sends to a transport of the same loop and schedules X;
+    X schedules Y. The stdlib polls before the batch that runs X, finds the data
+    there, and runs the peer's callback between X and Y. (ferroloop skips that poll
+    after a batch of I/O alone only when the batch sent nothing.)"""
+    order = []
+    done = loop.create_future()
+
+    class Recorder(asyncio.Protocol):
+        def __init__(self, name, on_data=None):
+            self.name, self.on_data = name, on_data
+
+        def data_received(self, data):
+            order.append(self.name)
+            if self.on_data:
+                self.on_data()
+
+        def datagram_received(self, data, addr):
+            self.data_received(data)
+
+    def y():
+        order.append('Y')
+        loop.call_soon(done.set_result, None)
+
+    def x():
+        order.append('X')
+        loop.call_soon(y)
+
+    trigger_a, trigger_b = socket.socketpair()
+    if peer == 'stream':
+        src, dst = socket.socketpair()
+        make = loop.create_connection
+    else:
+        src, dst = socket.socket(socket.AF_INET, socket.SOCK_DGRAM), socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        for sock in (src, dst):
+            sock.bind(('127.0.0.1', 0))
+        src.connect(dst.getsockname())
+        dst.connect(src.getsockname())
+        make = loop.create_datagram_endpoint
+    out, _ = loop.run_until_complete(make(lambda: Recorder('peer'), sock=dst))
+    sender, _ = loop.run_until_complete(make(lambda: Recorder('spare'), sock=src))
+    send = sender.write if peer == 'stream' else sender.sendto
+
+    def on_trigger():
+        send(b'ping')
+        loop.call_soon(x)
+
+    trigger, _ = loop.run_until_complete(loop.create_connection(lambda: Recorder('io', on_trigger), sock=trigger_a))
+    try:
+        # Sent from a callback of its own, so that the next batch is the trigger's
+        # I/O alone.
+        loop.call_soon(loop.call_soon, trigger_b.send, b'go')
+        loop.run_until_complete(asyncio.wait_for(done, 10))
+        assert order == ['io', 'X', 'peer', 'Y']
+    finally:
+        for t in (trigger, sender, out):
+            t.close()
+        trigger_b.close()
+        run_iterations(loop, 2)

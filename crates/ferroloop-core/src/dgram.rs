@@ -152,6 +152,7 @@ pub fn recvfrom(fd: RawFd, buf: &mut [u8]) -> io::Result<(usize, RawAddr)> {
 
 /// One `sendto(2)` of `buf` to `addr`, or `send(2)` on a connected socket (`None`).
 pub fn sendto(fd: RawFd, buf: &[u8], addr: Option<&RawAddr>) -> io::Result<usize> {
+    crate::sockio::note_send();
     let (ptr, len) = match addr {
         Some(a) => ((&a.storage as *const libc::sockaddr_storage).cast::<libc::sockaddr>(), a.len),
         None => (std::ptr::null(), 0),

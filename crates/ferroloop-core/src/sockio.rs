@@ -12,6 +12,25 @@
 
 use std::io;
 use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Sends of every kind made through this crate (stream, datagram, pipe,
+/// `sendfile`), by every thread. A loop compares it across a batch of callbacks to
+/// learn whether the batch wrote anything another fd of the same loop may already
+/// be able to read.
+static SENDS: AtomicU64 = AtomicU64::new(0);
+
+/// The count of sends so far (see `SENDS`).
+#[inline]
+pub fn sends() -> u64 {
+    SENDS.load(Ordering::Relaxed)
+}
+
+/// Counts one send, made or attempted.
+#[inline]
+pub(crate) fn note_send() {
+    SENDS.fetch_add(1, Ordering::Relaxed);
+}
 
 /// Lets glibc's malloc serve buffers of up to `size` bytes from the heap, and keep
 /// up to twice that free at the heap's top.
@@ -67,6 +86,7 @@ pub fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
 /// One `send(2)` of `buf`; returns how much the kernel took (possibly less).
 #[inline]
 pub fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
+    note_send();
     // SAFETY: `buf` is a valid readable region of `buf.len()` bytes for the call.
     cvt(unsafe { libc::send(fd, buf.as_ptr().cast(), buf.len(), libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) })
 }
@@ -89,6 +109,7 @@ pub fn take_socket_error(fd: RawFd) -> io::Result<i32> {
 pub fn sendfile(out_fd: RawFd, in_fd: RawFd, offset: u64, count: u64) -> io::Result<usize> {
     let mut off = libc::off_t::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     let count = usize::try_from(count).unwrap_or(usize::MAX).min(isize::MAX as usize);
+    note_send();
     // SAFETY: `off` is a valid, writable off_t for the duration of the call.
     cvt(unsafe { libc::sendfile(out_fd, in_fd, &mut off, count) })
 }
@@ -135,6 +156,21 @@ mod tests {
     use std::net::{TcpListener, TcpStream};
     use std::os::fd::AsRawFd;
     use std::os::unix::net::UnixStream;
+
+    #[test]
+    fn every_kind_of_send_is_counted() {
+        // Other tests send concurrently: the count only ever grows by at least ours.
+        let (a, b) = UnixStream::pair().unwrap();
+        let before = sends();
+        send(a.as_raw_fd(), b"x").unwrap();
+        assert!(sends() >= before + 1);
+        let before = sends();
+        crate::writebuf::send_vectored(a.as_raw_fd(), &[b"y", b"z"]).unwrap();
+        assert!(sends() >= before + 1);
+        let before = sends();
+        crate::dgram::sendto(b.as_raw_fd(), b"w", None).unwrap();
+        assert!(sends() >= before + 1);
+    }
 
     #[test]
     fn recv_reports_would_block_then_data_then_eof() {

@@ -119,6 +119,7 @@ impl Vectored {
             return Ok(0);
         }
         let iov = iov.as_ptr().cast::<libc::iovec>();
+        crate::sockio::note_send();
         // SAFETY: the first `count` (>= 1) entries of `iov` are initialised,
         // outlive the call, and each points to a live readable slice of the given
         // length; a zeroed msghdr is valid (no name, no control data); slices are
@@ -179,6 +180,7 @@ unsafe fn small_total(iov: *const libc::iovec, count: usize) -> bool {
 
 /// One `send(2)` of `buf` (`MSG_NOSIGNAL | MSG_DONTWAIT`, as every send here).
 fn send_one(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
+    crate::sockio::note_send();
     // SAFETY: `buf` is a live readable slice of the given length.
     let ret = unsafe { libc::send(fd, buf.as_ptr().cast(), buf.len(), libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) };
     usize::try_from(ret).map_err(|_| io::Error::last_os_error())
