@@ -166,6 +166,8 @@ pub struct LoopState {
     pub closed: bool,
     pub running: bool,
     pub debug: bool,
+    /// A task factory is set: `create_task` leaves every task to the Python side.
+    pub has_task_factory: bool,
     pub thread_id: Option<u64>,
     pub slow_callback_duration: f64,
     /// The read end of the signal wakeup socket, drained by the loop itself.
@@ -363,6 +365,7 @@ impl LoopCore {
                 closed: false,
                 running: false,
                 debug: false,
+                has_task_factory: false,
                 thread_id: None,
                 slow_callback_duration: 0.1,
                 signal_fd: None,
@@ -419,6 +422,13 @@ impl LoopCore {
 
     fn _set_debug_flag(&self, py: Python<'_>, enabled: bool) {
         self.state.with(py, |s| s.debug = enabled);
+    }
+
+    // `create_task()` is a raw C method too (`fastcall::install`): the common
+    // task is made there, anything else by the Python side's `_create_task_general`.
+
+    fn _set_task_factory_flag(&self, py: Python<'_>, set: bool) {
+        self.state.with(py, |s| s.has_task_factory = set);
     }
 
     #[getter]

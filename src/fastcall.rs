@@ -1,10 +1,10 @@
 //! Raw vectorcall entry points for the loop's hottest methods: `call_soon`,
 //! `call_soon_threadsafe`, `call_later` and `call_at`, `get_debug` (asked by every
 //! C `Future` and `Task` made), `create_future` (every wait makes one),
-//! `TimerHandle.cancel`
-//! (`asyncio.timeout` and `wait_for` schedule and cancel a timer every time), the
-//! transports' `write` and `sendto` (every reply of every protocol), `sock_recv` and
-//! `sock_sendall`; and the `am_await` and `am_send` slots of `SockOp`, through which
+//! `create_task` (every task), `TimerHandle.cancel` (`asyncio.timeout` and
+//! `wait_for` schedule and cancel a timer every time), the transports' `write` and
+//! `sendto` (every reply of every protocol), `sock_recv` and `sock_sendall`; and
+//! the `am_await` and `am_send` slots of `SockOp`, through which
 //! `PyIter_Send` steps a socket operation and gets its result without a
 //! `StopIteration` being raised. On 3.10 and 3.11 that is how
 //! `await loop.sock_recv(...)` steps it; 3.12+ `await` calls `__next__`/`send`
@@ -49,7 +49,7 @@ use crate::transport::StreamTransportCore;
 use crate::udp::DatagramTransportCore;
 
 /// Installs the four scheduling methods, `sock_recv`, `sock_sendall`,
-/// `get_debug` and `create_future` on `loop_type` (the `LoopCore` type object), `cancel` on
+/// `get_debug`, `create_future` and `create_task` on `loop_type` (the `LoopCore` type object), `cancel` on
 /// `timer_type` (`TimerHandle`) and `am_await` and `am_send` on `sockop_type`
 /// (`SockOp`).
 pub fn install(loop_type: &Bound<'_, PyType>, timer_type: &Bound<'_, PyType>, sockop_type: &Bound<'_, PyType>) -> PyResult<()> {
@@ -68,6 +68,9 @@ pub fn install(loop_type: &Bound<'_, PyType>, timer_type: &Bound<'_, PyType>, so
     }
     let get_debug = ffi::PyMethodDefPointer { PyCFunction: loop_get_debug };
     add_method(loop_type, c"get_debug", get_debug, ffi::METH_NOARGS, c"Whether the loop is in debug mode.")?;
+    let create_task = ffi::PyMethodDefPointer { PyCFunctionFastWithKeywords: loop_create_task };
+    let create_task_doc = c"Schedule a coroutine object as a Task.";
+    add_method(loop_type, c"create_task", create_task, ffi::METH_FASTCALL | ffi::METH_KEYWORDS, create_task_doc)?;
     let create_future = ffi::PyMethodDefPointer { PyCFunction: loop_create_future };
     add_method(loop_type, c"create_future", create_future, ffi::METH_NOARGS, c"Create a Future object attached to the loop.")?;
     add_method(timer_type, c"cancel", ffi::PyMethodDefPointer { PyCFunction: timer_cancel }, ffi::METH_NOARGS, c"Cancel the timer.")
@@ -435,6 +438,69 @@ unsafe extern "C" fn loop_create_future(slf: *mut ffi::PyObject, _unused: *mut f
             Bound::from_owned_ptr_or_err(py, ffi::PyObject_Vectorcall(future.as_ptr(), args.as_ptr(), 0, loop_keyword.as_ptr()))
         })
     }
+}
+
+/// `create_task(coro, *, name=None, context=None, **kwargs)`. Every task starts
+/// here (gather, TaskGroup, a server's task per request); the common one, with no
+/// task factory, no context or other keyword and debug mode off, is
+/// `Task(coro, loop=self, name=name)` made here. Anything else goes to the Python
+/// side's `_create_task_general`, with its binding and errors.
+unsafe extern "C" fn loop_create_task(
+    slf: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargsf: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    struct Names {
+        task: Py<PyAny>,
+        loop_keyword: Py<PyTuple>,
+        loop_and_name: Py<PyTuple>,
+    }
+    static NAMES: PyOnceLock<Names> = PyOnceLock::new();
+    // SAFETY: CPython calls this with the GIL held and its vectorcall arguments:
+    // `args` holds `nargs` positionals then one value per name in `kwnames`. Each
+    // array passed on is as long as its count and names say.
+    unsafe {
+        enter::<LoopCore>(slf, |event_loop| {
+            let py = event_loop.py();
+            let nargs = ffi::PyVectorcall_NARGS(nargsf as usize) as usize;
+            let nkw = if kwnames.is_null() { 0 } else { ffi::PyTuple_GET_SIZE(kwnames) as usize };
+            let name_only = nkw == 0 || (nkw == 1 && is_name_keyword(py, ffi::PyTuple_GET_ITEM(kwnames, 0)));
+            let plain = nargs == 1 && name_only && event_loop.get().state.with(py, |s| !s.debug && !s.closed && !s.has_task_factory);
+            if !plain {
+                let mut with_self = Vec::with_capacity(1 + nargs + nkw);
+                with_self.push(slf);
+                with_self.extend_from_slice(std::slice::from_raw_parts(args, nargs + nkw));
+                let method = pyo3::intern!(py, "_create_task_general");
+                let result = ffi::PyObject_VectorcallMethod(method.as_ptr(), with_self.as_ptr(), 1 + nargs, kwnames);
+                return Bound::from_owned_ptr_or_err(py, result);
+            }
+            let names = NAMES.get_or_try_init(py, || -> PyResult<_> {
+                Ok(Names {
+                    task: py.import("asyncio.tasks")?.getattr("Task")?.unbind(),
+                    loop_keyword: PyTuple::new(py, ["loop"])?.unbind(),
+                    loop_and_name: PyTuple::new(py, ["loop", "name"])?.unbind(),
+                })
+            })?;
+            let coro = *args;
+            let result = if nkw == 0 {
+                let call = [coro, slf];
+                ffi::PyObject_Vectorcall(names.task.as_ptr(), call.as_ptr(), 1, names.loop_keyword.as_ptr())
+            } else {
+                let call = [coro, slf, *args.add(1)];
+                ffi::PyObject_Vectorcall(names.task.as_ptr(), call.as_ptr(), 1, names.loop_and_name.as_ptr())
+            };
+            Bound::from_owned_ptr_or_err(py, result)
+        })
+    }
+}
+
+/// Whether a keyword name is `name` (interned by Python code; compared otherwise).
+///
+/// SAFETY: `key` is a live `str` object; the GIL is held.
+#[inline]
+unsafe fn is_name_keyword(py: Python<'_>, key: *mut ffi::PyObject) -> bool {
+    key == pyo3::intern!(py, "name").as_ptr() || ffi::PyUnicode_CompareWithASCIIString(key, c"name".as_ptr()) == 0
 }
 
 /// `TimerHandle.cancel()`.

@@ -107,6 +107,41 @@ def test_create_task_name(loop):
     loop.run_until_complete(asyncio.gather(t1, t2, t3))
 
 
+def test_create_task_binding(loop):
+    """The coroutine by keyword, `name` under a string made at run time (not the
+    interned one), and the errors of wrong calls are the stdlib's."""
+    async def coro():
+        return 'done'
+
+    by_keyword = loop.create_task(coro=coro())
+    built_name = loop.create_task(coro(), **{''.join(['na', 'me']): 'built'})
+    assert built_name.get_name() == 'built'
+    assert loop.run_until_complete(asyncio.gather(by_keyword, built_name)) == ['done', 'done']
+    with pytest.raises(TypeError, match=r"create_task\(\) missing 1 required positional argument: 'coro'"):
+        loop.create_task()
+    with pytest.raises(TypeError, match=r'create_task\(\) takes 2 positional arguments but 3 were given'):
+        loop.create_task(None, 'name')
+    with pytest.raises(TypeError, match='a coroutine was expected'):
+        loop.create_task(42)
+
+
+def test_create_task_after_the_task_factory_is_unset(loop):
+    made = []
+
+    def factory(lp, coro):
+        made.append(coro)
+        return asyncio.Task(coro, loop=lp)
+
+    async def coro():
+        pass
+
+    loop.set_task_factory(factory)
+    loop.run_until_complete(loop.create_task(coro()))
+    loop.set_task_factory(None)
+    loop.run_until_complete(loop.create_task(coro()))
+    assert len(made) == 1
+
+
 @pytest.mark.skipif(sys.version_info < (3, 11), reason='create_task(context=) is new in 3.11')
 def test_create_task_context(loop):
     ctx = contextvars.Context()

@@ -175,16 +175,6 @@ class Loop(LoopCore, NetworkMixin, DatagramMixin, PipesMixin, SubprocessMixin, S
     def create_task(self, coro, *, name=None, context=None, **kwargs):
         """Schedule a coroutine as a Task (or through the task factory). Extra
         keywords (3.13's ``eager_start``) go to the Task or the factory."""
-        if self._task_factory is None and context is None and not kwargs and not self.is_closed():
-            # Every task starts here (gather, TaskGroup, ...): the common case is
-            # this one frame.
-            task = tasks.Task(coro, loop=self, name=name)
-            if task._source_traceback:
-                del task._source_traceback[-1]  # this frame
-            return task
-        return self._create_task(coro, name, context, kwargs)
-
-    def _create_task(self, coro, name, context, kwargs):
         if kwargs and sys.version_info < (3, 13):
             # Before 3.13 create_task takes no other keyword, as the stdlib's.
             raise TypeError(f'Loop.create_task() got an unexpected keyword argument {next(iter(kwargs))!r}')
@@ -194,7 +184,7 @@ class Loop(LoopCore, NetworkMixin, DatagramMixin, PipesMixin, SubprocessMixin, S
         if self._task_factory is None:
             task = tasks.Task(coro, loop=self, name=name, **kwargs)
             if task._source_traceback:
-                del task._source_traceback[-2:]  # create_task and _create_task
+                del task._source_traceback[-1]  # this frame
             return task
         task = self._task_factory(self, coro, **kwargs)
         if name is not None:
@@ -205,10 +195,18 @@ class Loop(LoopCore, NetworkMixin, DatagramMixin, PipesMixin, SubprocessMixin, S
                 task.set_name(name)
         return task
 
+    # Every task starts at LoopCore's C create_task (gather, TaskGroup, ...), which
+    # makes `Task(coro, loop=self, name=name)` itself when there is no factory, no
+    # context, no other keyword, and debug mode is off; for everything else it calls
+    # this method, whose errors name create_task.
+    _create_task_general = create_task
+    del create_task
+
     def set_task_factory(self, factory):
         if factory is not None and not callable(factory):
             raise TypeError('task factory must be a callable or None')
         self._task_factory = factory
+        self._set_task_factory_flag(factory is not None)
 
     def get_task_factory(self):
         return self._task_factory
