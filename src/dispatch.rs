@@ -32,9 +32,11 @@ pub fn run_until_stopped(slf: &Bound<'_, LoopCore>) -> PyResult<()> {
         s.running = true;
         s.thread_id = Some(crate::scheduling::current_thread_id());
     });
+    let mut after_io = false;
     let result = loop {
-        if let Err(e) = run_once(slf, core, py) {
-            break Err(e);
+        match run_once(slf, core, py, after_io) {
+            Ok(io_alone) => after_io = io_alone,
+            Err(e) => break Err(e),
         }
         if core.state.with(py, |s| s.stopping) {
             break Ok(());
@@ -43,13 +45,14 @@ pub fn run_until_stopped(slf: &Bound<'_, LoopCore>) -> PyResult<()> {
     core.state.with(py, |s| {
         s.stopping = false;
         s.running = false;
-        s.after_io = false;
         s.thread_id = None;
     });
     result
 }
 
-fn run_once(slf: &Bound<'_, LoopCore>, core: &LoopCore, py: Python<'_>) -> PyResult<()> {
+/// One iteration. `after_io`: the previous one was a batch of the loop's own I/O
+/// handling alone that sent nothing; returns whether this one was.
+fn run_once(slf: &Bound<'_, LoopCore>, core: &LoopCore, py: Python<'_>, after_io: bool) -> PyResult<bool> {
     let cancelled = core.cancelled_timers.take(py);
     // Objects leaving the loop are dropped after the state borrows end: dropping
     // may run Python code (see gil_cell).
@@ -95,8 +98,9 @@ fn run_once(slf: &Bound<'_, LoopCore>, core: &LoopCore, py: Python<'_>) -> PyRes
         // is seen an iteration later. The loop still polls at least every other
         // iteration, and always when stopping (`stop()` before `run_forever()`
         // polls once).
-        let no_fds = s.signal_handlers.is_empty() && s.registrar.as_ref().is_none_or(|r| r.watched_count() == 0);
-        let skip_poll = timeout == Some(Duration::ZERO) && !s.stopping && (no_fds || s.after_io);
+        let skip_poll = timeout == Some(Duration::ZERO)
+            && !s.stopping
+            && (after_io || (s.signal_handlers.is_empty() && s.registrar.as_ref().is_none_or(|r| r.watched_count() == 0)));
         (timeout, skip_poll, std::mem::take(&mut s.ready_fds))
     });
     // Trimmed spares go now, not after a poll that may sleep for long.
@@ -198,14 +202,12 @@ fn run_once(slf: &Bound<'_, LoopCore>, core: &LoopCore, py: Python<'_>) -> PyRes
         }
     }
     flush_deferred_writes(slf, py, debug)?;
-    // Whatever the batch sent, a peer in this loop may read at once: poll first.
-    let after_io = sends_before.is_some_and(|n| sockio::sends() == n);
-    core.state.with(py, |s| s.after_io = after_io);
     if virtual_time {
         // Test support: the Python side feeds its time generator (see `_enable_virtual_time`).
         slf.call_method0(pyo3::intern!(py, "_after_virtual_iteration"))?;
     }
-    Ok(())
+    // Whatever the batch sent, a peer in this loop may read at once: poll first.
+    Ok(sends_before.is_some_and(|n| sockio::sends() == n))
 }
 
 /// Moves the spare handles that went unused for a whole `SPARE_TRIM_PERIOD` to

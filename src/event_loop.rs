@@ -159,9 +159,6 @@ pub struct LoopState {
     pub waker: Option<Waker>,
     /// Scratch buffer for poll results, kept to avoid an allocation per iteration.
     pub ready_fds: Vec<Readiness>,
-    /// The last batch was I/O handling alone and sent nothing: the callbacks it
-    /// scheduled run without a zero-timeout poll first (see `dispatch::run_once`).
-    pub after_io: bool,
     pub stopping: bool,
     pub closed: bool,
     pub running: bool,
@@ -360,7 +357,6 @@ impl LoopCore {
                 registrar: Some(registrar),
                 waker: Some(waker),
                 ready_fds: Vec::with_capacity(64),
-                after_io: false,
                 stopping: false,
                 closed: false,
                 running: false,

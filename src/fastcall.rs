@@ -49,9 +49,9 @@ use crate::transport::StreamTransportCore;
 use crate::udp::DatagramTransportCore;
 
 /// Installs the four scheduling methods, `sock_recv`, `sock_sendall`,
-/// `get_debug`, `create_future` and `create_task` on `loop_type` (the `LoopCore` type object), `cancel` on
-/// `timer_type` (`TimerHandle`) and `am_await` and `am_send` on `sockop_type`
-/// (`SockOp`).
+/// `get_debug`, `create_future` and `create_task` on `loop_type` (the `LoopCore`
+/// type object), `cancel` on `timer_type` (`TimerHandle`) and `am_await` and
+/// `am_send` on `sockop_type` (`SockOp`).
 pub fn install(loop_type: &Bound<'_, PyType>, timer_type: &Bound<'_, PyType>, sockop_type: &Bound<'_, PyType>) -> PyResult<()> {
     install_async_slots(sockop_type)?;
     let methods: [(&'static CStr, ffi::PyCFunctionFastWithKeywords, &'static CStr); 6] = [
