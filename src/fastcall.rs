@@ -419,81 +419,79 @@ unsafe extern "C" fn loop_get_debug(slf: *mut ffi::PyObject, _unused: *mut ffi::
     }
 }
 
+/// asyncio's C `Future` and `Task` classes and the keyword names `create_future`
+/// and `create_task` call them with, looked up once (as uvloop binds them at import).
+struct AsyncioClasses {
+    future: Py<PyAny>,
+    task: Py<PyAny>,
+    loop_keyword: Py<PyTuple>,
+    loop_and_name: Py<PyTuple>,
+}
+
+fn asyncio_classes(py: Python<'_>) -> PyResult<&'static AsyncioClasses> {
+    static CLASSES: PyOnceLock<AsyncioClasses> = PyOnceLock::new();
+    CLASSES.get_or_try_init(py, || {
+        Ok(AsyncioClasses {
+            future: py.import("asyncio.futures")?.getattr("Future")?.unbind(),
+            task: py.import("asyncio.tasks")?.getattr("Task")?.unbind(),
+            loop_keyword: PyTuple::new(py, ["loop"])?.unbind(),
+            loop_and_name: PyTuple::new(py, ["loop", "name"])?.unbind(),
+        })
+    })
+}
+
 /// `create_future()`: `asyncio.Future(loop=self)`. Every wait makes one (a
 /// `sock_*` call or a stream read that finds nothing, `sleep`, locks, queues), and
 /// as a Python method it cost a frame and a keyword call, ~2,100 instructions.
 /// The loop is always passed: a plain `Future()` would find the running loop by
 /// itself, but on 3.11 that lookup is a `getpid()` system call.
 unsafe extern "C" fn loop_create_future(slf: *mut ffi::PyObject, _unused: *mut ffi::PyObject) -> *mut ffi::PyObject {
-    static FUTURE: PyOnceLock<(Py<PyAny>, Py<PyTuple>)> = PyOnceLock::new();
     // SAFETY: CPython calls this with the GIL held; the descriptor checked `slf`'s
     // type. The vectorcall gets `slf` as the value of its one keyword, `loop`.
     unsafe {
         enter::<PyAny>(slf, |event_loop| {
             let py = event_loop.py();
-            let (future, loop_keyword) = FUTURE.get_or_try_init(py, || -> PyResult<_> {
-                Ok((py.import("asyncio.futures")?.getattr("Future")?.unbind(), PyTuple::new(py, ["loop"])?.unbind()))
-            })?;
+            let classes = asyncio_classes(py)?;
             let args = [slf];
-            Bound::from_owned_ptr_or_err(py, ffi::PyObject_Vectorcall(future.as_ptr(), args.as_ptr(), 0, loop_keyword.as_ptr()))
+            Bound::from_owned_ptr_or_err(
+                py,
+                ffi::PyObject_Vectorcall(classes.future.as_ptr(), args.as_ptr(), 0, classes.loop_keyword.as_ptr()),
+            )
         })
     }
 }
 
-/// `create_task(coro, *, name=None, context=None, **kwargs)`. Every task starts
-/// here (gather, TaskGroup, a server's task per request); the common one, with no
-/// task factory, no context or other keyword and debug mode off, is
-/// `Task(coro, loop=self, name=name)` made here. Anything else goes to the Python
-/// side's `_create_task_general`, with its binding and errors.
-unsafe extern "C" fn loop_create_task(
-    slf: *mut ffi::PyObject,
-    args: *const *mut ffi::PyObject,
-    nargsf: ffi::Py_ssize_t,
-    kwnames: *mut ffi::PyObject,
-) -> *mut ffi::PyObject {
-    struct Names {
-        task: Py<PyAny>,
-        loop_keyword: Py<PyTuple>,
-        loop_and_name: Py<PyTuple>,
+// `create_task(coro, *, name=None, context=None, **kwargs)`. Every task starts here
+// (gather, TaskGroup, a server's task per request); the common one, with no task
+// factory, no context or other keyword and debug mode off, is
+// `Task(coro, loop=self, name=name)` made here. Anything else goes to the Python
+// side's `_create_task_general`, with its binding and errors. Each array passed on
+// is as long as its count and names say.
+loop_method!(loop_create_task, |event_loop, args, nargsf, kwnames| {
+    let py = event_loop.py();
+    let slf = event_loop.as_ptr();
+    let nargs = ffi::PyVectorcall_NARGS(nargsf as usize) as usize;
+    let nkw = if kwnames.is_null() { 0 } else { ffi::PyTuple_GET_SIZE(kwnames) as usize };
+    let name_only = nkw == 0 || (nkw == 1 && is_name_keyword(py, ffi::PyTuple_GET_ITEM(kwnames, 0)));
+    let plain = nargs == 1 && name_only && event_loop.get().state.with(py, |s| !s.debug && !s.closed && !s.has_task_factory);
+    if !plain {
+        let mut with_self = Vec::with_capacity(1 + nargs + nkw);
+        with_self.push(slf);
+        with_self.extend_from_slice(std::slice::from_raw_parts(args, nargs + nkw));
+        let method = pyo3::intern!(py, "_create_task_general");
+        return Bound::from_owned_ptr_or_err(py, ffi::PyObject_VectorcallMethod(method.as_ptr(), with_self.as_ptr(), 1 + nargs, kwnames));
     }
-    static NAMES: PyOnceLock<Names> = PyOnceLock::new();
-    // SAFETY: CPython calls this with the GIL held and its vectorcall arguments:
-    // `args` holds `nargs` positionals then one value per name in `kwnames`. Each
-    // array passed on is as long as its count and names say.
-    unsafe {
-        enter::<LoopCore>(slf, |event_loop| {
-            let py = event_loop.py();
-            let nargs = ffi::PyVectorcall_NARGS(nargsf as usize) as usize;
-            let nkw = if kwnames.is_null() { 0 } else { ffi::PyTuple_GET_SIZE(kwnames) as usize };
-            let name_only = nkw == 0 || (nkw == 1 && is_name_keyword(py, ffi::PyTuple_GET_ITEM(kwnames, 0)));
-            let plain = nargs == 1 && name_only && event_loop.get().state.with(py, |s| !s.debug && !s.closed && !s.has_task_factory);
-            if !plain {
-                let mut with_self = Vec::with_capacity(1 + nargs + nkw);
-                with_self.push(slf);
-                with_self.extend_from_slice(std::slice::from_raw_parts(args, nargs + nkw));
-                let method = pyo3::intern!(py, "_create_task_general");
-                let result = ffi::PyObject_VectorcallMethod(method.as_ptr(), with_self.as_ptr(), 1 + nargs, kwnames);
-                return Bound::from_owned_ptr_or_err(py, result);
-            }
-            let names = NAMES.get_or_try_init(py, || -> PyResult<_> {
-                Ok(Names {
-                    task: py.import("asyncio.tasks")?.getattr("Task")?.unbind(),
-                    loop_keyword: PyTuple::new(py, ["loop"])?.unbind(),
-                    loop_and_name: PyTuple::new(py, ["loop", "name"])?.unbind(),
-                })
-            })?;
-            let coro = *args;
-            let result = if nkw == 0 {
-                let call = [coro, slf];
-                ffi::PyObject_Vectorcall(names.task.as_ptr(), call.as_ptr(), 1, names.loop_keyword.as_ptr())
-            } else {
-                let call = [coro, slf, *args.add(1)];
-                ffi::PyObject_Vectorcall(names.task.as_ptr(), call.as_ptr(), 1, names.loop_and_name.as_ptr())
-            };
-            Bound::from_owned_ptr_or_err(py, result)
-        })
-    }
-}
+    let classes = asyncio_classes(py)?;
+    let coro = *args;
+    let result = if nkw == 0 {
+        let call = [coro, slf];
+        ffi::PyObject_Vectorcall(classes.task.as_ptr(), call.as_ptr(), 1, classes.loop_keyword.as_ptr())
+    } else {
+        let call = [coro, slf, *args.add(1)];
+        ffi::PyObject_Vectorcall(classes.task.as_ptr(), call.as_ptr(), 1, classes.loop_and_name.as_ptr())
+    };
+    Bound::from_owned_ptr_or_err(py, result)
+});
 
 /// Whether a keyword name is `name` (interned by Python code; compared otherwise).
 ///

@@ -24,6 +24,8 @@ use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::RawFd;
 
+use crate::sockio;
+
 /// Chunks smaller than this are appended to the tail chunk instead of queued alone.
 const COALESCE_MAX: usize = 16 * 1024;
 /// `push_kept` holds buffers by reference only while fewer chunks are queued.
@@ -119,7 +121,7 @@ impl Vectored {
             return Ok(0);
         }
         let iov = iov.as_ptr().cast::<libc::iovec>();
-        crate::sockio::note_send();
+        sockio::note_send();
         // SAFETY: the first `count` (>= 1) entries of `iov` are initialised,
         // outlive the call, and each points to a live readable slice of the given
         // length; a zeroed msghdr is valid (no name, no control data); slices are
@@ -178,18 +180,10 @@ unsafe fn small_total(iov: *const libc::iovec, count: usize) -> bool {
     true
 }
 
-/// One `send(2)` of `buf` (`MSG_NOSIGNAL | MSG_DONTWAIT`, as every send here).
-fn send_one(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
-    crate::sockio::note_send();
-    // SAFETY: `buf` is a live readable slice of the given length.
-    let ret = unsafe { libc::send(fd, buf.as_ptr().cast(), buf.len(), libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) };
-    usize::try_from(ret).map_err(|_| io::Error::last_os_error())
-}
-
 /// One `sendmsg(2)` of the given slices, in order. Returns how much the kernel took.
 pub fn send_vectored(fd: RawFd, bufs: &[&[u8]]) -> io::Result<usize> {
     match bufs {
-        [one] if !one.is_empty() => send_one(fd, one), // a reply written in one call
+        [one] if !one.is_empty() => sockio::send(fd, one), // a reply written in one call
         _ => Vectored::Sendmsg.send(fd, bufs.iter().copied()),
     }
 }
@@ -313,14 +307,14 @@ impl<K: AsRef<[u8]>> WriteQueue<K> {
             let attempt = match (how, self.chunks.front()) {
                 // One chunk (a reply written in one call): `send` it, with no
                 // iovec array to fill from the queue.
-                (Vectored::Sendmsg, Some(head)) if self.chunks.len() == 1 => send_one(fd, &head.bytes()[self.head_sent..]),
+                (Vectored::Sendmsg, Some(head)) if self.chunks.len() == 1 => sockio::send(fd, &head.bytes()[self.head_sent..]),
                 _ => how.send(fd, self.iter_slices()),
             };
             let n = match attempt {
                 Ok(n) => n,
                 // Edge-triggered callers must stop only on a real "would block".
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
-                Err(e) if crate::sockio::would_block(&e) => break,
+                Err(e) if sockio::would_block(&e) => break,
                 Err(e) => return Err(e),
             };
             self.consume(n);
