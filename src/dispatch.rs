@@ -133,9 +133,12 @@ fn run_once(slf: &Bound<'_, LoopCore>, core: &LoopCore, py: Python<'_>, after_io
                 io_only = false;
                 continue;
             }
-            if let Some(owner) = s.io.get(&r.fd) {
+            if let Some(held) = s.io.get(&r.fd) {
                 // Edge-triggered and Rust-owned: queue the event itself, no re-arm.
-                s.ready.push_back(Ready::Io { owner: owner.clone_ref(py), readable: r.readable, writable: r.writable, clean: !r.hup });
+                // (An idle transport that is gone has nothing to do.)
+                if let Some(owner) = held.owner(py) {
+                    s.ready.push_back(Ready::Io { owner, readable: r.readable, writable: r.writable, clean: !r.hup });
+                }
                 continue;
             }
             let mut level = false;

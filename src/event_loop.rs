@@ -89,6 +89,68 @@ impl IoOwner {
             IoOwner::Child(c) => c.as_any(),
         }
     }
+
+    /// The address of the Rust object, which identifies the owner.
+    fn addr(&self) -> usize {
+        match self {
+            IoOwner::Stream(t) => addr_of(t.get()),
+            IoOwner::Listener(l) => addr_of(l.get()),
+            IoOwner::Datagram(t) => addr_of(t.get()),
+            IoOwner::Pipe(t) => addr_of(t.get()),
+            IoOwner::Child(c) => addr_of(c.get()),
+        }
+    }
+}
+
+#[cold]
+fn upgrade_idle_stream(py: Python<'_>, weak: &Py<PyWeakrefReference>) -> Option<IoOwner> {
+    weak.bind(py).upgrade_as::<StreamTransportCore>().ok().flatten().map(|t| IoOwner::Stream(t.unbind()))
+}
+
+fn addr_of<T>(object: &T) -> usize {
+    object as *const T as usize
+}
+
+/// What the loop keeps of the Rust object that owns an fd: the object itself while
+/// it waits for I/O, or only a weak reference while a stream transport waits for
+/// none (reading paused or past end of file, nothing left to send). asyncio's
+/// selector references a transport only while it has a reader or writer
+/// registered, so a transport the application drops then is collected, warned
+/// about and closed; a strong reference here would keep its socket open for the
+/// loop's lifetime. The fd stays registered either way (no `epoll_ctl`).
+pub enum Held {
+    Owner(IoOwner),
+    /// `addr` identifies the transport even while its finalizer runs, after the
+    /// collector has already cleared weak references to it.
+    IdleStream {
+        weak: Py<PyWeakrefReference>,
+        addr: usize,
+    },
+}
+
+impl Held {
+    /// The owner, unless it was an idle transport that is gone.
+    #[inline]
+    pub fn owner(&self, py: Python<'_>) -> Option<IoOwner> {
+        match self {
+            Held::Owner(o) => Some(o.clone_ref(py)),
+            Held::IdleStream { weak, .. } => upgrade_idle_stream(py, weak),
+        }
+    }
+
+    fn addr(&self) -> usize {
+        match self {
+            Held::Owner(o) => o.addr(),
+            Held::IdleStream { addr, .. } => *addr,
+        }
+    }
+
+    fn as_any(&self) -> &Py<PyAny> {
+        match self {
+            Held::Owner(o) => o.as_any(),
+            Held::IdleStream { weak, .. } => weak.as_any(),
+        }
+    }
 }
 
 /// One entry of the ready queue: a callback, or an I/O event for an fd owner,
@@ -147,7 +209,7 @@ pub struct LoopState {
     pub readers: FdMap<Py<Handle>>,
     pub writers: FdMap<Py<Handle>>,
     /// Fds owned by Rust I/O objects (transports, listeners).
-    pub io: FdMap<IoOwner>,
+    pub io: FdMap<Held>,
     /// Weak references to the socket objects whose `sock_*` wait left their fd
     /// lingering in the poller: the next wait on the same live object takes the
     /// registration back without a syscall (`fd_callbacks::add_fd`).
@@ -224,7 +286,7 @@ impl LoopState {
     /// when the loop is closed or the fd has Python callbacks. Returns the owner it
     /// replaced, to be dropped after the state borrow (the caller still holds a
     /// reference to `owner`, so dropping it on error here frees nothing).
-    pub fn register_owner(&mut self, fd: RawFd, owner: IoOwner, readable: bool, writable: bool) -> PyResult<Option<IoOwner>> {
+    pub fn register_owner(&mut self, fd: RawFd, owner: IoOwner, readable: bool, writable: bool) -> PyResult<Option<Held>> {
         if self.closed {
             return Err(closed_error());
         }
@@ -233,14 +295,14 @@ impl LoopState {
         }
         let Some(reg) = self.registrar.as_mut() else { return Err(closed_error()) };
         reg.watch_owned(fd, readable, writable)?;
-        Ok(self.io.insert(fd, owner))
+        Ok(self.io.insert(fd, Held::Owner(owner)))
     }
 
-    /// Stops watching `fd` if its owner is still the one `is_ours` recognises (the
+    /// Stops watching `fd` if it is still held for the Rust object `owner` (the
     /// number may belong to a new file by now); returns the entry, to be dropped
     /// after the state borrow.
-    pub fn release_owner(&mut self, fd: RawFd, is_ours: impl Fn(&IoOwner) -> bool) -> Option<IoOwner> {
-        if !self.io.get(&fd).is_some_and(is_ours) {
+    pub fn release_owner<T>(&mut self, fd: RawFd, owner: &T) -> Option<Held> {
+        if !self.io.get(&fd).is_some_and(|h| h.addr() == addr_of(owner)) {
             return None;
         }
         if let Some(reg) = self.registrar.as_mut() {
@@ -251,12 +313,29 @@ impl LoopState {
 }
 
 impl LoopCore {
-    /// Stops watching an fd a Rust object owns, if `is_ours` still recognises the
-    /// owner (the number may belong to a new file by now); what is released is
-    /// dropped outside the state borrow.
-    pub fn release_owned(&self, py: Python<'_>, fd: RawFd, is_ours: impl Fn(&IoOwner) -> bool) {
-        let removed = self.state.with(py, |s| s.release_owner(fd, is_ours));
+    /// Stops watching an fd the Rust object `owner` owns, if the loop still holds
+    /// it for that object (the number may belong to a new file by now); what is
+    /// released is dropped outside the state borrow.
+    pub fn release_owned<T>(&self, py: Python<'_>, fd: RawFd, owner: &T) {
+        let removed = self.state.with(py, |s| s.release_owner(fd, owner));
         drop(removed);
+    }
+
+    /// Holds stream transport `t`, owner of `fd`, strongly (it waits for I/O) or
+    /// only weakly (see `Held`), if the loop still holds `fd` for it.
+    pub fn hold_stream(&self, fd: RawFd, t: &Bound<'_, StreamTransportCore>, strongly: bool) -> PyResult<()> {
+        let py = t.py();
+        let held = if strongly {
+            Held::Owner(IoOwner::Stream(t.clone().unbind()))
+        } else {
+            Held::IdleStream { weak: PyWeakrefReference::new(t)?.unbind(), addr: addr_of(t.get()) }
+        };
+        let replaced = self.state.with(py, |s| match s.io.get_mut(&fd) {
+            Some(h) if h.addr() == addr_of(t.get()) => Some(std::mem::replace(h, held)),
+            _ => None,
+        });
+        drop(replaced);
+        Ok(())
     }
 
     /// Watches an owner's `fd` (see `register_owner`) for writability too, or no
@@ -317,8 +396,8 @@ impl LoopCore {
         for h in s.readers.values().chain(s.writers.values()).chain(s.signal_handlers.values()).chain(s.current_handle.iter()) {
             visit.call(h)?;
         }
-        for o in s.io.values() {
-            visit.call(o.as_any())?;
+        for h in s.io.values() {
+            visit.call(h.as_any())?;
         }
         for t in &s.deferred_flush {
             visit.call(t)?;

@@ -52,8 +52,8 @@ pub fn os_error(err: std::io::Error) -> PyErr {
 /// callbacks (the transport reads and writes it itself).
 pub fn ensure_fd_no_transport(slf: &Bound<'_, LoopCore>, fd: RawFd) -> PyResult<()> {
     let py = slf.py();
-    let owner = slf.get().state.with(py, |s| match s.io.get(&fd) {
-        Some(o @ (IoOwner::Stream(_) | IoOwner::Datagram(_))) => Some(o.clone_ref(py)),
+    let owner = slf.get().state.with(py, |s| match s.io.get(&fd).and_then(|h| h.owner(py)) {
+        Some(o @ (IoOwner::Stream(_) | IoOwner::Datagram(_))) => Some(o),
         _ => None,
     });
     if let Some(t) = owner {

@@ -138,7 +138,7 @@ impl Listener {
         if !self.inner.with(py, |i| std::mem::replace(&mut i.registered, false)) {
             return;
         }
-        self.event_loop.get().release_owned(py, self.fd, |o| matches!(o, IoOwner::Listener(t) if std::ptr::eq(t.get(), self)));
+        self.event_loop.get().release_owned(py, self.fd, self);
     }
 
     fn __repr__(&self, py: Python<'_>) -> String {

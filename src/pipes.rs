@@ -127,7 +127,7 @@ impl PipeTransportCore {
         if !self.state.with(py, |s| std::mem::replace(&mut s.registered, false)) {
             return;
         }
-        self.event_loop.get().release_owned(py, self.fd, |o| matches!(o, IoOwner::Pipe(t) if std::ptr::eq(t.get(), self)));
+        self.event_loop.get().release_owned(py, self.fd, self);
     }
 
     pub fn on_io(slf: &Bound<'_, Self>, readable: bool, writable: bool) -> PyResult<()> {

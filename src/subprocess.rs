@@ -47,7 +47,7 @@ impl ChildWatch {
             Ok(Some(rc)) => Some(rc),
             Err(_) => None, // ECHILD: reaped by someone else
         };
-        me.event_loop.get().release_owned(py, me.fd, |o| matches!(o, IoOwner::Child(c) if std::ptr::eq(c.get(), me)));
+        me.event_loop.get().release_owned(py, me.fd, me);
         let (pidfd, callback) = me.state.with(py, |s| (s.pidfd.take(), s.callback.take()));
         drop(pidfd);
         if let Some(cb) = callback {

@@ -1,7 +1,10 @@
 //! `StreamTransportCore`: the Rust half of ferroloop's stream transport (TCP and
 //! Unix sockets), with the semantics of asyncio's `_SelectorSocketTransport`.
 //!
-//! The loop owns the socket's fd for the transport's lifetime (`LoopState.io`): it is
+//! The loop owns the socket's fd for the transport's lifetime (`LoopState.io`),
+//! holding the transport itself only while it reads or has data the kernel
+//! refused, and a weak reference otherwise (`event_loop::Held`), so a transport
+//! the application drops unclosed is collected as asyncio's would be. The fd is
 //! registered edge-triggered, for reading, and for writing only while the kernel
 //! has refused some of what was written (`LoopCore::watch_writable`: a socket
 //! watched for writability is woken whenever its send buffer frees space, a Unix
@@ -175,6 +178,8 @@ pub struct TransportState {
     conn_lost: u32,
     eof: bool,
     registered: bool,
+    /// The loop holds this transport weakly: it waits for no I/O (see `hold_change`).
+    held_weakly: bool,
     protocol_paused: bool,
     /// The last read was large: receive straight into a new `bytes` next time.
     bulk: bool,
@@ -191,6 +196,20 @@ impl TransportState {
     /// after the borrow).
     fn forget_protocol_methods(&mut self) -> [Option<Py<PyAny>>; 3] {
         [self.data_received.take(), self.get_buffer.take(), self.buffer_updated.take()]
+    }
+
+    /// How the loop should hold the transport now, if that changed: strongly while
+    /// it reads or holds data the kernel refused, as asyncio's selector holds a
+    /// transport while it has a reader or a writer; weakly otherwise (paused, past
+    /// end of file), so that one the application drops is collected and closed
+    /// (`event_loop::Held`). For `StreamTransportCore::apply_hold`.
+    fn hold_change(&mut self) -> Option<bool> {
+        let strongly = self.read.can_read() || !self.wq.is_empty();
+        if !self.registered || strongly != self.held_weakly {
+            return None;
+        }
+        self.held_weakly = !strongly;
+        Some(strongly)
     }
 }
 
@@ -244,6 +263,14 @@ impl StreamTransportCore {
                 s.ready.push_back(Ready::Io { owner: IoOwner::Stream(slf.clone().unbind()), readable, writable, clean: false });
             }
         });
+    }
+
+    /// Makes the loop hold the transport as `TransportState::hold_change` decided.
+    fn apply_hold(slf: &Bound<'_, Self>, change: Option<bool>) -> PyResult<()> {
+        match change {
+            Some(strongly) => slf.get().event_loop.get().hold_stream(slf.get().fd, slf, strongly),
+            None => Ok(()),
+        }
     }
 
     fn call_soon(&self, py: Python<'_>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>) -> PyResult<()> {
@@ -386,8 +413,11 @@ impl StreamTransportCore {
             }
         };
         if keep_open {
-            me.state.with(py, |s| s.read.reader_active = false);
-            Ok(())
+            let change = me.state.with(py, |s| {
+                s.read.reader_active = false;
+                s.hold_change()
+            });
+            Self::apply_hold(slf, change)
         } else {
             Self::do_close(slf)
         }
@@ -430,9 +460,15 @@ impl StreamTransportCore {
     fn on_drained(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let me = slf.get();
-        // The common case (every reply sent whole): nothing waits on the drain.
-        if me.state.with(py, |s| s.empty_waiter.is_none() && !s.read.closing && !s.eof) {
-            return Ok(());
+        // The common case (every reply sent whole): nothing waits on the drain, and
+        // the transport reads on (or, not reading, may now be held weakly).
+        let quiet = me.state.with(py, |s| {
+            (s.empty_waiter.is_none() && !s.read.closing && !s.eof).then(|| if s.read.can_read() { None } else { s.hold_change() })
+        });
+        match quiet {
+            Some(None) => return Ok(()),
+            Some(change) => return Self::apply_hold(slf, change),
+            None => {}
         }
         if let Some(w) = me.state.with(py, |s| s.empty_waiter.as_ref().map(|w| w.clone_ref(py))) {
             // The sendfile waiting on it may have been cancelled meanwhile: the close
@@ -523,7 +559,7 @@ impl StreamTransportCore {
         if !self.state.with(py, |s| std::mem::replace(&mut s.registered, false)) {
             return;
         }
-        self.event_loop.get().release_owned(py, self.fd, |o| matches!(o, IoOwner::Stream(t) if std::ptr::eq(t.get(), self)));
+        self.event_loop.get().release_owned(py, self.fd, self);
     }
 
     fn call_connection_lost(slf: &Bound<'_, Self>, exc: Bound<'_, PyAny>) -> PyResult<()> {
@@ -662,7 +698,7 @@ impl StreamTransportCore {
     /// (closed, the error reported as a write error's).
     fn watch_backlog(slf: &Bound<'_, Self>) -> PyResult<()> {
         match slf.get().watch_writable(slf.py(), true) {
-            Ok(()) => Ok(()),
+            Ok(()) => Self::apply_hold(slf, slf.get().state.with(slf.py(), |s| s.hold_change())),
             Err(e) => Self::fatal_error(slf, e, "Fatal write error on socket transport"),
         }
     }
@@ -773,6 +809,7 @@ impl StreamTransportCore {
                 conn_lost: 0,
                 eof: false,
                 registered: false,
+                held_weakly: false,
                 protocol_paused: false,
                 bulk: false,
                 deferred: false,
@@ -793,18 +830,23 @@ impl StreamTransportCore {
         let replaced =
             me.event_loop.get().state.with(py, |s| s.register_owner(fd, IoOwner::Stream(slf.clone().unbind()), true, backlog))?;
         me.write_watched.set(py, backlog);
-        me.state.with(py, |s| s.registered = true);
+        me.state.with(py, |s| {
+            s.registered = true;
+            s.held_weakly = false;
+        });
         drop(replaced);
         Ok(())
     }
 
     /// asyncio's `call_soon(self._add_reader, ...)` after `connection_made`.
-    fn _start_reading(slf: &Bound<'_, Self>) {
+    fn _start_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
-        let start = slf.get().state.with(py, |s| s.read.start());
+        let (start, change) = slf.get().state.with(py, |s| (s.read.start(), s.hold_change()));
+        Self::apply_hold(slf, change)?;
         if start {
             Self::queue_io(slf, true, false);
         }
+        Ok(())
     }
 
     fn _call_connection_lost(slf: &Bound<'_, Self>, exc: Bound<'_, PyAny>) -> PyResult<()> {
@@ -923,7 +965,9 @@ impl StreamTransportCore {
     fn pause_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let me = slf.get();
-        if me.state.with(py, |s| s.read.pause()) && me.debug(py) {
+        let (paused, change) = me.state.with(py, |s| (s.read.pause(), s.hold_change()));
+        Self::apply_hold(slf, change)?;
+        if paused && me.debug(py) {
             reading::log_debug(py, "%r pauses reading", me.owner(py))?;
         }
         Ok(())
@@ -932,7 +976,9 @@ impl StreamTransportCore {
     fn resume_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let me = slf.get();
-        if me.state.with(py, |s| s.read.resume()) {
+        let (resumed, change) = me.state.with(py, |s| (s.read.resume(), s.hold_change()));
+        Self::apply_hold(slf, change)?;
+        if resumed {
             // Data that arrived while paused raised no new edge: look now.
             Self::queue_io(slf, true, false);
             if me.debug(py) {

@@ -487,7 +487,7 @@ impl DatagramTransportCore {
         if !self.state.with(py, |s| std::mem::replace(&mut s.registered, false)) {
             return;
         }
-        self.event_loop.get().release_owned(py, self.fd, |o| matches!(o, IoOwner::Datagram(t) if std::ptr::eq(t.get(), self)));
+        self.event_loop.get().release_owned(py, self.fd, self);
     }
 
     fn call_connection_lost(slf: &Bound<'_, Self>, exc: Bound<'_, PyAny>) -> PyResult<()> {

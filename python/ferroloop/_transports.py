@@ -18,6 +18,7 @@ the core (one frame). It subclasses
 import errno
 import os
 import warnings
+import weakref
 
 from asyncio import constants, events, exceptions, futures, tasks, transports, trsock
 from asyncio.base_events import _set_nodelay
@@ -155,6 +156,9 @@ class _CoreTransport(transports._FlowControlMixin):
             _warn(f'unclosed transport {self!r}', ResourceWarning, source=self)
             self._core._detach_fd()
             sock.close()
+            server = getattr(self, '_server', None)
+            if server is not None:
+                server._detach(self)
 
 
 class _StreamTransport(_CoreTransport):
@@ -242,7 +246,9 @@ class Server(events.AbstractServer):
                  ssl_handshake_timeout, ssl_shutdown_timeout=None, *, unix_cleanup=None):
         self._loop = loop
         self._sockets = sockets
-        self._clients = set()
+        # Weak, as in asyncio 3.12+: a connection the application dropped unclosed
+        # is collected (and warned about) rather than kept by its server.
+        self._clients = weakref.WeakSet()
         self._waiters = []
         self._protocol_factory = protocol_factory
         self._backlog = backlog
