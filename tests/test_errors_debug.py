@@ -6,6 +6,7 @@ Log texts are compared by running the same scenario on both loops and comparing
 what the ``asyncio`` logger received (memory addresses masked)."""
 
 import asyncio
+import contextvars
 import logging
 import re
 import sys
@@ -114,6 +115,42 @@ def test_exception_in_timer_and_fd_callback_context(loop):
     assert any(ctx['handle'] is t for ctx in errors)
     assert all(type(ctx['exception']) is ValueError for ctx in errors)
     assert any('boom' + shown("('writer')") in ctx['message'] for ctx in errors)
+
+
+def _context_seen_by_handler(kind, source):
+    """What a context variable reads inside the custom exception handler when a
+    callback or task that set it fails (3.12+: the failing code's value)."""
+    name = contextvars.ContextVar('name', default='outside')
+    seen = []
+
+    def callback():
+        name.set(source)
+        1 / 0
+
+    async def failing_task():
+        name.set(source)
+        1 / 0
+
+    lp = new_loop(kind)
+    try:
+        lp.set_exception_handler(lambda l, ctx: seen.append(name.get()))
+        if source == 'task':
+            lp.create_task(failing_task())  # dropped: reported as never retrieved
+        elif source == 'timer':
+            lp.call_later(0, callback)
+        else:
+            lp.call_soon(callback)
+        lp.run_until_complete(asyncio.sleep(0.001))
+    finally:
+        lp.close()
+    return seen
+
+
+@pytest.mark.parametrize('source', ['callback', 'timer', 'task'])
+def test_custom_handler_runs_in_the_context_asyncio_uses(source):
+    expected = _context_seen_by_handler('asyncio', source)
+    assert len(expected) == 1
+    assert _context_seen_by_handler('ferroloop', source) == expected
 
 
 def test_default_handler_log_for_callback_error(caplog):

@@ -2,9 +2,14 @@
 and the default handler, which logs with the same layout as asyncio's so log-based
 tooling and tests read ferroloop's reports unchanged."""
 
+import sys
 import traceback
 
 from asyncio import base_events
+
+# 3.12+ (gh-96704): a custom handler runs in the context of the task, future or
+# handle the report is about, so it sees the context variables the failing code set.
+_HANDLER_IN_ITS_CONTEXT = sys.version_info >= (3, 12)
 
 _TRACEBACK_TITLES = {
     'source_traceback': 'Object created at (most recent call last):\n',
@@ -67,7 +72,11 @@ class ExceptionHandlerMixin:
                 _logger().error('Exception in default exception handler', exc_info=True)
             return
         try:
-            handler(self, context)
+            ctx = _context_of(context) if _HANDLER_IN_ITS_CONTEXT else None
+            if ctx is not None:
+                ctx.run(handler, self, context)
+            else:
+                handler(self, context)
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
@@ -82,3 +91,15 @@ class ExceptionHandlerMixin:
             except BaseException:
                 _logger().error('Exception in default exception handler while handling an '
                              'unexpected error in custom exception handler', exc_info=True)
+
+
+def _context_of(context):
+    """The ``contextvars.Context`` of what a report is about: its task, else its
+    future (which may be a task), else its handle; None if it has none."""
+    thing = context.get('task')
+    if thing is None:
+        thing = context.get('future')
+    if thing is None:
+        thing = context.get('handle')
+    ctx = thing.get_context() if thing is not None and hasattr(thing, 'get_context') else None
+    return ctx if ctx is not None and hasattr(ctx, 'run') else None
