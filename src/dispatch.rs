@@ -25,29 +25,37 @@ use crate::udp::DatagramTransportCore;
 /// asyncio caps one poll at a day, so a far-off or infinite deadline is still fine.
 const MAX_POLL_TIMEOUT: f64 = 24.0 * 3600.0;
 
+/// The loop runs on this thread from now on (`run_forever`'s setup), or no longer
+/// (its cleanup, which also forgets a `stop()` not acted on).
+pub fn set_running(core: &LoopCore, py: Python<'_>, running: bool) {
+    core.state.with(py, |s| {
+        s.running = running;
+        s.thread_id = running.then(crate::scheduling::current_thread_id);
+        if !running {
+            s.stopping = false;
+        }
+    });
+}
+
+/// Runs iterations until `stop()`.
 pub fn run_until_stopped(slf: &Bound<'_, LoopCore>) -> PyResult<()> {
     let py = slf.py();
     let core = slf.get();
-    core.state.with(py, |s| {
-        s.running = true;
-        s.thread_id = Some(crate::scheduling::current_thread_id());
-    });
     let mut after_io = false;
-    let result = loop {
-        match run_once(slf, core, py, after_io) {
-            Ok(io_alone) => after_io = io_alone,
-            Err(e) => break Err(e),
-        }
+    loop {
+        after_io = run_once(slf, core, py, after_io)?;
         if core.state.with(py, |s| s.stopping) {
-            break Ok(());
+            return Ok(());
         }
-    };
-    core.state.with(py, |s| {
-        s.stopping = false;
-        s.running = false;
-        s.thread_id = None;
-    });
-    result
+    }
+}
+
+/// One iteration, polling first (asyncio's `_run_once`, for code that drives the
+/// loop itself between 3.13's `_run_forever_setup` and `_run_forever_cleanup`).
+pub fn run_one_iteration(slf: &Bound<'_, LoopCore>) -> PyResult<()> {
+    let core = slf.get();
+    core.check_closed(slf.py())?;
+    run_once(slf, core, slf.py(), false).map(drop)
 }
 
 /// One iteration. `after_io`: the previous one was a batch of the loop's own I/O

@@ -474,6 +474,17 @@ impl LoopCore {
         dispatch::run_until_stopped(slf)
     }
 
+    /// One iteration (asyncio's `_run_once`).
+    fn _run_once(slf: &Bound<'_, Self>) -> PyResult<()> {
+        dispatch::run_one_iteration(slf)
+    }
+
+    /// Marks the loop running on this thread, or no longer (`run_forever`'s setup
+    /// and cleanup).
+    fn _set_running(&self, py: Python<'_>, running: bool) {
+        dispatch::set_running(self, py, running)
+    }
+
     /// Stop running the event loop after the current iteration.
     fn stop(&self, py: Python<'_>) {
         self.state.with(py, |s| s.stopping = true);

@@ -219,6 +219,40 @@ def test_run_forever_while_running(loop, loop_kind):
     assert loop.run_until_complete(asyncio.sleep(0, 'ok')) == 'ok'
 
 
+def test_iterations_driven_by_the_caller(loop):
+    """asyncio 3.13's hooks for code that runs the iterations itself (a GUI
+    toolkit's loop): ``_run_forever_setup()``, ``_run_once()`` per iteration,
+    ``_run_forever_cleanup()``. ferroloop has them on every version."""
+    if not hasattr(loop, '_run_forever_setup'):
+        pytest.skip('this stdlib has no _run_forever_setup (3.13+)')
+    ran = []
+
+    async def coro():
+        ran.append(asyncio.get_running_loop())
+        await asyncio.sleep(0)
+        ran.append('resumed')
+
+    loop.call_soon(ran.append, 'callback')
+    loop._run_forever_setup()
+    try:
+        assert loop.is_running()
+        assert asyncio.get_running_loop() is loop
+        task = loop.create_task(coro())
+        loop.call_soon(loop.stop)  # not acted on: nobody runs run_forever
+        for _ in range(4):
+            loop.call_soon(ran.append, 'tick')  # something ready: the poll does not wait
+            loop._run_once()
+    finally:
+        loop._run_forever_cleanup()
+    assert not loop.is_running()
+    with pytest.raises(RuntimeError):
+        asyncio.get_running_loop()
+    assert ran == ['callback', loop, 'tick', 'resumed', 'tick', 'tick', 'tick']
+    assert task.done()
+    # The stop() was forgotten with the cleanup, as asyncio forgets it.
+    assert loop.run_until_complete(asyncio.sleep(0.001, 'ok')) == 'ok'
+
+
 def test_run_while_another_loop_is_running(loop, make_loop, loop_kind):
     if loop_kind == 'asyncio' and _nested_run_forever_unmarks_running(loop):
         # The same 3.13.0 cleanup also clears the running loop, so the second

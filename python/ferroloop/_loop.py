@@ -92,21 +92,37 @@ class Loop(LoopCore, NetworkMixin, DatagramMixin, PipesMixin, SubprocessMixin, S
 
     def run_forever(self):
         """Run until stop() is called."""
+        self._run_forever_setup()
+        try:
+            self._run_loop()
+        finally:
+            self._run_forever_cleanup()
+
+    def _run_forever_setup(self):
+        """What ``run_forever`` does before its first iteration. With
+        ``_run_forever_cleanup`` and ``_run_once`` (one iteration), asyncio 3.13's
+        hooks for code that drives the iterations itself (a GUI toolkit's loop)."""
         self._check_closed()
         self._check_running()
         self._set_origin_tracking(self.get_debug())
-        old_hooks = sys.get_asyncgen_hooks()
+        self._old_agen_hooks = sys.get_asyncgen_hooks()
         try:
             sys.set_asyncgen_hooks(firstiter=self._asyncgen_firstiter_hook,
                                    finalizer=self._asyncgen_finalizer_hook)
             events._set_running_loop(self)
             self._install_wakeup_fd()
-            self._run_loop()
-        finally:
-            self._restore_wakeup_fd()
-            events._set_running_loop(None)
-            self._set_origin_tracking(False)
-            sys.set_asyncgen_hooks(*old_hooks)
+        except BaseException:
+            self._run_forever_cleanup()
+            raise
+        self._set_running(True)
+
+    def _run_forever_cleanup(self):
+        """What ``run_forever`` does after its last iteration."""
+        self._set_running(False)
+        self._restore_wakeup_fd()
+        events._set_running_loop(None)
+        self._set_origin_tracking(False)
+        sys.set_asyncgen_hooks(*self._old_agen_hooks)
 
     def run_until_complete(self, future):
         """Run until ``future`` (a future or coroutine) is done; return its result."""

@@ -201,11 +201,6 @@ def adapt_base_events(m):
         test_utils.TestCase.setUp(self)
         self.loop = _new_loop()
         self.set_event_loop(self.loop)
-        # Several exception-handler tests step the loop with the private
-        # _run_once(). One iteration with public API: stop() queued behind the
-        # callbacks already ready, then run (test_utils.run_once does the same).
-        if not BASELINE:
-            self.loop._run_once = lambda: test_utils.run_once(self.loop)
 
     classes = {}
     classes.update(_make(m, 'FerroloopBaseEventLoopTests', (m.BaseEventLoopTests,), setUp=setUp))
@@ -219,9 +214,8 @@ def adapt_tasks(m):
     # ferroloop's API (``_ready_count()`` is ``len(loop._ready)``):
     # * GatherTestsBase._run_loop drains the ready queue
     #   ("while loop._ready: run_briefly(loop)");
-    # * test_log_destroyed_pending_task steps the loop with ``_run_once()`` and
-    #   checks ``len(loop._ready) == 0``; one iteration with public API is
-    #   test_utils.run_once (stop() queued behind the ready callbacks, then run);
+    # * test_log_destroyed_pending_task steps the loop with ``_run_once()`` (which
+    #   ferroloop has) and checks ``len(loop._ready) == 0``;
     # * test_issue46672 mocks ``BaseEventLoop.call_exception_handler`` on the class
     #   and asserts the loop never called it: mock ferroloop's method as well.
     if BASELINE:
@@ -247,7 +241,6 @@ def adapt_tasks(m):
 
     def test_log_destroyed_pending_task(self):
         loop = self.loop
-        loop._run_once = lambda: test_utils.run_once(loop)
         loop._ready = ReadyQueueLength(loop)
         log_destroyed_pending_task(self)
 
