@@ -141,6 +141,12 @@ EXCLUDED = {
     'test_unix_events.SelectorEventLoopUnixSockSendfileTests': "_UnixSelectorEventLoop's private _sock_sendfile_native(_impl) and _selector",
     'test_unix_events.FerroloopUnixSocketTests.test_create_unix_server_bind_error': "patches asyncio.unix_events.socket (the stdlib's create_unix_server code)",
 }
+if sys.version_info[:2] == (3, 12):
+    # 3.12's copies of these count connections with the private
+    # Server._attach()/_detach() of asyncio's Server, called without a transport
+    # (3.13's open real connections, and pass).
+    EXCLUDED['test_server.TestServer2.test_wait_closed_basic'] = "asyncio 3.12's private Server._attach() without a transport"
+    EXCLUDED['test_server.TestServer2.test_wait_closed_race'] = "asyncio 3.12's private Server._attach() without a transport"
 
 STATUS_PASS = ('pass', 'xfail')
 STATUS_FAIL = ('fail', 'error', 'xpass', 'timeout', 'crash')
