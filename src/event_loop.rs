@@ -102,6 +102,15 @@ impl IoOwner {
     }
 }
 
+/// The Rust objects that own fds (the payloads of `IoOwner`): what `release_owned`
+/// accepts, so that nothing else (a `Bound` of one, say) is passed and never matches.
+pub trait FdOwner {}
+impl FdOwner for StreamTransportCore {}
+impl FdOwner for Listener {}
+impl FdOwner for DatagramTransportCore {}
+impl FdOwner for PipeTransportCore {}
+impl FdOwner for ChildWatch {}
+
 #[cold]
 fn upgrade_idle_stream(py: Python<'_>, weak: &Py<PyWeakrefReference>) -> Option<IoOwner> {
     weak.bind(py).upgrade_as::<StreamTransportCore>().ok().flatten().map(|t| IoOwner::Stream(t.unbind()))
@@ -208,7 +217,8 @@ pub struct LoopState {
     pub retired_slots: Vec<GilRc<TimerSlot>>,
     pub readers: FdMap<Py<Handle>>,
     pub writers: FdMap<Py<Handle>>,
-    /// Fds owned by Rust I/O objects (transports, listeners).
+    /// Fds owned by Rust I/O objects (transports, listeners), each held strongly or,
+    /// for an idle stream transport, weakly (see `Held`).
     pub io: FdMap<Held>,
     /// Weak references to the socket objects whose `sock_*` wait left their fd
     /// lingering in the poller: the next wait on the same live object takes the
@@ -301,10 +311,16 @@ impl LoopState {
     /// Stops watching `fd` if it is still held for the Rust object `owner` (the
     /// number may belong to a new file by now); returns the entry, to be dropped
     /// after the state borrow.
-    pub fn release_owner<T>(&mut self, fd: RawFd, owner: &T) -> Option<Held> {
+    pub fn release_owner<T: FdOwner>(&mut self, fd: RawFd, owner: &T) -> Option<Held> {
         if !self.io.get(&fd).is_some_and(|h| h.addr() == addr_of(owner)) {
             return None;
         }
+        self.forget_owner(fd)
+    }
+
+    /// Stops watching `fd` and drops its entry, whoever it was held for; returns
+    /// the entry, to be dropped after the state borrow.
+    pub fn forget_owner(&mut self, fd: RawFd) -> Option<Held> {
         if let Some(reg) = self.registrar.as_mut() {
             reg.unwatch_owned(fd);
         }
@@ -316,7 +332,7 @@ impl LoopCore {
     /// Stops watching an fd the Rust object `owner` owns, if the loop still holds
     /// it for that object (the number may belong to a new file by now); what is
     /// released is dropped outside the state borrow.
-    pub fn release_owned<T>(&self, py: Python<'_>, fd: RawFd, owner: &T) {
+    pub fn release_owned<T: FdOwner>(&self, py: Python<'_>, fd: RawFd, owner: &T) {
         let removed = self.state.with(py, |s| s.release_owner(fd, owner));
         drop(removed);
     }

@@ -52,10 +52,14 @@ pub fn os_error(err: std::io::Error) -> PyErr {
 /// callbacks (the transport reads and writes it itself).
 pub fn ensure_fd_no_transport(slf: &Bound<'_, LoopCore>, fd: RawFd) -> PyResult<()> {
     let py = slf.py();
-    let owner = slf.get().state.with(py, |s| match s.io.get(&fd).and_then(|h| h.owner(py)) {
-        Some(o @ (IoOwner::Stream(_) | IoOwner::Datagram(_))) => Some(o),
-        _ => None,
+    let (owner, gone) = slf.get().state.with(py, |s| match s.io.get(&fd).map(|h| h.owner(py)) {
+        Some(Some(o @ (IoOwner::Stream(_) | IoOwner::Datagram(_)))) => (Some(o), None),
+        // An idle transport collected without letting go of its fd (its finalizer
+        // failed): the number belongs to a new file now.
+        Some(None) => (None, s.forget_owner(fd)),
+        _ => (None, None),
     });
+    drop(gone);
     if let Some(t) = owner {
         let transport = t.describe(py);
         let repr = transport.bind(py).repr()?;

@@ -483,10 +483,14 @@ impl StreamTransportCore {
                 me.state.with(py, |s| s.conn_lost += 1);
                 Self::call_connection_lost(slf, py.None().into_bound(py))?;
             }
-        } else if eof {
-            if let Err(e) = writebuf::shutdown_write(me.fd) {
-                Self::fatal_error(slf, os_error(&e), "Fatal write error on socket transport")?;
+        } else {
+            if eof {
+                if let Err(e) = writebuf::shutdown_write(me.fd) {
+                    return Self::fatal_error(slf, os_error(&e), "Fatal write error on socket transport");
+                }
             }
+            // Nothing left to send: an idle transport is held weakly from now on.
+            Self::apply_hold(slf, me.state.with(py, |s| s.hold_change()))?;
         }
         Ok(())
     }
@@ -1101,6 +1105,8 @@ impl StreamTransportCore {
         let alive = slf.get().state.with(py, |s| s.sock.is_some() && s.conn_lost == 0 && !s.registered);
         if alive && !slf.get().event_loop.get().state.with(py, |s| s.closed) {
             Self::_register(slf)?;
+            // Registered strongly; held weakly again if it was idle before sendfile.
+            Self::apply_hold(slf, slf.get().state.with(py, |s| s.hold_change()))?;
             Self::queue_io(slf, true, true);
         }
         Ok(())

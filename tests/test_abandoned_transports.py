@@ -44,6 +44,18 @@ async def yield_until(predicate, limit=200):
     raise AssertionError('condition not reached')
 
 
+@pytest.fixture(autouse=True)
+def collect_only_when_told():
+    """No automatic collection: it would warn outside `collect()`'s record. What a
+    failed case left behind is collected after it, so the next case starts clean."""
+    gc.disable()
+    yield
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', ResourceWarning)
+        gc.collect()
+    gc.enable()
+
+
 def collect():
     """`gc.collect()`; the ResourceWarnings it raised, as message prefixes."""
     with warnings.catch_warnings(record=True) as caught:
@@ -96,9 +108,11 @@ def test_a_reading_transport_is_kept(loop):
     run(loop, main())
 
 
-def test_a_transport_with_data_to_send_is_kept_until_it_is_sent(loop):
+@pytest.mark.parametrize('then', ['nothing', 'write_eof'])
+def test_a_transport_with_data_to_send_is_kept_until_it_is_sent(loop, then):
     """Paused (so nothing but its send buffer ties it to the loop), with more
-    written than the socket takes: every byte reaches the peer, then it goes."""
+    written than the socket takes (and its end of file, when `write_eof`): every
+    byte reaches the peer, then it goes."""
     async def main():
         ours, peer = socket.socketpair()
         with peer:
@@ -108,6 +122,8 @@ def test_a_transport_with_data_to_send_is_kept_until_it_is_sent(loop):
             pr.transport.pause_reading()
             blob = bytes(range(256)) * 8192  # 2 MiB: more than socket buffers hold
             pr.transport.write(blob)
+            if then == 'write_eof':
+                pr.transport.write_eof()
             assert pr.transport.get_write_buffer_size() > 0
             ref = drop(pr)
             assert collect() == []
@@ -120,7 +136,40 @@ def test_a_transport_with_data_to_send_is_kept_until_it_is_sent(loop):
                     await asyncio.sleep(0)
             assert received == blob
             # Sent: nothing holds it now but the collector's reach.
-            await yield_until(lambda: ref() is None or ref().get_write_buffer_size() == 0)
+            await yield_until(lambda: ref().get_write_buffer_size() == 0)
+            if then == 'write_eof':
+                await yield_until(lambda: peer.recv(1) == b'')  # its end of file
+            assert collect() == ['unclosed transport']
+            assert ref() is None
+    run(loop, main())
+
+
+def test_a_paused_transport_is_let_go_after_a_sendfile(loop, tmp_path):
+    """`loop.sendfile` takes the socket and gives it back: a transport that was
+    paused is idle again afterwards."""
+    async def main():
+        path = tmp_path / 'blob'
+        path.write_bytes(bytes(range(256)) * 256)
+        ours, peer = socket.socketpair()
+        with peer:
+            tr, pr = await loop.create_connection(Keeper, sock=ours)
+            del tr
+            await asyncio.sleep(0)
+            pr.transport.pause_reading()
+            peer.setblocking(False)
+            received = bytearray()
+
+            async def read_all():
+                while len(received) < 65536:
+                    try:
+                        received.extend(peer.recv(1 << 20))
+                    except BlockingIOError:
+                        await asyncio.sleep(0)
+
+            with open(path, 'rb') as f:
+                sent, _ = await asyncio.gather(loop.sendfile(pr.transport, f), read_all())
+            assert sent == 65536 and received == path.read_bytes()
+            ref = drop(pr)
             assert collect() == ['unclosed transport']
             assert ref() is None
     run(loop, main())
@@ -145,6 +194,8 @@ def test_an_idle_transport_the_application_keeps_works_on(loop, idle):
                 await asyncio.sleep(0)
             assert collect() == []
             if idle == 'paused':
+                for _ in range(10):
+                    await asyncio.sleep(0)
                 assert pr.data == b''
                 tr.resume_reading()
             await yield_until(lambda: pr.data == b'while idle')
@@ -153,6 +204,34 @@ def test_an_idle_transport_the_application_keeps_works_on(loop, idle):
             assert await loop.sock_recv(peer, 10) == b'reply'
             tr.close()
             await asyncio.sleep(0)
+    run(loop, main())
+
+
+@pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptionWarning')
+def test_a_collected_transport_lets_go_of_its_fd_when_warnings_are_errors(loop):
+    """Its finalizer's warning raises (and is only printed, as an exception in a
+    finalizer is): the fd number, reused by a new socket, still takes callbacks."""
+    async def main():
+        ours, peer = socket.socketpair()
+        fd = ours.fileno()
+        with peer:
+            tr, pr = await loop.create_connection(Keeper, sock=ours)
+            del tr, ours
+            await asyncio.sleep(0)
+            pr.transport.pause_reading()
+            drop(pr)
+            with warnings.catch_warnings():
+                warnings.simplefilter('error', ResourceWarning)
+                gc.collect()
+        a, b = socket.socketpair()
+        with a, b:
+            reused, other = (a, b) if a.fileno() == fd else (b, a)
+            assert reused.fileno() == fd
+            readable = loop.create_future()
+            loop.add_reader(reused, readable.set_result, None)
+            other.send(b'x')
+            await asyncio.wait_for(readable, 10)
+            loop.remove_reader(reused)
     run(loop, main())
 
 

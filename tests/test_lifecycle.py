@@ -232,6 +232,7 @@ def test_iterations_driven_by_the_caller(loop):
         await asyncio.sleep(0)
         ran.append('resumed')
 
+    hooks = sys.get_asyncgen_hooks()
     loop.call_soon(ran.append, 'callback')
     loop._run_forever_setup()
     try:
@@ -244,6 +245,14 @@ def test_iterations_driven_by_the_caller(loop):
             loop._run_once()
     finally:
         loop._run_forever_cleanup()
+    assert sys.get_asyncgen_hooks() == hooks
+    # A second cleanup leaves the hooks set since alone.
+    sys.set_asyncgen_hooks(firstiter=ran.append)
+    try:
+        loop._run_forever_cleanup()
+        assert sys.get_asyncgen_hooks().firstiter == ran.append
+    finally:
+        sys.set_asyncgen_hooks(*hooks)
     assert not loop.is_running()
     with pytest.raises(RuntimeError):
         asyncio.get_running_loop()

@@ -62,6 +62,7 @@ class Loop(LoopCore, NetworkMixin, DatagramMixin, PipesMixin, SubprocessMixin, S
         self._asyncgens_shutdown_called = False
         self._origin_tracking = False
         self._saved_origin_depth = None
+        self._old_agen_hooks = None  # the application's, while run_forever runs
         self.set_debug(_is_debug_mode())
 
     def __repr__(self):
@@ -122,7 +123,9 @@ class Loop(LoopCore, NetworkMixin, DatagramMixin, PipesMixin, SubprocessMixin, S
         self._restore_wakeup_fd()
         events._set_running_loop(None)
         self._set_origin_tracking(False)
-        sys.set_asyncgen_hooks(*self._old_agen_hooks)
+        if self._old_agen_hooks is not None:
+            sys.set_asyncgen_hooks(*self._old_agen_hooks)
+            self._old_agen_hooks = None
 
     def run_until_complete(self, future):
         """Run until ``future`` (a future or coroutine) is done; return its result."""

@@ -153,12 +153,14 @@ class _CoreTransport(transports._FlowControlMixin):
         except AttributeError:
             return
         if sock is not None:
-            _warn(f'unclosed transport {self!r}', ResourceWarning, source=self)
-            self._core._detach_fd()
-            sock.close()
-            server = getattr(self, '_server', None)
-            if server is not None:
-                server._detach(self)
+            try:
+                _warn(f'unclosed transport {self!r}', ResourceWarning, source=self)
+            finally:  # also when warnings are errors: the loop must let go of the fd
+                self._core._detach_fd()
+                sock.close()
+                server = getattr(self, '_server', None)
+                if server is not None:
+                    server._detach(self)
 
 
 class _StreamTransport(_CoreTransport):
