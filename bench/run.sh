@@ -8,12 +8,17 @@
 #     bash bench/run.sh [--quick] [--rounds N] [--loops a,b] [--only SUBSTR] [--out DIR]
 #     bash bench/run.sh --callgrind [callgrind.py options]   # instruction counts instead
 #     BENCH_SKIP_SETUP=1 bash bench/run.sh ...   # reuse the venv and builds as they are
+#     PYTHON=python3.13 BENCH_VENV=bench/.venv-3.13 bash bench/run.sh ...   # another
+#         interpreter, with a venv and a cargo build directory of its own
 set -euo pipefail
 BENCH="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$BENCH/.." && pwd)"
 cd "$ROOT"
 PYTHON="${PYTHON:-python3}"
-VENV="$BENCH/.venv"
+VENV="$(realpath -m "${BENCH_VENV:-$BENCH/.venv}")"
+if [ "$VENV" != "$BENCH/.venv" ]; then
+    export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target/bench-$(basename "$VENV")}"
+fi
 VPY="$VENV/bin/python"
 FAILS="$VENV/install-failures.txt"
 

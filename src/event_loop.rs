@@ -487,12 +487,12 @@ impl LoopCore {
 
     /// Runs iterations until `stop()`; the Python `run_forever` wraps it.
     fn _run_loop(slf: &Bound<'_, Self>) -> PyResult<()> {
-        dispatch::run_until_stopped(slf)
+        dispatch::run_iterations(slf, false)
     }
 
     /// One iteration (asyncio's `_run_once`).
     fn _run_once(slf: &Bound<'_, Self>) -> PyResult<()> {
-        dispatch::run_one_iteration(slf)
+        dispatch::run_iterations(slf, true)
     }
 
     /// Marks the loop running on this thread, or no longer (`run_forever`'s setup
