@@ -64,6 +64,26 @@ def collect():
     return [str(w.message).split(' <')[0] for w in caught if issubclass(w.category, ResourceWarning)]
 
 
+async def paused_transport(loop, sock):
+    """A transport over `sock`, paused once its reading started; its protocol."""
+    tr, pr = await loop.create_connection(Keeper, sock=sock)
+    await asyncio.sleep(0)  # connection_made, then the reading starts
+    tr.pause_reading()
+    return pr
+
+
+async def receive(peer, n):
+    """`n` bytes from the non-blocking socket `peer`, yielding to the loop while it
+    has none."""
+    received = bytearray()
+    while len(received) < n:
+        try:
+            received += peer.recv(1 << 20)
+        except BlockingIOError:
+            await asyncio.sleep(0)
+    return bytes(received)
+
+
 def drop(protocol):
     """Forgets the transport everywhere but in the loop: the protocol and the
     transport refer to each other, so only the collector can free them."""
@@ -116,10 +136,7 @@ def test_a_transport_with_data_to_send_is_kept_until_it_is_sent(loop, then):
     async def main():
         ours, peer = socket.socketpair()
         with peer:
-            tr, pr = await loop.create_connection(Keeper, sock=ours)
-            del tr
-            await asyncio.sleep(0)
-            pr.transport.pause_reading()
+            pr = await paused_transport(loop, ours)
             blob = bytes(range(256)) * 8192  # 2 MiB: more than socket buffers hold
             pr.transport.write(blob)
             if then == 'write_eof':
@@ -127,14 +144,8 @@ def test_a_transport_with_data_to_send_is_kept_until_it_is_sent(loop, then):
             assert pr.transport.get_write_buffer_size() > 0
             ref = drop(pr)
             assert collect() == []
-            received = bytearray()
             peer.setblocking(False)
-            while len(received) < len(blob):
-                try:
-                    received += peer.recv(1 << 20)
-                except BlockingIOError:
-                    await asyncio.sleep(0)
-            assert received == blob
+            assert await receive(peer, len(blob)) == blob
             # Sent: nothing holds it now but the collector's reach.
             await yield_until(lambda: ref().get_write_buffer_size() == 0)
             if then == 'write_eof':
@@ -152,22 +163,10 @@ def test_a_paused_transport_is_let_go_after_a_sendfile(loop, tmp_path):
         path.write_bytes(bytes(range(256)) * 256)
         ours, peer = socket.socketpair()
         with peer:
-            tr, pr = await loop.create_connection(Keeper, sock=ours)
-            del tr
-            await asyncio.sleep(0)
-            pr.transport.pause_reading()
+            pr = await paused_transport(loop, ours)
             peer.setblocking(False)
-            received = bytearray()
-
-            async def read_all():
-                while len(received) < 65536:
-                    try:
-                        received.extend(peer.recv(1 << 20))
-                    except BlockingIOError:
-                        await asyncio.sleep(0)
-
             with open(path, 'rb') as f:
-                sent, _ = await asyncio.gather(loop.sendfile(pr.transport, f), read_all())
+                sent, received = await asyncio.gather(loop.sendfile(pr.transport, f), receive(peer, 65536))
             assert sent == 65536 and received == path.read_bytes()
             ref = drop(pr)
             assert collect() == ['unclosed transport']
@@ -215,10 +214,8 @@ def test_a_collected_transport_lets_go_of_its_fd_when_warnings_are_errors(loop):
         ours, peer = socket.socketpair()
         fd = ours.fileno()
         with peer:
-            tr, pr = await loop.create_connection(Keeper, sock=ours)
-            del tr, ours
-            await asyncio.sleep(0)
-            pr.transport.pause_reading()
+            pr = await paused_transport(loop, ours)
+            del ours
             drop(pr)
             with warnings.catch_warnings():
                 warnings.simplefilter('error', ResourceWarning)
