@@ -273,6 +273,12 @@ impl StreamTransportCore {
         }
     }
 
+    /// Decides again how the loop holds the transport (see `hold_change`), after a
+    /// change that did not already take the state borrow.
+    fn rehold(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::apply_hold(slf, slf.get().state.with(slf.py(), |s| s.hold_change()))
+    }
+
     fn call_soon(&self, py: Python<'_>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>) -> PyResult<()> {
         crate::scheduling::call_soon(self.event_loop.bind(py), callback, Some(args), None, "call_soon").map(drop)
     }
@@ -460,11 +466,9 @@ impl StreamTransportCore {
     fn on_drained(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let me = slf.get();
-        // The common case (every reply sent whole): nothing waits on the drain, and
-        // the transport reads on (or, not reading, may now be held weakly).
-        let quiet = me.state.with(py, |s| {
-            (s.empty_waiter.is_none() && !s.read.closing && !s.eof).then(|| if s.read.can_read() { None } else { s.hold_change() })
-        });
+        // The common case (every reply sent whole): nothing waits on the drain (and
+        // a transport that does not read may now be held weakly).
+        let quiet = me.state.with(py, |s| (s.empty_waiter.is_none() && !s.read.closing && !s.eof).then(|| s.hold_change()));
         match quiet {
             Some(None) => return Ok(()),
             Some(change) => return Self::apply_hold(slf, change),
@@ -490,7 +494,7 @@ impl StreamTransportCore {
                 }
             }
             // Nothing left to send: an idle transport is held weakly from now on.
-            Self::apply_hold(slf, me.state.with(py, |s| s.hold_change()))?;
+            Self::rehold(slf)?;
         }
         Ok(())
     }
@@ -702,7 +706,7 @@ impl StreamTransportCore {
     /// (closed, the error reported as a write error's).
     fn watch_backlog(slf: &Bound<'_, Self>) -> PyResult<()> {
         match slf.get().watch_writable(slf.py(), true) {
-            Ok(()) => Self::apply_hold(slf, slf.get().state.with(slf.py(), |s| s.hold_change())),
+            Ok(()) => Self::rehold(slf),
             Err(e) => Self::fatal_error(slf, e, "Fatal write error on socket transport"),
         }
     }
@@ -1106,7 +1110,7 @@ impl StreamTransportCore {
         if alive && !slf.get().event_loop.get().state.with(py, |s| s.closed) {
             Self::_register(slf)?;
             // Registered strongly; held weakly again if it was idle before sendfile.
-            Self::apply_hold(slf, slf.get().state.with(py, |s| s.hold_change()))?;
+            Self::rehold(slf)?;
             Self::queue_io(slf, true, true);
         }
         Ok(())
