@@ -235,8 +235,9 @@ pub struct LoopState {
     pub closed: bool,
     pub running: bool,
     pub debug: bool,
-    /// A task factory is set: `create_task` leaves every task to the Python side.
-    pub has_task_factory: bool,
+    /// `set_task_factory`'s factory (the Python side's `_task_factory`); while one
+    /// is set, `create_task` leaves every task to the Python side.
+    pub task_factory: Option<Py<PyAny>>,
     pub thread_id: Option<u64>,
     pub slow_callback_duration: f64,
     /// The read end of the signal wakeup socket, drained by the loop itself.
@@ -415,6 +416,7 @@ impl LoopCore {
         for h in s.io.values() {
             visit.call(h.as_any())?;
         }
+        visit.call(&s.task_factory)?;
         for t in &s.deferred_flush {
             visit.call(t)?;
         }
@@ -430,6 +432,8 @@ impl LoopCore {
 
     fn __clear__(&self, py: Python<'_>) {
         dispatch::drop_queued(self, py);
+        let factory = self.state.with(py, |s| s.task_factory.take());
+        drop(factory);
     }
 
     #[new]
@@ -456,7 +460,7 @@ impl LoopCore {
                 closed: false,
                 running: false,
                 debug: false,
-                has_task_factory: false,
+                task_factory: None,
                 thread_id: None,
                 slow_callback_duration: 0.1,
                 signal_fd: None,
@@ -529,8 +533,18 @@ impl LoopCore {
     // `create_task()` is a raw C method too (`fastcall::install`): the common
     // task is made there, anything else by the Python side's `_create_task_general`.
 
-    fn _set_task_factory_flag(&self, py: Python<'_>, set: bool) {
-        self.state.with(py, |s| s.has_task_factory = set);
+    /// The task factory (asyncio's `_task_factory`), kept here where the C
+    /// `create_task` reads it, so that setting the attribute directly, as code
+    /// written for asyncio's loop may, is seen there too.
+    #[getter(_task_factory)]
+    fn task_factory_attr(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.state.with(py, |s| s.task_factory.as_ref().map(|f| f.clone_ref(py)))
+    }
+
+    #[setter(_task_factory)]
+    fn set_task_factory_attr(&self, py: Python<'_>, factory: Option<Py<PyAny>>) {
+        let old = self.state.with(py, |s| std::mem::replace(&mut s.task_factory, factory.filter(|f| !f.is_none(py))));
+        drop(old);
     }
 
     #[getter]

@@ -473,7 +473,7 @@ loop_method!(loop_create_task, |event_loop, args, nargsf, kwnames| {
     let nargs = ffi::PyVectorcall_NARGS(nargsf as usize) as usize;
     let nkw = if kwnames.is_null() { 0 } else { ffi::PyTuple_GET_SIZE(kwnames) as usize };
     let name_only = nkw == 0 || (nkw == 1 && is_name_keyword(py, ffi::PyTuple_GET_ITEM(kwnames, 0)));
-    let plain = nargs == 1 && name_only && event_loop.get().state.with(py, |s| !s.debug && !s.closed && !s.has_task_factory);
+    let plain = nargs == 1 && name_only && event_loop.get().state.with(py, |s| !s.debug && !s.closed && s.task_factory.is_none());
     if !plain {
         let mut with_self = Vec::with_capacity(1 + nargs + nkw);
         with_self.push(slf);

@@ -142,6 +142,27 @@ def test_create_task_after_the_task_factory_is_unset(loop):
     assert len(made) == 1
 
 
+def test_a_task_factory_assigned_to_the_private_attribute_is_used(loop):
+    """Code written for asyncio's loop may set `_task_factory` itself: the loop
+    reads the factory from there, and get_task_factory() gives it back."""
+    made = []
+
+    def factory(lp, coro):
+        made.append(coro)
+        return asyncio.Task(coro, loop=lp)
+
+    async def coro():
+        pass
+
+    loop._task_factory = factory
+    assert loop.get_task_factory() is factory
+    loop.run_until_complete(loop.create_task(coro()))
+    loop._task_factory = None
+    assert loop.get_task_factory() is None
+    loop.run_until_complete(loop.create_task(coro()))
+    assert len(made) == 1
+
+
 @pytest.mark.skipif(sys.version_info < (3, 11), reason='create_task(context=) is new in 3.11')
 def test_create_task_context(loop):
     ctx = contextvars.Context()

@@ -57,7 +57,6 @@ class Loop(LoopCore, NetworkMixin, DatagramMixin, PipesMixin, SubprocessMixin, S
     _clock_resolution = time.get_clock_info('monotonic').resolution
 
     def __init__(self):
-        self._task_factory = None
         self._asyncgens = weakref.WeakSet()
         self._asyncgens_shutdown_called = False
         self._origin_tracking = False
@@ -225,7 +224,6 @@ class Loop(LoopCore, NetworkMixin, DatagramMixin, PipesMixin, SubprocessMixin, S
         if factory is not None and not callable(factory):
             raise TypeError('task factory must be a callable or None')
         self._task_factory = factory
-        self._set_task_factory_flag(factory is not None)
 
     def get_task_factory(self):
         return self._task_factory
