@@ -125,39 +125,29 @@ def test_create_task_binding(loop):
         loop.create_task(42)
 
 
-def test_create_task_after_the_task_factory_is_unset(loop):
+@pytest.mark.parametrize('how', ['set_task_factory', '_task_factory'])
+def test_create_task_after_the_task_factory_is_unset(loop, how):
+    """Set, then unset, with set_task_factory() or by assigning `_task_factory` as
+    code written for asyncio's loop may (asyncio's create_task reads it there)."""
     made = []
 
     def factory(lp, coro):
         made.append(coro)
         return asyncio.Task(coro, loop=lp)
 
-    async def coro():
-        pass
-
-    loop.set_task_factory(factory)
-    loop.run_until_complete(loop.create_task(coro()))
-    loop.set_task_factory(None)
-    loop.run_until_complete(loop.create_task(coro()))
-    assert len(made) == 1
-
-
-def test_a_task_factory_assigned_to_the_private_attribute_is_used(loop):
-    """Code written for asyncio's loop may set `_task_factory` itself: the loop
-    reads the factory from there, and get_task_factory() gives it back."""
-    made = []
-
-    def factory(lp, coro):
-        made.append(coro)
-        return asyncio.Task(coro, loop=lp)
+    def set_factory(f):
+        if how == 'set_task_factory':
+            loop.set_task_factory(f)
+        else:
+            loop._task_factory = f
 
     async def coro():
         pass
 
-    loop._task_factory = factory
+    set_factory(factory)
     assert loop.get_task_factory() is factory
     loop.run_until_complete(loop.create_task(coro()))
-    loop._task_factory = None
+    set_factory(None)
     assert loop.get_task_factory() is None
     loop.run_until_complete(loop.create_task(coro()))
     assert len(made) == 1
