@@ -2,12 +2,17 @@
 
 import asyncio
 import contextvars
+import inspect
 import socket
 import sys
 
 import pytest
 
 VAR = contextvars.ContextVar('VAR', default='default')
+
+# 3.14's create_task hands every keyword to the task factory, the name included;
+# before, the name was set on the factory's task afterwards.
+FACTORY_GETS_THE_NAME = 'name' not in inspect.signature(asyncio.BaseEventLoop.create_task).parameters
 
 
 def test_create_future_is_the_c_future(loop):
@@ -198,6 +203,32 @@ def test_create_task_unknown_keyword(loop):
     c.close()
 
 
+@pytest.mark.parametrize('with_factory', [False, True])
+def test_create_task_other_keyword_as_the_stdlib(loop, with_factory):
+    """`eager_start=` reaches the Task (or the factory) where this Python's
+    create_task takes other keywords (3.13.4+), and is refused where it does not."""
+    async def coro():
+        return 'ran'
+
+    def outcome(lp):
+        if with_factory:
+            lp.set_task_factory(lambda lp, c, **kwargs: asyncio.Task(c, loop=lp, **kwargs))
+        c = coro()
+        try:
+            task = lp.create_task(c, eager_start=False)
+        except TypeError as exc:
+            c.close()
+            return 'TypeError', 'eager_start' in str(exc)
+        return lp.run_until_complete(task), task.get_name().startswith('Task-')
+
+    stdlib = asyncio.SelectorEventLoop()
+    try:
+        expected = outcome(stdlib)
+    finally:
+        stdlib.close()
+    assert outcome(loop) == expected
+
+
 def test_create_task_on_closed_loop(loop):
     async def coro():
         pass
@@ -259,8 +290,9 @@ def test_task_factory_get_set(loop):
     assert t1.get_name() == 'named'
     assert loop.run_until_complete(t1) == 'default'
     assert loop.run_until_complete(t2) == 'factory ctx'
-    # Without a context the factory gets the two-argument legacy call.
-    assert calls == [(loop, {}), (loop, {'context': ctx})]
+    # Without a context (and, before 3.14, a name) the factory gets the
+    # two-argument legacy call.
+    assert calls == [(loop, {'name': 'named'} if FACTORY_GETS_THE_NAME else {}), (loop, {'context': ctx})]
     loop.set_task_factory(None)
     assert loop.get_task_factory() is None
 

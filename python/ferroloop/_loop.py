@@ -10,6 +10,7 @@ subprocesses). It subclasses
 ``BaseEventLoop``."""
 
 import asyncio
+import inspect
 import sys
 import time
 import warnings
@@ -27,6 +28,22 @@ from ._udp import DatagramMixin
 
 # asyncio's stack depth for coroutine origin tracking in debug mode.
 _DEBUG_STACK_DEPTH = 10
+
+# How this asyncio's create_task hands keywords on, read from the stdlib rather
+# than the version number, since 3.13's patch releases differ: `(coro, *, name=None,
+# context=None)` sets the name after the task factory and gives it `context` only
+# (3.10 to 3.13.2); 3.13.4 adds `**kwargs` passed on as well; 3.14's `(coro,
+# **kwargs)` gives every keyword, name included, to the Task or the factory.
+_STDLIB_CREATE_TASK = inspect.signature(base_events.BaseEventLoop.create_task).parameters
+_CREATE_TASK_PASSES_EVERY_KEYWORD = 'name' not in _STDLIB_CREATE_TASK
+_CREATE_TASK_TAKES_OTHER_KEYWORDS = any(p.kind is p.VAR_KEYWORD for p in _STDLIB_CREATE_TASK.values())
+
+
+def _new_task(loop, coro, kwargs):
+    task = tasks.Task(coro, loop=loop, **kwargs)
+    if task._source_traceback:
+        del task._source_traceback[-2:]  # this frame and create_task's
+    return task
 
 
 def _is_debug_mode():
@@ -190,28 +207,36 @@ class Loop(LoopCore, NetworkMixin, DatagramMixin, PipesMixin, SubprocessMixin, S
 
     # ----- futures and tasks ----------------------------------------------------------
 
-    def create_task(self, coro, *, name=None, context=None, **kwargs):
-        """Schedule a coroutine as a Task (or through the task factory). Extra
-        keywords (3.13's ``eager_start``) go to the Task or the factory."""
-        if kwargs and sys.version_info < (3, 13):
-            # Before 3.13 create_task takes no other keyword, as the stdlib's.
-            raise TypeError(f'Loop.create_task() got an unexpected keyword argument {next(iter(kwargs))!r}')
-        self._check_closed()
-        if context is not None:  # (3.10's Task has no context parameter at all)
-            kwargs['context'] = context
-        if self._task_factory is None:
-            task = tasks.Task(coro, loop=self, name=name, **kwargs)
-            if task._source_traceback:
-                del task._source_traceback[-1]  # this frame
+    if _CREATE_TASK_PASSES_EVERY_KEYWORD:
+        def create_task(self, coro, **kwargs):
+            """Schedule a coroutine as a Task (or through the task factory). Every
+            keyword, ``name`` and ``context`` included, goes to the Task or the
+            factory as given."""
+            self._check_closed()
+            if self._task_factory is not None:
+                return self._task_factory(self, coro, **kwargs)
+            return _new_task(self, coro, kwargs)
+    else:
+        def create_task(self, coro, *, name=None, context=None, **kwargs):
+            """Schedule a coroutine as a Task (or through the task factory, which
+            gets ``context`` only when there is one, and the name afterwards).
+            Other keywords (3.13.4's) go to the Task or the factory."""
+            if kwargs and not _CREATE_TASK_TAKES_OTHER_KEYWORDS:
+                raise TypeError(f'Loop.create_task() got an unexpected keyword argument {next(iter(kwargs))!r}')
+            self._check_closed()
+            if context is not None:  # (3.10's Task has no context parameter at all)
+                kwargs['context'] = context
+            if self._task_factory is None:
+                kwargs['name'] = name
+                return _new_task(self, coro, kwargs)
+            task = self._task_factory(self, coro, **kwargs)
+            if name is not None:
+                set_task_name = getattr(tasks, '_set_task_name', None)  # 3.11: tolerant
+                if set_task_name is not None:
+                    set_task_name(task, name)
+                else:
+                    task.set_name(name)
             return task
-        task = self._task_factory(self, coro, **kwargs)
-        if name is not None:
-            set_task_name = getattr(tasks, '_set_task_name', None)  # 3.11: tolerant
-            if set_task_name is not None:
-                set_task_name(task, name)
-            else:
-                task.set_name(name)
-        return task
 
     # Every task starts at LoopCore's C create_task (gather, TaskGroup, ...), which
     # makes `Task(coro, loop=self, name=name)` itself when there is no factory, no
