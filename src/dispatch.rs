@@ -16,6 +16,7 @@ use pyo3::types::PyDict;
 
 use crate::event_loop::{IoOwner, LoopCore, LoopState, Ready, SPARE_TRIM_PERIOD};
 use crate::handles::{format_callback_source, Handle};
+use crate::io_context;
 use crate::listener::Listener;
 use crate::pipes::PipeTransportCore;
 use crate::subprocess::ChildWatch;
@@ -326,14 +327,26 @@ fn run_handle_debug(slf: &Bound<'_, LoopCore>, py: Python<'_>, item: &Ready) -> 
 fn run_item(py: Python<'_>, item: &Ready) -> PyResult<()> {
     match item {
         Ready::Handle(handle) => handle.get().run(py),
-        Ready::Io { owner: IoOwner::Stream(t), readable, writable, clean } => {
-            StreamTransportCore::on_io(t.bind(py), *readable, *writable, *clean)
+        Ready::Io { owner, readable, writable, clean } => run_io(py, owner, *readable, *writable, *clean),
+        Ready::Flush(t) => StreamTransportCore::flush_from_loop(t.bind(py)),
+    }
+}
+
+/// An fd owner's I/O, in its context (`io_context`); kept out of line so the
+/// handle path stays inlined in the batch loop.
+#[inline(never)]
+fn run_io(py: Python<'_>, owner: &IoOwner, readable: bool, writable: bool, clean: bool) -> PyResult<()> {
+    match owner {
+        IoOwner::Stream(t) => {
+            let t = t.bind(py);
+            io_context::run_in(py, t.get().io_context(py), || StreamTransportCore::on_io(t, readable, writable, clean))
         }
-        Ready::Io { owner: IoOwner::Listener(l), readable, .. } => Listener::on_io(l.bind(py), *readable),
-        Ready::Io { owner: IoOwner::Datagram(t), readable, writable, .. } => DatagramTransportCore::on_io(t.bind(py), *readable, *writable),
-        Ready::Io { owner: IoOwner::Pipe(t), readable, writable, .. } => PipeTransportCore::on_io(t.bind(py), *readable, *writable),
-        Ready::Io { owner: IoOwner::Child(c), .. } => ChildWatch::on_exit(c.bind(py)),
-        Ready::Flush(t) => StreamTransportCore::flush_deferred(t.bind(py)),
+        IoOwner::Listener(l) => io_context::run_in(py, l.get().io_context(py), || Listener::on_io(l.bind(py), readable)),
+        IoOwner::Datagram(t) => {
+            io_context::run_in(py, t.get().io_context(py), || DatagramTransportCore::on_io(t.bind(py), readable, writable))
+        }
+        IoOwner::Pipe(t) => io_context::run_in(py, t.get().io_context(py), || PipeTransportCore::on_io(t.bind(py), readable, writable)),
+        IoOwner::Child(c) => io_context::run_in(py, c.get().io_context(py), || ChildWatch::on_exit(c.bind(py))),
     }
 }
 

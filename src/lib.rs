@@ -15,6 +15,7 @@ mod fd_callbacks;
 mod flow_control;
 mod gil_cell;
 mod handles;
+mod io_context;
 mod listener;
 mod pipes;
 mod reading;

@@ -15,6 +15,7 @@ use pyo3::prelude::*;
 
 use crate::event_loop::{IoOwner, LoopCore, Ready};
 use crate::gil_cell::GilCell;
+use crate::io_context;
 
 #[pyclass(module = "ferroloop._ferroloop", frozen, weakref)]
 pub struct Listener {
@@ -29,9 +30,19 @@ struct ListenerInner {
     on_accept: Option<Py<PyAny>>,
     on_error: Option<Py<PyAny>>,
     registered: bool,
+    /// The context it accepts in (`io_context`): a copy of the one current when it
+    /// last started accepting, as asyncio's reader handle. Each connection is set
+    /// up in a copy of its own (asyncio makes a task per connection).
+    context: Option<Py<PyAny>>,
 }
 
 impl Listener {
+    /// The context dispatch runs this listener's accepts in (see `io_context::run_in`).
+    #[inline]
+    pub fn io_context<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyAny>> {
+        self.inner.with(py, |i| io_context::bind(py, &i.context))
+    }
+
     pub fn on_io(slf: &Bound<'_, Self>, readable: bool) -> PyResult<()> {
         if !readable {
             return Ok(());
@@ -61,18 +72,20 @@ impl Listener {
     fn accept_batch(slf: &Bound<'_, Self>, py: Python<'_>) -> PyResult<bool> {
         let me = slf.get();
         for _ in 0..me.backlog.max(1) {
-            let Some((sock, on_accept, on_error)) = me.inner.with(py, |i| {
+            let Some((sock, on_accept, on_error, context)) = me.inner.with(py, |i| {
                 if !i.registered {
                     return None;
                 }
-                Some((i.sock.as_ref()?.clone_ref(py), i.on_accept.as_ref()?.clone_ref(py), i.on_error.as_ref()?.clone_ref(py)))
+                let context = i.context.as_ref()?.clone_ref(py);
+                Some((i.sock.as_ref()?.clone_ref(py), i.on_accept.as_ref()?.clone_ref(py), i.on_error.as_ref()?.clone_ref(py), context))
             }) else {
                 return Ok(false);
             };
             match sock.bind(py).call_method0(intern!(py, "accept")) {
                 Ok(pair) => {
                     let (conn, addr) = (pair.get_item(0)?, pair.get_item(1)?);
-                    on_accept.bind(py).call1((conn, addr))?;
+                    let connection_context = io_context::copy_of(py, &context)?;
+                    io_context::run_in(py, Some(connection_context.into_bound(py)), || on_accept.bind(py).call1((conn, addr)))?;
                 }
                 Err(e) if e.is_instance_of::<PyBlockingIOError>(py) || e.is_instance_of::<PyInterruptedError>(py) => return Ok(false),
                 Err(e) if e.is_instance_of::<PyConnectionAbortedError>(py) => continue,
@@ -109,6 +122,7 @@ impl Listener {
                 on_accept: Some(on_accept.unbind()),
                 on_error: Some(on_error.unbind()),
                 registered: false,
+                context: None,
             }),
         })
     }
@@ -122,6 +136,9 @@ impl Listener {
             return Ok(());
         }
         let fd = me.fd;
+        let context = io_context::copy_current(py)?;
+        let old = me.inner.with(py, |i| i.context.replace(context));
+        drop(old); // after the borrow
         let replaced = me.event_loop.get().state.with(py, |s| {
             let replaced = s.register_owner(fd, IoOwner::Listener(slf.clone().unbind()), true, false)?;
             // A connection may already be waiting: try accepting at once.
@@ -163,12 +180,13 @@ impl Listener {
             visit.call(&i.sock)?;
             visit.call(&i.on_accept)?;
             visit.call(&i.on_error)?;
+            visit.call(&i.context)?;
         }
         Ok(())
     }
 
     fn __clear__(&self, py: Python<'_>) {
-        let taken = self.inner.with(py, |i| (i.sock.take(), i.on_accept.take(), i.on_error.take()));
+        let taken = self.inner.with(py, |i| (i.sock.take(), i.on_accept.take(), i.on_error.take(), i.context.take()));
         drop(taken);
     }
 }

@@ -41,6 +41,7 @@ use crate::buffer::ReadBuf;
 use crate::event_loop::{IoOwner, LoopCore, Ready};
 use crate::flow_control::{self, logger};
 use crate::gil_cell::GilCell;
+use crate::io_context;
 use crate::sock::os_error;
 use crate::transport::{read_step, ReadStep};
 
@@ -65,6 +66,8 @@ pub struct PipeState {
     bulk: bool,
     high: usize,
     low: usize,
+    /// The context its I/O runs in (`io_context`), as a stream transport's.
+    context: Option<Py<PyAny>>,
 }
 
 #[pyclass(module = "ferroloop._ferroloop", frozen, weakref)]
@@ -86,6 +89,12 @@ enum ReadEnd {
 impl PipeTransportCore {
     pub fn owner(&self, py: Python<'_>) -> Py<PyAny> {
         self.state.with(py, |s| s.owner.as_ref().map(|o| o.clone_ref(py))).unwrap_or_else(|| py.None())
+    }
+
+    /// The context dispatch runs this transport's I/O in (see `io_context::run_in`).
+    #[inline]
+    pub fn io_context<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyAny>> {
+        self.state.with(py, |s| io_context::bind(py, &s.context))
     }
 
     fn protocol(&self, py: Python<'_>) -> Py<PyAny> {
@@ -327,6 +336,7 @@ impl PipeTransportCore {
     /// non-blocking.
     #[new]
     fn new(
+        py: Python<'_>,
         event_loop: Bound<'_, LoopCore>,
         pipe: Bound<'_, PyAny>,
         protocol: Bound<'_, PyAny>,
@@ -354,6 +364,7 @@ impl PipeTransportCore {
                 bulk: false,
                 high: flow_control::DEFAULT_HIGH,
                 low: flow_control::DEFAULT_LOW,
+                context: Some(io_context::copy_current(py)?),
             }),
         })
     }
@@ -401,6 +412,9 @@ impl PipeTransportCore {
             change
         });
         if changed && !paused {
+            let ctx = io_context::copy_current(py)?;
+            let old = slf.get().state.with(py, |s| s.context.replace(ctx));
+            drop(old); // after the borrow
             Self::register(slf)?;
             Self::queue_read(slf);
         }
@@ -543,12 +557,13 @@ impl PipeTransportCore {
             visit.call(&s.pipe)?;
             visit.call(&s.protocol)?;
             visit.call(&s.owner)?;
+            visit.call(&s.context)?;
         }
         Ok(())
     }
 
     fn __clear__(&self, py: Python<'_>) {
-        let taken = self.state.with(py, |s| (s.protocol.take(), s.owner.take()));
+        let taken = self.state.with(py, |s| (s.protocol.take(), s.owner.take(), s.context.take()));
         drop(taken);
     }
 }

@@ -23,10 +23,14 @@ use pyo3::types::PyTuple;
 
 use crate::event_loop::{IoOwner, LoopCore};
 use crate::gil_cell::GilCell;
+use crate::io_context;
 
 struct Watching {
     pidfd: Option<OwnedFd>,
     callback: Option<Py<PyAny>>,
+    /// The context of the code that spawned the child (`io_context`): the exit
+    /// callback is queued in a copy of it, as by asyncio's pidfd watcher.
+    context: Option<Py<PyAny>>,
 }
 
 #[pyclass(module = "ferroloop._ferroloop", frozen)]
@@ -38,6 +42,12 @@ pub struct ChildWatch {
 }
 
 impl ChildWatch {
+    /// The context dispatch runs the exit in (see `io_context::run_in`).
+    #[inline]
+    pub fn io_context<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyAny>> {
+        self.state.with(py, |s| io_context::bind(py, &s.context))
+    }
+
     /// The pidfd turned readable: reap, stop watching, report.
     pub fn on_exit(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
@@ -93,7 +103,11 @@ impl ChildWatch {
                 pid,
                 fd,
                 event_loop: event_loop.clone().unbind(),
-                state: GilCell::new(Watching { pidfd: Some(pidfd), callback: Some(callback.unbind()) }),
+                state: GilCell::new(Watching {
+                    pidfd: Some(pidfd),
+                    callback: Some(callback.unbind()),
+                    context: Some(io_context::copy_current(py)?),
+                }),
             },
         )?;
         let owner = IoOwner::Child(watch.clone_ref(py));
@@ -120,13 +134,14 @@ impl ChildWatch {
         visit.call(&self.event_loop)?;
         if let Some(s) = self.state.get_for_traverse() {
             visit.call(&s.callback)?;
+            visit.call(&s.context)?;
         }
         Ok(())
     }
 
     fn __clear__(&self, py: Python<'_>) {
-        let cb = self.state.with(py, |s| s.callback.take());
-        drop(cb);
+        let taken = self.state.with(py, |s| (s.callback.take(), s.context.take()));
+        drop(taken);
     }
 }
 

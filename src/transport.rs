@@ -56,6 +56,7 @@ use crate::buffer::{BufView, KeptBytes, ReadBuf};
 use crate::event_loop::{IoOwner, LoopCore, Ready};
 use crate::flow_control::{self, is_fatal, logger};
 use crate::gil_cell::{GilCell, GilFlag};
+use crate::io_context;
 use crate::reading::{self, ProtocolMethod, ReadSwitch};
 use crate::sock::os_error;
 
@@ -189,6 +190,9 @@ pub struct TransportState {
     high: usize,
     low: usize,
     empty_waiter: Option<Py<PyAny>>,
+    /// The context its I/O runs in (`io_context`): a copy of the one it was made
+    /// in, taken anew by `resume_reading()`.
+    context: Option<Py<PyAny>>,
 }
 
 impl TransportState {
@@ -251,6 +255,17 @@ impl StreamTransportCore {
 
     fn protocol(&self, py: Python<'_>) -> Py<PyAny> {
         self.state.with(py, |s| s.protocol.as_ref().map(|o| o.clone_ref(py))).unwrap_or_else(|| py.None())
+    }
+
+    /// The context dispatch runs this transport's I/O in (see `io_context::run_in`).
+    #[inline(always)]
+    pub fn io_context<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyAny>> {
+        self.state.with(py, |s| io_context::bind(py, &s.context))
+    }
+
+    fn set_context(&self, py: Python<'_>, ctx: Py<PyAny>) {
+        let old = self.state.with(py, |s| s.context.replace(ctx));
+        drop(old); // after the borrow
     }
 
     /// Queues an I/O attempt for the next iteration (edge-triggered registration:
@@ -464,16 +479,11 @@ impl StreamTransportCore {
     /// The write buffer became empty: wake a sendfile waiting for it, finish a
     /// pending close or write_eof.
     fn on_drained(slf: &Bound<'_, Self>) -> PyResult<()> {
+        if Self::drained_quietly(slf)? {
+            return Ok(());
+        }
         let py = slf.py();
         let me = slf.get();
-        // The common case (every reply sent whole): nothing waits on the drain (and
-        // a transport that does not read may now be held weakly).
-        let quiet = me.state.with(py, |s| (s.empty_waiter.is_none() && !s.read.closing && !s.eof).then(|| s.hold_change()));
-        match quiet {
-            Some(None) => return Ok(()),
-            Some(change) => return Self::apply_hold(slf, change),
-            None => {}
-        }
         if let Some(w) = me.state.with(py, |s| s.empty_waiter.as_ref().map(|w| w.clone_ref(py))) {
             // The sendfile waiting on it may have been cancelled meanwhile: the close
             // or write_eof below must happen all the same.
@@ -497,6 +507,18 @@ impl StreamTransportCore {
             Self::rehold(slf)?;
         }
         Ok(())
+    }
+
+    /// The common end of a drain (every reply sent whole): nothing waits on it, so
+    /// no Python code runs (a transport that does not read may now be held weakly).
+    #[inline]
+    fn drained_quietly(slf: &Bound<'_, Self>) -> PyResult<bool> {
+        let quiet = slf.get().state.with(slf.py(), |s| (s.empty_waiter.is_none() && !s.read.closing && !s.eof).then(|| s.hold_change()));
+        match quiet {
+            Some(None) => Ok(true),
+            Some(change) => Self::apply_hold(slf, change).map(|()| true),
+            None => Ok(false),
+        }
     }
 
     /// asyncio's `_fatal_error`: OSErrors are only logged in debug mode, anything
@@ -673,16 +695,39 @@ impl StreamTransportCore {
     /// Sends the writes collected during this iteration (the loop calls this at the
     /// end of its batch; methods whose result depends on it call it first).
     pub fn flush_deferred(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
+        match Self::send_deferred(slf) {
+            Some(sent) => Self::after_send(slf, sent),
+            None => Ok(()),
+        }
+    }
+
+    /// `flush_deferred` at the end of the loop's batch. What follows a send that
+    /// did not simply empty the queue may call the protocol (or queue its
+    /// `connection_lost`), in the transport's context as its I/O (`io_context`).
+    pub fn flush_from_loop(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let Some(sent) = Self::send_deferred(slf) else { return Ok(()) };
+        if matches!(sent, Ok(true)) && Self::drained_quietly(slf)? {
+            return Ok(());
+        }
+        io_context::run_in(slf.py(), slf.get().io_context(slf.py()), || Self::after_send(slf, sent))
+    }
+
+    /// Sends the collected writes, if any are still to go: whether the queue is
+    /// empty now, or the send's error.
+    fn send_deferred(slf: &Bound<'_, Self>) -> Option<std::io::Result<bool>> {
         let me = slf.get();
-        let result = me.state.with(py, |s| {
+        me.state.with(slf.py(), |s| {
             let was = std::mem::replace(&mut s.deferred, false);
             // Already sent by a writable event, or dropped by an abort: done.
             let live = was && s.conn_lost == 0 && s.sock.is_some() && !s.wq.is_empty();
             live.then(|| s.wq.flush(me.fd).map(|_| s.wq.is_empty()))
-        });
-        let Some(result) = result else { return Ok(()) };
-        match result {
+        })
+    }
+
+    fn after_send(slf: &Bound<'_, Self>, sent: std::io::Result<bool>) -> PyResult<()> {
+        let py = slf.py();
+        let me = slf.get();
+        match sent {
             Err(e) => {
                 me.state.with(py, |s| s.wq.clear());
                 Self::fatal_error(slf, os_error(&e), "Fatal write error on socket transport")
@@ -824,6 +869,7 @@ impl StreamTransportCore {
                 high: flow_control::DEFAULT_HIGH,
                 low: flow_control::DEFAULT_LOW,
                 empty_waiter: None,
+                context: Some(io_context::copy_current(py)?),
             }),
         })
     }
@@ -987,6 +1033,7 @@ impl StreamTransportCore {
         let (resumed, change) = me.state.with(py, |s| (s.read.resume(), s.hold_change()));
         Self::apply_hold(slf, change)?;
         if resumed {
+            me.set_context(py, io_context::copy_current(py)?);
             // Data that arrived while paused raised no new edge: look now.
             Self::queue_io(slf, true, false);
             if me.debug(py) {
@@ -1127,14 +1174,15 @@ impl StreamTransportCore {
             visit.call(&s.owner)?;
             visit.call(&s.server)?;
             visit.call(&s.empty_waiter)?;
+            visit.call(&s.context)?;
         }
         Ok(())
     }
 
     fn __clear__(&self, py: Python<'_>) {
-        let taken = self
-            .state
-            .with(py, |s| (s.protocol.take(), s.forget_protocol_methods(), s.owner.take(), s.server.take(), s.empty_waiter.take()));
+        let taken = self.state.with(py, |s| {
+            (s.protocol.take(), s.forget_protocol_methods(), s.owner.take(), s.server.take(), s.empty_waiter.take(), s.context.take())
+        });
         drop(taken);
     }
 }

@@ -44,6 +44,7 @@ use crate::buffer::ReadBuf;
 use crate::event_loop::{IoOwner, LoopCore, Ready};
 use crate::flow_control::{self, is_fatal, logger};
 use crate::gil_cell::{GilCell, GilFlag};
+use crate::io_context;
 use crate::reading::{self, ProtocolMethod, ReadSwitch};
 use crate::sock::{is_retry, os_error};
 
@@ -84,6 +85,8 @@ struct DgramState {
     high: usize,
     low: usize,
     peers: PeerCache,
+    /// The context its I/O runs in (`io_context`), as a stream transport's.
+    context: Option<Py<PyAny>>,
 }
 
 /// How many senders' addresses a transport remembers (`PeerCache`).
@@ -205,6 +208,12 @@ impl DatagramTransportCore {
 
     pub fn owner(&self, py: Python<'_>) -> Py<PyAny> {
         self.state.with(py, |s| s.owner.as_ref().map(|o| o.clone_ref(py))).unwrap_or_else(|| py.None())
+    }
+
+    /// The context dispatch runs this transport's I/O in (see `io_context::run_in`).
+    #[inline]
+    pub fn io_context<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyAny>> {
+        self.state.with(py, |s| io_context::bind(py, &s.context))
     }
 
     fn protocol(&self, py: Python<'_>) -> Py<PyAny> {
@@ -583,6 +592,7 @@ impl DatagramTransportCore {
                 high: flow_control::DEFAULT_HIGH,
                 low: flow_control::DEFAULT_LOW,
                 peers: PeerCache::default(),
+                context: Some(io_context::copy_current(py)?),
             }),
         })
     }
@@ -728,6 +738,9 @@ impl DatagramTransportCore {
         let py = slf.py();
         let me = slf.get();
         if me.state.with(py, |s| s.read.resume()) {
+            let ctx = io_context::copy_current(py)?;
+            let old = me.state.with(py, |s| s.context.replace(ctx));
+            drop(old); // after the borrow
             Self::queue_io(slf, true, false);
             if me.debug(py) {
                 reading::log_debug(py, "%r resumes reading", me.owner(py))?;
@@ -829,12 +842,15 @@ impl DatagramTransportCore {
                     visit.call(a)?;
                 }
             }
+            visit.call(&s.context)?;
         }
         Ok(())
     }
 
     fn __clear__(&self, py: Python<'_>) {
-        let taken = self.state.with(py, |s| (s.protocol.take(), s.datagram_received.take(), s.owner.take(), std::mem::take(&mut s.buffer)));
+        let taken = self
+            .state
+            .with(py, |s| (s.protocol.take(), s.datagram_received.take(), s.owner.take(), std::mem::take(&mut s.buffer), s.context.take()));
         drop(taken);
     }
 }

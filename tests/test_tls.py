@@ -8,6 +8,7 @@ close_notify, a close_notify never answered) are ``ManualTlsPeer``: TLS driven b
 hand over a plain transport, so each byte on the wire is the test's choice."""
 
 import asyncio
+import contextvars
 import gc
 import hashlib
 import os
@@ -931,3 +932,40 @@ def test_no_reference_cycles_keep_connections_alive(loop, server_ctx, client_ctx
             gc.enable()
         await close_server(server)
     run(loop, main())
+
+
+def test_callbacks_run_in_the_context_that_started_serving(loop, server_ctx, client_ctx):
+    """As over plain TCP (test_io_context): the TLS protocol's callbacks run in a
+    copy of the server's context, the reads of one connection sharing one."""
+    var = contextvars.ContextVar('var', default='unset')
+    seen = []
+
+    class Echo(asyncio.Protocol):
+        def connection_made(self, transport):
+            self.transport = transport
+            seen.append(('connection_made', var.get()))
+
+        def data_received(self, data):
+            seen.append(('data_received', var.get()))
+            var.set('set by a read')
+            self.transport.write(data)
+
+    async def start():
+        var.set('server')
+        return await loop.create_server(Echo, '127.0.0.1', 0, ssl=server_ctx)
+
+    async def main():
+        server = await contextvars.Context().run(loop.create_task, start())
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection('127.0.0.1', port, ssl=client_ctx, server_hostname='localhost')
+        for _ in range(2):
+            writer.write(b'x')
+            await reader.readexactly(1)
+        writer.close()
+        await writer.wait_closed()
+        server.close()
+        await server.wait_closed()
+
+    run(loop, main())
+    assert seen == [('connection_made', 'server'), ('data_received', 'server'), ('data_received', 'set by a read')]
+    assert var.get() == 'unset'
