@@ -224,6 +224,11 @@ pub struct LoopState {
     /// lingering in the poller: the next wait on the same live object takes the
     /// registration back without a syscall (`fd_callbacks::add_fd`).
     pub sock_lingering: FdMap<Py<PyWeakrefReference>>,
+    /// Weak references to the objects given to `add_reader`/`add_writer` (not plain
+    /// ints): once such an object is closed, its `fileno()` no longer names the fd,
+    /// and `remove_reader(obj)` finds it here, as `selectors` finds its key by the
+    /// object (`fd_callbacks::remove`).
+    pub fileobjs: FdMap<Py<PyWeakrefReference>>,
     /// Transports with writes collected during this iteration, flushed at its end
     /// (a queue that keeps its allocation from iteration to iteration).
     pub deferred_flush: VecDeque<Py<StreamTransportCore>>,
@@ -452,6 +457,7 @@ impl LoopCore {
                 writers: FdMap::default(),
                 io: FdMap::default(),
                 sock_lingering: FdMap::default(),
+                fileobjs: FdMap::default(),
                 deferred_flush: VecDeque::new(),
                 registrar: Some(registrar),
                 waker: Some(waker),

@@ -76,7 +76,15 @@ pub fn add(
     dir: Direction,
 ) -> PyResult<()> {
     let fd = fileobj_to_fd(fileobj)?;
-    add_fd(slf, fd, callback, args, dir, None)
+    add_fd(slf, fd, callback, args, dir, None)?;
+    if fileobj.extract::<i64>().is_err() {
+        // Objects without weak reference support are not found once closed.
+        if let Ok(weak) = PyWeakrefReference::new(fileobj) {
+            let replaced = slf.get().state.with(slf.py(), |s| s.fileobjs.insert(fd, weak.unbind()));
+            drop(replaced); // outside the cell
+        }
+    }
+    Ok(())
 }
 
 /// `add` for an fd already known to be valid (the loop's own `sock_*` operations).
@@ -143,9 +151,40 @@ pub fn needs_rearm(py: Python<'_>, handle: &Py<Handle>) -> bool {
 }
 
 pub fn remove(slf: &Bound<'_, LoopCore>, fileobj: &Bound<'_, PyAny>, dir: Direction) -> PyResult<bool> {
-    let fd = fileobj_to_fd(fileobj)?;
+    let fd = match fileobj_to_fd(fileobj) {
+        Ok(fd) => fd,
+        // A socket closed since it was added (`fileno()` is -1): the fd it was
+        // added with, as `selectors` looks a key up by its object. Libraries close
+        // a socket and then remove its callbacks from a done-callback (anyio). (A
+        // `fileno()` that raises is refused before, by asyncio's transport check.)
+        Err(e) => match registered_fd_of(slf, fileobj) {
+            Some(fd) if fileno_is_negative(fileobj) => return Ok(remove_if(slf, fd, dir, |_| true)),
+            _ => return Err(e),
+        },
+    };
     ensure_fd_no_transport(slf, fd)?;
     Ok(remove_if(slf, fd, dir, |_| true))
+}
+
+fn fileno_is_negative(fileobj: &Bound<'_, PyAny>) -> bool {
+    fileobj.extract::<i64>().is_err() && fileobj.call_method0("fileno").and_then(|f| f.extract::<i64>()).is_ok_and(|fd| fd < 0)
+}
+
+/// The fd `fileobj` itself was given to `add_reader`/`add_writer` with, if it still
+/// has a callback there.
+#[cold]
+fn registered_fd_of(slf: &Bound<'_, LoopCore>, fileobj: &Bound<'_, PyAny>) -> Option<RawFd> {
+    let py = slf.py();
+    slf.get().state.with(py, |s| {
+        // Each upgrade is a strong reference to a live object, dropped at once: it
+        // frees nothing, so no Python code runs inside the cell.
+        s.fileobjs
+            .iter()
+            .find(|(fd, weak)| {
+                (s.readers.contains_key(fd) || s.writers.contains_key(fd)) && weak.bind(py).upgrade().is_some_and(|o| o.is(fileobj))
+            })
+            .map(|(fd, _)| *fd)
+    })
 }
 
 /// Removes the fd's reader (or writer) only if its callback is still `callback`: an
@@ -194,10 +233,12 @@ fn remove_if(slf: &Bound<'_, LoopCore>, fd: RawFd, dir: Direction, matches: impl
         if let Some(reg) = s.registrar.as_mut() {
             let _ = reg.set_interest(fd, reading, writing);
         }
-        Some(removed)
+        let fileobj = if reading || writing { None } else { s.fileobjs.remove(&fd) };
+        Some((removed, fileobj))
     });
     match removed {
-        Some(handle) => {
+        Some((handle, fileobj)) => {
+            drop(fileobj); // outside the cell
             handle.get().cancel_silently(py);
             true
         }

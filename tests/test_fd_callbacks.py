@@ -281,6 +281,45 @@ def test_closed_socket_object(loop):
         loop.add_reader(s, lambda: None)
 
 
+@pytest.mark.parametrize('method', ['reader', 'writer'])
+def test_removing_by_an_object_closed_since_it_was_added(loop, method):
+    """selectors find a key by its object once `fileno()` fails: libraries close a
+    socket, then remove its callback from a done-callback (anyio). The callback
+    is gone; a closed object that was never added is still an error."""
+    a, b = socket.socketpair()
+    called = []
+    getattr(loop, 'add_' + method)(a, called.append, 'called')
+    a.close()
+    assert a.fileno() == -1
+    assert getattr(loop, 'remove_' + method)(a) is True
+    other = socket.socket()
+    other.close()
+    for closed in (a, other):  # removed already; never added
+        with pytest.raises(ValueError, match='^Invalid file descriptor: -1$'):
+            getattr(loop, 'remove_' + method)(closed)
+    # The fd number, reused, is free for a new callback and fires for it alone.
+    c, d = socket.socketpair()
+    loop.add_reader(c, lambda: (called.append('new'), loop.stop()))
+    d.send(b'x')
+    loop.run_forever()
+    assert called == ['new']
+    loop.remove_reader(c)
+    for s in (b, c, d):
+        s.close()
+
+
+def test_removing_by_a_file_closed_since_it_was_added(loop):
+    """Unlike a socket's, a closed file's `fileno()` raises, and asyncio's check for
+    a transport on the fd refuses it before any lookup."""
+    rfd, wfd = os.pipe()
+    f = os.fdopen(rfd, 'rb', 0)
+    loop.add_reader(f, lambda: None)
+    f.close()
+    with pytest.raises(ValueError, match=r'^Invalid file object: <_io.FileIO \[closed\]>$'):
+        loop.remove_reader(f)
+    os.close(wfd)
+
+
 def test_closed_fd_os_error(loop):
     a, b = socket.socketpair()
     fd = a.fileno()
