@@ -184,6 +184,10 @@ class Loop(LoopCore, NetworkMixin, DatagramMixin, PipesMixin, SubprocessMixin, S
         if self.is_running():
             self.call_soon_threadsafe(self._set_origin_tracking, enabled)
 
+    # asyncio's attribute, read by the stdlib methods ferroloop reuses
+    # (`subprocess_exec`); assigning it only sets the flag, as there.
+    _debug = property(LoopCore.get_debug, lambda self, enabled: self._set_debug_flag(bool(enabled)))
+
     def _set_origin_tracking(self, enabled):
         if bool(enabled) == self._origin_tracking:
             return

@@ -23,7 +23,7 @@ each Python version gets its own. What ferroloop provides is the rest:
 import subprocess
 import threading
 
-from asyncio import base_subprocess
+from asyncio import base_events, base_subprocess
 from asyncio.log import logger
 
 from ._ferroloop import ChildWatch, wait_child_blocking
@@ -128,62 +128,15 @@ async def _spawn_in_thread(loop, spawn):
 
 
 class SubprocessMixin:
-    """``subprocess_exec`` / ``subprocess_shell`` for ``ferroloop.Loop``, with
-    asyncio's argument checks and messages."""
+    """``subprocess_exec`` / ``subprocess_shell`` for ``ferroloop.Loop``: the
+    stdlib's own methods (its argument checks, messages and debug log, as each
+    Python version has them), over ferroloop's ``_make_subprocess_transport``.
+    (Tools that flag blocking calls inside a running loop, such as blockbuster,
+    allow ``Popen``'s wait for the exec under these methods by name.)"""
 
-    async def subprocess_shell(self, protocol_factory, cmd, *, stdin=subprocess.PIPE,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               universal_newlines=False, shell=True, bufsize=0,
-                               encoding=None, errors=None, text=None, **kwargs):
-        if not isinstance(cmd, (bytes, str)):
-            raise ValueError("cmd must be a string")
-        if universal_newlines:
-            raise ValueError("universal_newlines must be False")
-        if not shell:
-            raise ValueError("shell must be True")
-        _check_popen_args(bufsize, text, encoding, errors)
-        # asyncio logs no parameters: they may hold secrets
-        return await self._subprocess(protocol_factory, cmd, True, f'run shell command {cmd!r}',
-                                      stdin, stdout, stderr, bufsize, kwargs)
-
-    async def subprocess_exec(self, protocol_factory, program, *args, stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              universal_newlines=False, shell=False, bufsize=0,
-                              encoding=None, errors=None, text=None, **kwargs):
-        if universal_newlines:
-            raise ValueError("universal_newlines must be False")
-        if shell:
-            raise ValueError("shell must be False")
-        _check_popen_args(bufsize, text, encoding, errors)
-        return await self._subprocess(protocol_factory, (program,) + args, False,
-                                      f'execute program {program!r}', stdin, stdout, stderr,
-                                      bufsize, kwargs)
-
-    async def _subprocess(self, protocol_factory, args, shell, what, stdin, stdout, stderr,
-                          bufsize, kwargs):
-        protocol = protocol_factory()
-        debug = self.get_debug()
-        if debug:
-            self._log_subprocess(what, stdin, stdout, stderr)
-        transport = await self._make_subprocess_transport(
-            protocol, args, shell, stdin, stdout, stderr, bufsize, **kwargs)
-        if debug:
-            logger.info('%s: %r', what, transport)
-        return transport, protocol
-
-    def _log_subprocess(self, msg, stdin, stdout, stderr):
-        from asyncio.base_events import _format_pipe
-        info = [msg]
-        if stdin is not None:
-            info.append(f'stdin={_format_pipe(stdin)}')
-        if stdout is not None and stderr == subprocess.STDOUT:
-            info.append(f'stdout=stderr={_format_pipe(stdout)}')
-        else:
-            if stdout is not None:
-                info.append(f'stdout={_format_pipe(stdout)}')
-            if stderr is not None:
-                info.append(f'stderr={_format_pipe(stderr)}')
-        logger.debug(' '.join(info))
+    subprocess_shell = base_events.BaseEventLoop.subprocess_shell
+    subprocess_exec = base_events.BaseEventLoop.subprocess_exec
+    _log_subprocess = base_events.BaseEventLoop._log_subprocess
 
     async def _make_subprocess_transport(self, protocol, args, shell, stdin, stdout, stderr,
                                          bufsize, extra=None, **kwargs):
@@ -211,13 +164,3 @@ class SubprocessMixin:
             raise
         return transport
 
-
-def _check_popen_args(bufsize, text, encoding, errors):
-    if bufsize != 0:
-        raise ValueError("bufsize must be 0")
-    if text:
-        raise ValueError("text must be False")
-    if encoding is not None:
-        raise ValueError("encoding must be None")
-    if errors is not None:
-        raise ValueError("errors must be None")
