@@ -5,7 +5,7 @@
 //! (add_reader/add_writer), `sock` and `sendfile` (the `sock_*` coroutines), `buffer`
 //! (Python buffers as bytes), `transport`/`listener` (streams), `tls` (the TLS layer
 //! over a stream transport), `udp` (datagram transports), `pipes` (pipe transports),
-//! `subprocess` (child exit watching), `event_loop` (the class that lists the Rust API).
+//! `subprocess` (child exit watching), `unix_paths` (UNIX socket files), `event_loop` (the class that lists the Rust API).
 
 mod buffer;
 mod dispatch;
@@ -27,6 +27,7 @@ mod subprocess;
 mod tls;
 mod transport;
 mod udp;
+mod unix_paths;
 
 use pyo3::prelude::*;
 
@@ -51,5 +52,8 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<subprocess::ChildWatch>()?;
     m.add_function(wrap_pyfunction!(subprocess::wait_child_blocking, m)?)?;
     m.add_function(wrap_pyfunction!(fastcall::install_transport_method, m)?)?;
+    m.add_function(wrap_pyfunction!(unix_paths::remove_if_socket, m)?)?;
+    m.add_function(wrap_pyfunction!(unix_paths::inode_of, m)?)?;
+    m.add_function(wrap_pyfunction!(unix_paths::remove_if_inode, m)?)?;
     Ok(())
 }

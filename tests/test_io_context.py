@@ -16,8 +16,6 @@ import os
 import socket
 import sys
 
-import pytest
-
 from net_helpers import loop, run  # noqa: F401
 
 VAR = contextvars.ContextVar('VAR', default='unset')

@@ -12,12 +12,12 @@ import functools
 import itertools
 import os
 import socket
-import stat
 import sys
 
 from asyncio import base_events, constants, exceptions, staggered, tasks
 from asyncio.log import logger
 
+from ._ferroloop import inode_of, remove_if_socket
 from ._tls import make_tls
 from ._transports import Server, _StreamTransport, connected, make_listener
 
@@ -28,8 +28,7 @@ def remove_stale_unix_socket(path):
     """Before binding a filesystem UNIX socket: remove a socket file left at `path`
     (not any other kind of file), logging what cannot be checked, as asyncio does."""
     try:
-        if stat.S_ISSOCK(os.stat(path).st_mode):
-            os.remove(path)
+        remove_if_socket(path)
     except FileNotFoundError:
         pass
     except OSError as err:
@@ -433,7 +432,7 @@ class NetworkMixin:
             bound = sock.getsockname()
             if isinstance(bound, (str, bytes)) and bound and bound[0] not in (0, '\x00'):
                 try:
-                    unix_cleanup = (bound, os.stat(bound).st_ino)
+                    unix_cleanup = (bound, inode_of(bound))
                 except OSError:
                     pass
         sock.setblocking(False)

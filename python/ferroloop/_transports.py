@@ -16,7 +16,6 @@ the core (one frame). It subclasses
 ``abort_clients``); its accept loops are Rust ``Listener`` objects."""
 
 import errno
-import os
 import warnings
 import weakref
 
@@ -24,7 +23,7 @@ from asyncio import constants, events, exceptions, futures, tasks, transports, t
 from asyncio.base_events import _set_nodelay
 from asyncio.log import logger
 
-from ._ferroloop import Listener, StreamTransportCore, install_transport_method
+from ._ferroloop import Listener, StreamTransportCore, install_transport_method, remove_if_inode
 
 _ACCEPT_RESOURCE_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
@@ -380,8 +379,7 @@ class Server(events.AbstractServer):
             path, ino = self._unix_cleanup
             self._unix_cleanup = None
             try:
-                if os.stat(path).st_ino == ino:
-                    os.unlink(path)
+                remove_if_inode(path, ino)
             except FileNotFoundError:
                 pass
             except OSError as err:
