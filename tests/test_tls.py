@@ -969,3 +969,23 @@ def test_callbacks_run_in_the_context_that_started_serving(loop, server_ctx, cli
     run(loop, main())
     assert seen == [('connection_made', 'server'), ('data_received', 'server'), ('data_received', 'set by a read')]
     assert var.get() == 'unset'
+
+
+def test_ssl_protocol_private_attributes(loop, server_ctx, client_ctx):
+    """`transport._ssl_protocol._sslcontext` and `._sslobj`: asyncio's, read by
+    code written against it (aiohttp's connector tests)."""
+    needs_3_11_stdlib_tls(loop)
+
+    async def main():
+        server = await loop.create_server(asyncio.Protocol, '127.0.0.1', 0, ssl=server_ctx)
+        port = server.sockets[0].getsockname()[1]
+        transport, _ = await loop.create_connection(asyncio.Protocol, '127.0.0.1', port, ssl=client_ctx,
+                                                    server_hostname='localhost')
+        ssl_protocol = transport._ssl_protocol
+        assert ssl_protocol._sslcontext is client_ctx
+        assert ssl_protocol._sslobj is transport.get_extra_info('ssl_object')
+        transport.close()
+        server.close()
+        await server.wait_closed()
+
+    run(loop, main())

@@ -281,6 +281,19 @@ impl TlsCore {
         self.phase(py).name()
     }
 
+    /// asyncio's `SSLProtocol._sslcontext` and `_sslobj`, which code reaches through
+    /// `transport._ssl_protocol` (aiohttp's connector tests).
+    #[getter]
+    fn _sslcontext<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let extra = self.state.with(py, |s| s.extra.clone_ref(py)).into_bound(py);
+        extra.get_item("sslcontext")
+    }
+
+    #[getter]
+    fn _sslobj(&self, py: Python<'_>) -> Py<PyAny> {
+        self.sslobj.clone_ref(py)
+    }
+
     // ----- the raw transport's protocol ---------------------------------------------
 
     fn connection_made(slf: &Bound<'_, Self>, transport: Bound<'_, PyAny>) -> PyResult<()> {
