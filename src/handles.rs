@@ -16,7 +16,7 @@ use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
 use pyo3::pyclass::CompareOp;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBool, PyDict, PyFloat, PyTuple};
+use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyTuple};
 use pyo3::PyTraverseError;
 
 use crate::gil_cell::{GilCell, GilCounter, GilFlag, GilRc};
@@ -525,6 +525,10 @@ impl TimerSlot {
 #[pyclass(module = "ferroloop", extends = Handle, frozen)]
 pub struct TimerHandle {
     when: f64,
+    /// The deadline as `call_at` was given it when that was an int, which
+    /// `when()` returns as asyncio does (`call_at(math.ceil(t))` in aiohttp);
+    /// timers are ordered by `when`. (An int holds no references: not traversed.)
+    given_int: Option<Py<PyInt>>,
     slot: GilRc<TimerSlot>,
 }
 
@@ -532,7 +536,13 @@ impl TimerHandle {
     /// A timer and the slot for the heap, which `fill_slot` then points at it.
     /// `spare`: an empty slot nobody else holds, from the loop's reserve; a new
     /// slot reports cancellations to `cancelled_timers`.
-    pub fn new(py: Python<'_>, when: f64, spare: Option<GilRc<TimerSlot>>, cancelled_timers: &Arc<GilCounter>) -> (Self, GilRc<TimerSlot>) {
+    pub fn new(
+        py: Python<'_>,
+        when: f64,
+        given_int: Option<Py<PyInt>>,
+        spare: Option<GilRc<TimerSlot>>,
+        cancelled_timers: &Arc<GilCounter>,
+    ) -> (Self, GilRc<TimerSlot>) {
         let slot = match spare {
             Some(slot) => {
                 slot.scheduled.set(py, true);
@@ -544,7 +554,14 @@ impl TimerHandle {
                 cancelled_timers: cancelled_timers.clone(),
             }),
         };
-        (TimerHandle { when, slot: slot.clone_ref(py) }, slot)
+        (TimerHandle { when, given_int, slot: slot.clone_ref(py) }, slot)
+    }
+
+    fn when_object(&self, py: Python<'_>) -> Py<PyAny> {
+        match &self.given_int {
+            Some(int) => int.clone_ref(py).into_any(),
+            None => PyFloat::new(py, self.when).into_any().unbind(),
+        }
     }
 
     pub fn fill_slot(slf: &Bound<'_, Self>) {
@@ -581,8 +598,8 @@ impl TimerHandle {
 
 #[pymethods]
 impl TimerHandle {
-    fn when(&self) -> f64 {
-        self.when
+    fn when(&self, py: Python<'_>) -> Py<PyAny> {
+        self.when_object(py)
     }
 
     // `cancel()` is a raw no-argument C method (`fastcall::install`) calling the
@@ -590,8 +607,8 @@ impl TimerHandle {
     // every time.
 
     #[getter]
-    fn _when(&self) -> f64 {
-        self.when
+    fn _when(&self, py: Python<'_>) -> Py<PyAny> {
+        self.when_object(py)
     }
 
     #[getter]
@@ -599,9 +616,9 @@ impl TimerHandle {
         self.is_scheduled()
     }
 
-    /// `hash(when)`, as asyncio defines it (Python's float hash, not the bits).
+    /// `hash(when)`, as asyncio defines it (Python's hash, not the bits).
     fn __hash__(&self, py: Python<'_>) -> PyResult<isize> {
-        PyFloat::new(py, self.when).hash()
+        self.when_object(py).bind(py).hash()
     }
 
     fn __richcmp__(slf: &Bound<'_, Self>, other: &Bound<'_, PyAny>, op: CompareOp) -> PyResult<Py<PyAny>> {
@@ -632,7 +649,7 @@ impl TimerHandle {
         let cancelled = base.is_cancelled();
         let (head, tail) = rest.split_at(usize::from(cancelled));
         parts.extend_from_slice(head);
-        parts.push(format!("when={}", PyFloat::new(py, slf.get().when).repr()?));
+        parts.push(format!("when={}", slf.get().when_object(py).bind(py).repr()?));
         parts.extend_from_slice(tail);
         Ok(format!("<{}>", parts.join(" ")))
     }

@@ -204,7 +204,7 @@ pub fn call_later(
         // result or its error.
         None => PyFloat::new(py, now).add(&delay)?.extract::<f64>()?,
     };
-    schedule_at(slf, when, callback, args, context, "call_at", CALL_LATER_STACK_DEPTH)
+    schedule_at(slf, when, None, callback, args, context, "call_at", CALL_LATER_STACK_DEPTH)
 }
 
 /// `call_at`: the deadline must be a real number (asyncio stores anything and fails
@@ -219,11 +219,12 @@ pub fn call_at(
     if when.is_none() {
         return Err(PyTypeError::new_err("when cannot be None"));
     }
+    let given_int = when.cast_exact::<PyInt>().ok().map(|i| i.clone().unbind());
     let when = match exact_number(when.py(), &when) {
         Some(w) => w,
         None => when.extract::<f64>()?,
     };
-    schedule_at(slf, when, callback, args, context, "call_at", HANDLE_STACK_DEPTH)
+    schedule_at(slf, when, given_int, callback, args, context, "call_at", HANDLE_STACK_DEPTH)
 }
 
 /// An exact float or int as a double, without the intermediate float object that
@@ -248,9 +249,11 @@ fn exact_number(py: Python<'_>, obj: &Bound<'_, PyAny>) -> Option<f64> {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn schedule_at(
     slf: &Bound<'_, LoopCore>,
     when: f64,
+    given_int: Option<Py<PyInt>>,
     callback: Bound<'_, PyAny>,
     args: Option<Bound<'_, PyTuple>>,
     context: Option<Bound<'_, PyAny>>,
@@ -262,7 +265,7 @@ fn schedule_at(
     let tb = check_and_trace(core, py, &callback, method, false, depth)?;
     let (ctx, fresh_ctx) = context_for_queue(py, context)?;
     let spare = core.state.with(py, |s| s.spare_slots.pop());
-    let (timer, slot) = TimerHandle::new(py, when, spare, &core.cancelled_timers);
+    let (timer, slot) = TimerHandle::new(py, when, given_int, spare, &core.cancelled_timers);
     let init = PyClassInitializer::from(Handle::new(callback.unbind(), args.map(Bound::unbind), ctx, tb)).add_subclass(timer);
     let timer = Bound::new(py, init)?;
     TimerHandle::fill_slot(&timer);

@@ -662,6 +662,18 @@ def test_call_later_deadline_is_time_plus_delay(loop, delay):
     handle.cancel()
 
 
+@pytest.mark.parametrize('when', [10, 2 ** 60 + 1, 10.5])
+def test_call_at_keeps_the_deadline_it_was_given(loop, when):
+    """asyncio keeps the deadline as given: aiohttp schedules at `math.ceil(t)`, an
+    int, and checks the timer's `_when` is one."""
+    handle = loop.call_at(when, callback)
+    assert type(handle.when()) is type(handle._when) is type(when)
+    assert handle.when() == when
+    assert f'when={when!r}' in repr(handle)
+    assert hash(handle) == hash(when)
+    handle.cancel()
+
+
 def test_call_later_int_too_large_for_a_float(loop):
     with pytest.raises(OverflowError, match='^int too large to convert to float$'):
         loop.call_later(10 ** 400, callback)
