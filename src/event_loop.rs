@@ -111,9 +111,15 @@ impl FdOwner for DatagramTransportCore {}
 impl FdOwner for PipeTransportCore {}
 impl FdOwner for ChildWatch {}
 
+/// The owner behind an idle entry, if it is still alive (a stream or a read pipe
+/// transport, the only owners held weakly).
 #[cold]
-fn upgrade_idle_stream(py: Python<'_>, weak: &Py<PyWeakrefReference>) -> Option<IoOwner> {
-    weak.bind(py).upgrade_as::<StreamTransportCore>().ok().flatten().map(|t| IoOwner::Stream(t.unbind()))
+fn upgrade_idle(py: Python<'_>, weak: &Py<PyWeakrefReference>) -> Option<IoOwner> {
+    let owner = weak.bind(py).upgrade()?;
+    match owner.cast_into::<StreamTransportCore>() {
+        Ok(t) => Some(IoOwner::Stream(t.unbind())),
+        Err(e) => e.into_inner().cast_into::<PipeTransportCore>().ok().map(|p| IoOwner::Pipe(p.unbind())),
+    }
 }
 
 fn addr_of<T>(object: &T) -> usize {
@@ -122,16 +128,17 @@ fn addr_of<T>(object: &T) -> usize {
 
 /// What the loop keeps of the Rust object that owns an fd: the object itself while
 /// it waits for I/O, or only a weak reference while a stream transport waits for
-/// none (reading paused or past end of file, nothing left to send). asyncio's
-/// selector references a transport only while it has a reader or writer
-/// registered, so a transport the application drops then is collected, warned
-/// about and closed; a strong reference here would keep its socket open for the
-/// loop's lifetime. The fd stays registered either way (no `epoll_ctl`).
+/// none (reading paused or past end of file, nothing left to send), or a read
+/// pipe is paused. asyncio's selector references a transport only while it has a
+/// reader or writer registered, so a transport the application drops then is
+/// collected, warned about and closed; a strong reference here would keep its
+/// socket or pipe open for the loop's lifetime. The fd stays registered either
+/// way (no `epoll_ctl`).
 pub enum Held {
     Owner(IoOwner),
     /// `addr` identifies the transport even while its finalizer runs, after the
     /// collector has already cleared weak references to it.
-    IdleStream {
+    Idle {
         weak: Py<PyWeakrefReference>,
         addr: usize,
     },
@@ -143,21 +150,21 @@ impl Held {
     pub fn owner(&self, py: Python<'_>) -> Option<IoOwner> {
         match self {
             Held::Owner(o) => Some(o.clone_ref(py)),
-            Held::IdleStream { weak, .. } => upgrade_idle_stream(py, weak),
+            Held::Idle { weak, .. } => upgrade_idle(py, weak),
         }
     }
 
     fn addr(&self) -> usize {
         match self {
             Held::Owner(o) => o.addr(),
-            Held::IdleStream { addr, .. } => *addr,
+            Held::Idle { addr, .. } => *addr,
         }
     }
 
     fn as_any(&self) -> &Py<PyAny> {
         match self {
             Held::Owner(o) => o.as_any(),
-            Held::IdleStream { weak, .. } => weak.as_any(),
+            Held::Idle { weak, .. } => weak.as_any(),
         }
     }
 }
@@ -218,7 +225,7 @@ pub struct LoopState {
     pub readers: FdMap<Py<Handle>>,
     pub writers: FdMap<Py<Handle>>,
     /// Fds owned by Rust I/O objects (transports, listeners), each held strongly or,
-    /// for an idle stream transport, weakly (see `Held`).
+    /// for an idle transport, weakly (see `Held`).
     pub io: FdMap<Held>,
     /// Weak references to the socket objects whose `sock_*` wait left their fd
     /// lingering in the poller: the next wait on the same live object takes the
@@ -343,17 +350,18 @@ impl LoopCore {
         drop(removed);
     }
 
-    /// Holds stream transport `t`, owner of `fd`, strongly (it waits for I/O) or
-    /// only weakly (see `Held`), if the loop still holds `fd` for it.
-    pub fn hold_stream(&self, fd: RawFd, t: &Bound<'_, StreamTransportCore>, strongly: bool) -> PyResult<()> {
-        let py = t.py();
+    /// Holds `owner` (a stream or read pipe transport), owner of `fd`, strongly
+    /// (it waits for I/O) or only weakly (see `Held`), if the loop still holds `fd`
+    /// for it.
+    pub fn hold(&self, py: Python<'_>, fd: RawFd, owner: IoOwner, strongly: bool) -> PyResult<()> {
+        let addr = owner.addr();
         let held = if strongly {
-            Held::Owner(IoOwner::Stream(t.clone().unbind()))
+            Held::Owner(owner)
         } else {
-            Held::IdleStream { weak: PyWeakrefReference::new(t)?.unbind(), addr: addr_of(t.get()) }
+            Held::Idle { weak: PyWeakrefReference::new(owner.as_any().bind(py))?.unbind(), addr }
         };
         let replaced = self.state.with(py, |s| match s.io.get_mut(&fd) {
-            Some(h) if h.addr() == addr_of(t.get()) => Some(std::mem::replace(h, held)),
+            Some(h) if h.addr() == addr => Some(std::mem::replace(h, held)),
             _ => None,
         });
         drop(replaced);

@@ -402,15 +402,19 @@ impl PipeTransportCore {
 
     /// `pause_reading()` (`true`) / `resume_reading()` (`false`) by asyncio's rules;
     /// true when the state changed (the wrapper then logs it in debug mode). A
-    /// paused pipe stays registered: an edge while paused is ignored, and resuming
-    /// looks again.
+    /// paused pipe stays registered, held weakly (`event_loop::Held`): an edge while
+    /// paused is ignored, and resuming looks again.
     fn _set_paused(slf: &Bound<'_, Self>, paused: bool) -> PyResult<bool> {
         let py = slf.py();
-        let changed = slf.get().state.with(py, |s| {
+        let me = slf.get();
+        let (changed, registered) = me.state.with(py, |s| {
             let change = !s.closing && s.paused != paused;
             s.paused ^= change;
-            change
+            (change, s.registered)
         });
+        if changed && registered {
+            me.event_loop.get().hold(py, me.fd, IoOwner::Pipe(slf.clone().unbind()), !paused)?;
+        }
         if changed && !paused {
             let ctx = io_context::copy_current(py)?;
             let old = slf.get().state.with(py, |s| s.context.replace(ctx));

@@ -283,7 +283,7 @@ impl StreamTransportCore {
     /// Makes the loop hold the transport as `TransportState::hold_change` decided.
     fn apply_hold(slf: &Bound<'_, Self>, change: Option<bool>) -> PyResult<()> {
         match change {
-            Some(strongly) => slf.get().event_loop.get().hold_stream(slf.get().fd, slf, strongly),
+            Some(strongly) => slf.get().event_loop.get().hold(slf.py(), slf.get().fd, IoOwner::Stream(slf.clone().unbind()), strongly),
             None => Ok(()),
         }
     }

@@ -1,4 +1,4 @@
-"""Stream transports the application drops without closing them: the loop keeps
+"""Stream (and read pipe) transports the application drops without closing them: the loop keeps
 one that reads or still has data to send, and lets go of one that waits for
 nothing (reading paused, or past end of file with nothing left to send), as
 asyncio's selector keeps a transport only while it has a reader or a writer. The
@@ -8,6 +8,7 @@ stdlib loop and on ferroloop with the same assertions."""
 
 import asyncio
 import gc
+import os
 import socket
 import warnings
 import weakref
@@ -229,6 +230,49 @@ def test_a_collected_transport_lets_go_of_its_fd_when_warnings_are_errors(loop):
             other.send(b'x')
             await asyncio.wait_for(readable, 10)
             loop.remove_reader(reused)
+    run(loop, main())
+
+
+async def paused_read_pipe(loop):
+    """A read pipe transport, paused once its reading started; its protocol and
+    the write end's fd."""
+    rfd, wfd = os.pipe()
+    _, pr = await loop.connect_read_pipe(Keeper, os.fdopen(rfd, 'rb', 0))
+    await asyncio.sleep(0)
+    pr.transport.pause_reading()
+    return pr, wfd
+
+
+def test_a_paused_read_pipe_is_collected_and_closed(loop):
+    """As a paused stream transport: asyncio's selector has no reader for it."""
+    async def main():
+        pr, wfd = await paused_read_pipe(loop)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter('always', ResourceWarning)
+            # asyncio's transport is freed here, ferroloop's (a cycle with its
+            # core) by the collector, which may finalize its file object first
+            # ("unclosed file" too).
+            ref = drop(pr)
+            gc.collect()
+        assert 'unclosed transport' in [str(w.message).split(' <')[0] for w in caught]
+        del caught  # a warning keeps its source, the transport, alive
+        assert ref() is None
+        with pytest.raises(BrokenPipeError):  # its read end was closed
+            os.write(wfd, b'x')
+        os.close(wfd)
+    run(loop, main())
+
+
+def test_a_read_pipe_paused_then_resumed_is_kept(loop):
+    async def main():
+        pr, wfd = await paused_read_pipe(loop)
+        pr.transport.resume_reading()
+        ref = drop(pr)
+        assert collect() == []
+        os.write(wfd, b'still read')
+        await yield_until(lambda: pr.data == b'still read')
+        ref().close()
+        os.close(wfd)
     run(loop, main())
 
 

@@ -101,9 +101,11 @@ class _PipeTransport:
         except AttributeError:
             return
         if pipe is not None:
-            _warn(f'unclosed transport {self!r}', ResourceWarning, source=self)
-            self._core._detach()
-            pipe.close()
+            try:
+                _warn(f'unclosed transport {self!r}', ResourceWarning, source=self)
+            finally:  # also when warnings are errors: the loop must let go of the fd
+                self._core._detach()
+                pipe.close()
 
 
 class _ReadPipeTransport(_PipeTransport, transports.ReadTransport):
