@@ -306,9 +306,11 @@ def test_close_while_running(loop):
 
 
 def test_close_is_idempotent_and_final(loop):
+    assert loop._closed is False  # asyncio's attribute, read by test fixtures
     loop.close()
     loop.close()
     assert loop.is_closed()
+    assert loop._closed is True
     with pytest.raises(RuntimeError, match='^Event loop is closed$'):
         loop.run_forever()
     coro = asyncio.sleep(0)

@@ -188,6 +188,10 @@ class Loop(LoopCore, NetworkMixin, DatagramMixin, PipesMixin, SubprocessMixin, S
     # (`subprocess_exec`); assigning it only sets the flag, as there.
     _debug = property(LoopCore.get_debug, lambda self, enabled: self._set_debug_flag(bool(enabled)))
 
+    # asyncio's attribute, read by code written against it (test fixtures that
+    # check `loop._closed` before closing; uvloop's loop has it too).
+    _closed = property(LoopCore.is_closed)
+
     def _set_origin_tracking(self, enabled):
         if bool(enabled) == self._origin_tracking:
             return
