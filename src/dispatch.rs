@@ -61,6 +61,7 @@ pub fn run_iterations(slf: &Bound<'_, LoopCore>, once: bool) -> PyResult<()> {
 /// One iteration. `after_io`: the previous one was a batch of the loop's own I/O
 /// handling alone that sent nothing; returns whether this one was.
 fn run_once(slf: &Bound<'_, LoopCore>, core: &LoopCore, py: Python<'_>, after_io: bool) -> PyResult<bool> {
+    core.iteration.add(py, 1);
     let cancelled = core.cancelled_timers.take(py);
     // Objects leaving the loop are dropped after the state borrows end: dropping
     // may run Python code (see gil_cell).
@@ -80,14 +81,15 @@ fn run_once(slf: &Bound<'_, LoopCore>, core: &LoopCore, py: Python<'_>, after_io
         // Virtual time never sleeps: the clock moves only when told. Writes left
         // queued when the last batch was cut short (SystemExit, KeyboardInterrupt)
         // are flushed at the end of this one, so do not sleep before it either.
-        let timeout = if !s.ready.is_empty() || !s.deferred_flush.is_empty() || s.stopping || s.virtual_now.is_some() {
-            Some(Duration::ZERO)
-        } else if let Some(when) = s.timers.next_deadline() {
-            let secs = (when - s.now()).clamp(0.0, MAX_POLL_TIMEOUT);
-            Some(Duration::from_secs_f64(secs))
-        } else {
-            None
-        };
+        let timeout =
+            if !s.ready.is_empty() || !s.io_attempts.is_empty() || !s.deferred_flush.is_empty() || s.stopping || s.virtual_now.is_some() {
+                Some(Duration::ZERO)
+            } else if let Some(when) = s.timers.next_deadline() {
+                let secs = (when - s.now()).clamp(0.0, MAX_POLL_TIMEOUT);
+                Some(Duration::from_secs_f64(secs))
+            } else {
+                None
+            };
         if timeout != Some(Duration::ZERO) {
             if let Some(w) = &s.waker {
                 w.arm();
@@ -134,7 +136,7 @@ fn run_once(slf: &Bound<'_, LoopCore>, core: &LoopCore, py: Python<'_>, after_io
         }
         // A batch of the loop's own I/O handling alone (see `after_io`): nothing
         // queued before the poll, no user fd callback, no timer.
-        let mut io_only = !skip_poll && !fds.is_empty() && s.ready.is_empty();
+        let mut io_only = !skip_poll && !(fds.is_empty() && s.io_attempts.is_empty()) && s.ready.is_empty();
         for r in fds.drain(..) {
             if Some(r.fd) == s.signal_fd {
                 crate::signals::queue_arrived(s, py, r.fd);
@@ -171,6 +173,8 @@ fn run_once(slf: &Bound<'_, LoopCore>, core: &LoopCore, py: Python<'_>, after_io
             }
         }
         s.ready_fds = std::mem::take(&mut fds);
+        // Attempts the owners asked for, with the poll's events (`queue_attempt`).
+        s.ready.extend(s.io_attempts.drain(..));
 
         let end_time = if s.timers.is_empty() { f64::NEG_INFINITY } else { s.now() + clock::resolution() };
         while let Some(entry) = s.timers.pop_due(end_time) {
@@ -440,6 +444,7 @@ pub fn drop_queued(core: &LoopCore, py: Python<'_>) {
             std::mem::take(&mut s.io),
             std::mem::take(&mut s.deferred_flush),
             s.spare_handles.drain(),
+            std::mem::take(&mut s.io_attempts),
         )
     });
     for r in &dropped.0 {

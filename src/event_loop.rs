@@ -239,6 +239,9 @@ pub struct LoopState {
     /// Transports with writes collected during this iteration, flushed at its end
     /// (a queue that keeps its allocation from iteration to iteration).
     pub deferred_flush: VecDeque<Py<StreamTransportCore>>,
+    /// I/O attempts the owners asked for (`queue_attempt`), queued with the next
+    /// poll's events.
+    pub io_attempts: Vec<Ready>,
     pub registrar: Option<Registrar>,
     pub waker: Option<Waker>,
     /// Scratch buffer for poll results, kept to avoid an allocation per iteration.
@@ -302,6 +305,9 @@ pub struct LoopCore {
     pub poller: Mutex<Option<Poller>>,
     /// Shared with every timer slot: how many timers were cancelled while scheduled.
     pub cancelled_timers: Arc<GilCounter>,
+    /// The number of the running iteration, which transports note when they start
+    /// or resume reading (`reading::ReadSwitch`).
+    pub iteration: GilCounter,
 }
 
 impl LoopState {
@@ -319,6 +325,19 @@ impl LoopState {
         let Some(reg) = self.registrar.as_mut() else { return Err(closed_error()) };
         reg.watch_owned(fd, readable, writable)?;
         Ok(self.io.insert(fd, Held::Owner(owner)))
+    }
+
+    /// Queues an I/O attempt for an fd owner, as if the next poll reported its fd
+    /// ready: an edge-triggered fd may have turned ready before reading started or
+    /// resumed, or a read cut short by the fairness cap left data behind. asyncio's
+    /// reader, added (or level-triggered, still ready) then, is found by the next
+    /// poll and runs after every callback queued before it: a client's
+    /// `create_connection` returns before the first `data_received`, even when the
+    /// server spoke at once.
+    pub fn queue_attempt(&mut self, owner: IoOwner, readable: bool, writable: bool) {
+        if !self.closed {
+            self.io_attempts.push(Ready::Io { owner, readable, writable, clean: false });
+        }
     }
 
     /// Stops watching `fd` if it is still held for the Rust object `owner` (the
@@ -423,6 +442,11 @@ impl LoopCore {
                 Ready::Flush(t) => visit.call(t)?,
             }
         }
+        for r in &s.io_attempts {
+            if let Ready::Io { owner, .. } = r {
+                visit.call(owner.as_any())?;
+            }
+        }
         for h in s.readers.values().chain(s.writers.values()).chain(s.signal_handlers.values()).chain(s.current_handle.iter()) {
             visit.call(h)?;
         }
@@ -467,6 +491,7 @@ impl LoopCore {
                 sock_lingering: FdMap::default(),
                 fileobjs: FdMap::default(),
                 deferred_flush: VecDeque::new(),
+                io_attempts: Vec::new(),
                 registrar: Some(registrar),
                 waker: Some(waker),
                 ready_fds: Vec::with_capacity(64),
@@ -485,6 +510,7 @@ impl LoopCore {
             }),
             poller: Mutex::new(Some(poller)),
             cancelled_timers: Arc::new(GilCounter::new()),
+            iteration: GilCounter::new(),
         })
     }
 

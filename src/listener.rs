@@ -13,7 +13,7 @@ use pyo3::gc::{PyTraverseError, PyVisit};
 use pyo3::intern;
 use pyo3::prelude::*;
 
-use crate::event_loop::{IoOwner, LoopCore, Ready};
+use crate::event_loop::{IoOwner, LoopCore};
 use crate::gil_cell::GilCell;
 use crate::io_context;
 
@@ -53,16 +53,7 @@ impl Listener {
         // no new edge will tell us: look again next iteration (also after an error, so
         // one failed accept does not strand the ones behind it).
         if !matches!(outcome, Ok(false)) {
-            slf.get().event_loop.get().state.with(py, |s| {
-                if !s.closed {
-                    s.ready.push_back(Ready::Io {
-                        owner: IoOwner::Listener(slf.clone().unbind()),
-                        readable: true,
-                        writable: false,
-                        clean: false,
-                    });
-                }
-            });
+            slf.get().event_loop.get().state.with(py, |s| s.queue_attempt(IoOwner::Listener(slf.clone().unbind()), true, false));
         }
         outcome.map(drop)
     }
@@ -141,8 +132,8 @@ impl Listener {
         drop(old); // after the borrow
         let replaced = me.event_loop.get().state.with(py, |s| {
             let replaced = s.register_owner(fd, IoOwner::Listener(slf.clone().unbind()), true, false)?;
-            // A connection may already be waiting: try accepting at once.
-            s.ready.push_back(Ready::Io { owner: IoOwner::Listener(slf.clone().unbind()), readable: true, writable: false, clean: false });
+            // A connection may already be waiting: try accepting.
+            s.queue_attempt(IoOwner::Listener(slf.clone().unbind()), true, false);
             Ok::<_, PyErr>(replaced)
         })?;
         me.inner.with(py, |i| i.registered = true);

@@ -38,7 +38,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PyTuple};
 
 use crate::buffer::ReadBuf;
-use crate::event_loop::{IoOwner, LoopCore, Ready};
+use crate::event_loop::{IoOwner, LoopCore};
 use crate::flow_control::{self, logger};
 use crate::gil_cell::GilCell;
 use crate::io_context;
@@ -111,11 +111,7 @@ impl PipeTransportCore {
 
     fn queue_read(slf: &Bound<'_, Self>) {
         let py = slf.py();
-        slf.get().event_loop.get().state.with(py, |s| {
-            if !s.closed {
-                s.ready.push_back(Ready::Io { owner: IoOwner::Pipe(slf.clone().unbind()), readable: true, writable: false, clean: false });
-            }
-        });
+        slf.get().event_loop.get().state.with(py, |s| s.queue_attempt(IoOwner::Pipe(slf.clone().unbind()), true, false));
     }
 
     fn register(slf: &Bound<'_, Self>) -> PyResult<()> {

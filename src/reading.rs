@@ -20,6 +20,8 @@ pub struct ReadSwitch {
     pub paused: bool,
     /// Reading is "registered" (asyncio: the fd has a reader).
     pub reader_active: bool,
+    /// The loop iteration in which reading last started or resumed (`armed_in`).
+    armed_in: usize,
 }
 
 impl ReadSwitch {
@@ -33,11 +35,21 @@ impl ReadSwitch {
         self.reader_active && !self.paused && !self.closing
     }
 
-    /// asyncio's first `_add_reader` after `connection_made`; true if it started reading.
-    pub fn start(&mut self) -> bool {
+    /// `can_read` for a readiness event of loop iteration `iteration`. An event the
+    /// poll reported before reading started or resumed, in the same iteration, is
+    /// not one: asyncio's reader, added then, is found by the next poll, after the
+    /// callbacks queued meanwhile (`LoopState::queue_attempt` looks then).
+    pub fn can_read_event(&self, iteration: usize) -> bool {
+        self.can_read() && iteration != self.armed_in
+    }
+
+    /// asyncio's first `_add_reader` after `connection_made`, in loop iteration
+    /// `iteration`; true if it started reading.
+    pub fn start(&mut self, iteration: usize) -> bool {
         let go = !self.paused && !self.closing && !self.reader_active;
         if go {
             self.reader_active = true;
+            self.armed_in = iteration;
         }
         go
     }
@@ -52,13 +64,15 @@ impl ReadSwitch {
         true
     }
 
-    /// `resume_reading()`: true if this call resumed (a no-op when closing or not paused).
-    pub fn resume(&mut self) -> bool {
+    /// `resume_reading()`, in loop iteration `iteration`: true if this call resumed
+    /// (a no-op when closing or not paused).
+    pub fn resume(&mut self, iteration: usize) -> bool {
         if self.closing || !self.paused {
             return false;
         }
         self.paused = false;
         self.reader_active = true;
+        self.armed_in = iteration;
         true
     }
 

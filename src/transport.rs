@@ -53,7 +53,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyByteArray, PyBytes, PyDict, PyList, PyMemoryView, PyTuple};
 
 use crate::buffer::{BufView, KeptBytes, ReadBuf};
-use crate::event_loop::{IoOwner, LoopCore, Ready};
+use crate::event_loop::{IoOwner, LoopCore};
 use crate::flow_control::{self, is_fatal, logger};
 use crate::gil_cell::{GilCell, GilFlag};
 use crate::io_context;
@@ -268,16 +268,12 @@ impl StreamTransportCore {
         drop(old); // after the borrow
     }
 
-    /// Queues an I/O attempt for the next iteration (edge-triggered registration:
-    /// after a resume, or a read cut short by the fairness cap).
+    /// Queues an I/O attempt with the next poll's events (`LoopState::queue_attempt`:
+    /// reading started or resumed, or a read cut short by the fairness cap).
     fn queue_io(slf: &Bound<'_, Self>, readable: bool, writable: bool) {
         let py = slf.py();
-        slf.get().event_loop.get().state.with(py, |s| {
-            if !s.closed {
-                // A new reference to a live object: nothing is freed in here.
-                s.ready.push_back(Ready::Io { owner: IoOwner::Stream(slf.clone().unbind()), readable, writable, clean: false });
-            }
-        });
+        // A new reference to a live object: nothing is freed in here.
+        slf.get().event_loop.get().state.with(py, |s| s.queue_attempt(IoOwner::Stream(slf.clone().unbind()), readable, writable));
     }
 
     /// Makes the loop hold the transport as `TransportState::hold_change` decided.
@@ -303,7 +299,8 @@ impl StreamTransportCore {
     pub fn on_io(slf: &Bound<'_, Self>, readable: bool, writable: bool, clean: bool) -> PyResult<()> {
         let py = slf.py();
         let me = slf.get();
-        if readable && me.state.with(py, |s| s.read.can_read() && s.conn_lost == 0) {
+        let iteration = me.event_loop.get().iteration.get();
+        if readable && me.state.with(py, |s| s.read.can_read_event(iteration) && s.conn_lost == 0) {
             if let ReadEnd::Again = Self::read_ready(slf, clean)? {
                 Self::queue_io(slf, true, false);
             }
@@ -895,7 +892,8 @@ impl StreamTransportCore {
     /// asyncio's `call_soon(self._add_reader, ...)` after `connection_made`.
     fn _start_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
-        let (start, change) = slf.get().state.with(py, |s| (s.read.start(), s.hold_change()));
+        let iteration = slf.get().event_loop.get().iteration.get();
+        let (start, change) = slf.get().state.with(py, |s| (s.read.start(iteration), s.hold_change()));
         Self::apply_hold(slf, change)?;
         if start {
             Self::queue_io(slf, true, false);
@@ -1030,7 +1028,8 @@ impl StreamTransportCore {
     fn resume_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let me = slf.get();
-        let (resumed, change) = me.state.with(py, |s| (s.read.resume(), s.hold_change()));
+        let iteration = me.event_loop.get().iteration.get();
+        let (resumed, change) = me.state.with(py, |s| (s.read.resume(iteration), s.hold_change()));
         Self::apply_hold(slf, change)?;
         if resumed {
             me.set_context(py, io_context::copy_current(py)?);

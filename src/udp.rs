@@ -41,7 +41,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PyString, PyTuple};
 
 use crate::buffer::ReadBuf;
-use crate::event_loop::{IoOwner, LoopCore, Ready};
+use crate::event_loop::{IoOwner, LoopCore};
 use crate::flow_control::{self, is_fatal, logger};
 use crate::gil_cell::{GilCell, GilFlag};
 use crate::io_context;
@@ -226,26 +226,19 @@ impl DatagramTransportCore {
 
     fn queue_io(slf: &Bound<'_, Self>, readable: bool, writable: bool) {
         let py = slf.py();
-        slf.get().event_loop.get().state.with(py, |s| {
-            if !s.closed {
-                s.ready.push_back(Ready::Io { owner: IoOwner::Datagram(slf.clone().unbind()), readable, writable, clean: false });
-            }
-        });
+        slf.get().event_loop.get().state.with(py, |s| s.queue_attempt(IoOwner::Datagram(slf.clone().unbind()), readable, writable));
     }
 
     fn call_soon(&self, py: Python<'_>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>) -> PyResult<()> {
         crate::scheduling::call_soon(self.event_loop.bind(py), callback, Some(args), None, "call_soon").map(drop)
     }
 
-    fn reading(&self, py: Python<'_>) -> bool {
-        self.state.with(py, |s| s.read.can_read() && s.conn_lost == 0)
-    }
-
     /// Called by the loop when the fd is ready (or when we queued ourselves).
     pub fn on_io(slf: &Bound<'_, Self>, readable: bool, writable: bool) -> PyResult<()> {
         let py = slf.py();
         let me = slf.get();
-        if readable && me.reading(py) {
+        let iteration = me.event_loop.get().iteration.get();
+        if readable && me.state.with(py, |s| s.read.can_read_event(iteration) && s.conn_lost == 0) {
             Self::read_ready(slf)?;
         }
         // Watched with an empty queue: the last datagram's send failed, and what
@@ -614,7 +607,8 @@ impl DatagramTransportCore {
     /// asyncio's `call_soon(self._add_reader, ...)` after `connection_made`.
     fn _start_reading(slf: &Bound<'_, Self>) {
         let py = slf.py();
-        let start = slf.get().state.with(py, |s| s.read.start());
+        let iteration = slf.get().event_loop.get().iteration.get();
+        let start = slf.get().state.with(py, |s| s.read.start(iteration));
         if start {
             Self::queue_io(slf, true, false);
         }
@@ -737,7 +731,8 @@ impl DatagramTransportCore {
     fn resume_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let me = slf.get();
-        if me.state.with(py, |s| s.read.resume()) {
+        let iteration = me.event_loop.get().iteration.get();
+        if me.state.with(py, |s| s.read.resume(iteration)) {
             let ctx = io_context::copy_current(py)?;
             let old = me.state.with(py, |s| s.context.replace(ctx));
             drop(old); // after the borrow

@@ -280,6 +280,56 @@ def test_write_buffer_limits(loop):
 
 # ----- reading control and half-close -----------------------------------------------
 
+class Logged(asyncio.Protocol):
+    def __init__(self, log, pause=False):
+        self.log, self.pause = log, pause
+        self.got = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport):
+        self.log.append('connection_made')
+        if self.pause:
+            transport.pause_reading()
+
+    def data_received(self, data):
+        self.log.append(('data_received', data))
+        if not self.got.done():
+            self.got.set_result(None)
+
+
+@pytest.mark.parametrize('how', ['create_connection', 'connect_accepted_socket'])
+def test_data_waiting_at_connection_comes_after_the_caller_resumes(loop, how):
+    """asyncio adds the reader after `connection_made`, and the next poll finds the
+    data after the task awaiting the connection was woken: its caller resumes
+    before the first `data_received`, even when the peer spoke first (SMTP, SSH)."""
+    async def main():
+        ours, peer = socket.socketpair()
+        with peer:
+            peer.send(b'greeting')
+            log = []
+            tr, pr = await getattr(loop, how)(lambda: Logged(log), sock=ours)
+            log.append('returned')
+            await pr.got
+            assert log == ['connection_made', 'returned', ('data_received', b'greeting')]
+            tr.close()
+    run(loop, main())
+
+
+def test_data_waiting_at_resume_reading_comes_after_callbacks_queued_meanwhile(loop):
+    async def main():
+        ours, peer = socket.socketpair()
+        with peer:
+            log = []
+            tr, pr = await loop.create_connection(lambda: Logged(log, pause=True), sock=ours)
+            peer.send(b'held')
+            await yield_n(5)
+            tr.resume_reading()
+            loop.call_soon(log.append, 'queued after the resume')
+            await pr.got
+            assert log == ['connection_made', 'queued after the resume', ('data_received', b'held')]
+            tr.close()
+    run(loop, main())
+
+
 def test_pause_reading_holds_data_until_resumed(loop):
     async def main():
         server, addr = await start_echo_server(loop)
