@@ -435,6 +435,16 @@ def test_shutdown_asyncgens_finalizes_open_generators(loop):
                                      'a finally after await', 'b finally after await'])
 
 
+def test_shutdown_asyncgens_coroutine_has_asyncio_s_name(loop):
+    """`asyncio.Runner.close()` on a loop a test closed itself makes a
+    `shutdown_asyncgens()` coroutine that is never awaited; pytest-asyncio silences
+    that warning by the stdlib coroutine's name."""
+    loop.close()
+    coro = loop.shutdown_asyncgens()
+    assert coro.__qualname__ == 'BaseEventLoop.shutdown_asyncgens'
+    coro.close()
+
+
 def test_shutdown_asyncgens_reports_errors(loop):
     errors = []
     loop.set_exception_handler(lambda lp, ctx: errors.append(ctx))

@@ -263,29 +263,8 @@ class Loop(LoopCore, NetworkMixin, DatagramMixin, PipesMixin, SubprocessMixin, S
 
     # ----- asynchronous generators ------------------------------------------------
 
-    def _asyncgen_firstiter_hook(self, agen):
-        if self._asyncgens_shutdown_called:
-            warnings.warn(f'asynchronous generator {agen!r} was scheduled after '
-                          f'loop.shutdown_asyncgens() call', ResourceWarning, source=self)
-        self._asyncgens.add(agen)
-
-    def _asyncgen_finalizer_hook(self, agen):
-        self._asyncgens.discard(agen)
-        if not self.is_closed():
-            self.call_soon_threadsafe(self.create_task, agen.aclose())
-
-    async def shutdown_asyncgens(self):
-        """Close every asynchronous generator still open on this loop."""
-        self._asyncgens_shutdown_called = True
-        if not len(self._asyncgens):
-            return
-        closing = list(self._asyncgens)
-        self._asyncgens.clear()
-        results = await tasks.gather(*[ag.aclose() for ag in closing], return_exceptions=True)
-        for result, agen in zip(results, closing):
-            if isinstance(result, Exception):
-                self.call_exception_handler({
-                    'message': f'an error occurred during closing of asynchronous generator {agen!r}',
-                    'exception': result,
-                    'asyncgen': agen,
-                })
+    # The stdlib's own: code silences "never awaited" for the coroutine of a
+    # shutdown_asyncgens() a closed loop refused by its name (pytest-asyncio).
+    _asyncgen_firstiter_hook = base_events.BaseEventLoop._asyncgen_firstiter_hook
+    _asyncgen_finalizer_hook = base_events.BaseEventLoop._asyncgen_finalizer_hook
+    shutdown_asyncgens = base_events.BaseEventLoop.shutdown_asyncgens
