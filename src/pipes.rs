@@ -68,6 +68,9 @@ pub struct PipeState {
     low: usize,
     /// The context its I/O runs in (`io_context`), as a stream transport's.
     context: Option<Py<PyAny>>,
+    /// The loop iteration in which reading last resumed: an event of that
+    /// iteration is no delivery (see `ReadSwitch::can_read_event`).
+    resumed_in: usize,
 }
 
 #[pyclass(module = "ferroloop._ferroloop", frozen, weakref)]
@@ -150,7 +153,8 @@ impl PipeTransportCore {
             }
             return Ok(());
         }
-        if readable {
+        let iteration = me.event_loop.get().iteration.get();
+        if readable && me.state.with(py, |s| s.resumed_in != iteration) {
             if let ReadEnd::Again = Self::read_ready(slf)? {
                 Self::queue_read(slf);
             }
@@ -361,6 +365,7 @@ impl PipeTransportCore {
                 high: flow_control::DEFAULT_HIGH,
                 low: flow_control::DEFAULT_LOW,
                 context: Some(io_context::copy_current(py)?),
+                resumed_in: 0,
             }),
         })
     }
@@ -403,9 +408,13 @@ impl PipeTransportCore {
     fn _set_paused(slf: &Bound<'_, Self>, paused: bool) -> PyResult<bool> {
         let py = slf.py();
         let me = slf.get();
+        let iteration = me.event_loop.get().iteration.get();
         let (changed, registered) = me.state.with(py, |s| {
             let change = !s.closing && s.paused != paused;
             s.paused ^= change;
+            if change && !paused {
+                s.resumed_in = iteration;
+            }
             (change, s.registered)
         });
         if changed && registered {

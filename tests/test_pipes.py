@@ -118,6 +118,41 @@ def test_read_pipe_pause_and_resume(loop, os_pipe):
     assert events == ['made', 'data', 'lost']  # close(): no eof_received
 
 
+def test_read_pipe_data_polled_with_the_resume_comes_after_callbacks_queued_meanwhile(loop, os_pipe):
+    """Data the very poll before `resume_reading()` saw: asyncio's reader, added by
+    the resume, finds it at the next poll, after what was queued meanwhile."""
+    rf, wf = os_pipe
+
+    log = []
+
+    class Logged(Recorder):
+        def data_received(self, data):
+            log.append('data_received')
+            super().data_received(data)
+
+    async def main():
+        proto = Logged(loop)
+        tr, _ = await loop.connect_read_pipe(lambda: proto, rf)
+        tr.pause_reading()
+        await iterations()
+
+        def resume():
+            tr.resume_reading()
+            loop.call_soon(log.append, 'queued after the resume')
+
+        def write_then_resume():
+            wf.write(b'x')  # seen by the next poll, whose batch runs the resume
+            loop.call_soon(resume)
+
+        loop.call_soon(write_then_resume)
+        await proto.wait_for_bytes(1)
+        assert log == ['queued after the resume', 'data_received']
+        tr.close()
+        await proto.lost
+
+    run(loop, main())
+
+
 @pytest.mark.parametrize('method,message', [
     ('connect_read_pipe', 'Pipe transport is for pipes/sockets only.'),
     ('connect_write_pipe', 'Pipe transport is only for pipes, sockets and character devices'),

@@ -314,16 +314,30 @@ def test_data_waiting_at_connection_comes_after_the_caller_resumes(loop, how):
     run(loop, main())
 
 
-def test_data_waiting_at_resume_reading_comes_after_callbacks_queued_meanwhile(loop):
+@pytest.mark.parametrize('data', ['waiting', 'polled_with_the_resume'])
+def test_data_at_resume_reading_comes_after_callbacks_queued_meanwhile(loop, data):
+    """asyncio's reader, added by the resume, finds the data at the next poll: data
+    that waited while paused, or that the very poll before the resume saw."""
     async def main():
         ours, peer = socket.socketpair()
         with peer:
             log = []
             tr, pr = await loop.create_connection(lambda: Logged(log, pause=True), sock=ours)
-            peer.send(b'held')
             await yield_n(5)
-            tr.resume_reading()
-            loop.call_soon(log.append, 'queued after the resume')
+
+            def resume():
+                tr.resume_reading()
+                loop.call_soon(log.append, 'queued after the resume')
+
+            if data == 'waiting':
+                peer.send(b'held')
+                await yield_n(5)
+                resume()
+            else:
+                def send_then_resume():
+                    peer.send(b'held')  # seen by the next poll, whose batch resumes
+                    loop.call_soon(resume)
+                loop.call_soon(send_then_resume)
             await pr.got
             assert log == ['connection_made', 'queued after the resume', ('data_received', b'held')]
             tr.close()
