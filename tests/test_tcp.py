@@ -985,6 +985,24 @@ def test_wait_closed_waits_for_connections(loop):
     run(loop, main())
 
 
+def test_wait_closed_after_close_with_a_connection_open(loop):
+    """Before 3.12 it returns at once (aiosmtpd relies on it); from 3.12 it waits for
+    the connection, as a wait that began before `close()` does on every version."""
+    async def main():
+        server, addr = await start_echo_server(loop)
+        tr, pr = await loop.create_connection(lambda: Recorder(loop), *addr)
+        tr.write(b'x')
+        await pr.wait_for_bytes(1)
+        server.close()
+        waiting = asyncio.ensure_future(server.wait_closed())
+        await yield_n(5)
+        assert waiting.done() == (sys.version_info < (3, 12))
+        tr.close()
+        await pr.lost
+        await waiting
+    run(loop, main())
+
+
 def test_close_clients_and_abort_clients(loop):
     if not is_ferroloop(loop) and sys.version_info < (3, 13):
         pytest.skip('close_clients/abort_clients are 3.13+ in the stdlib')

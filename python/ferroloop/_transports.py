@@ -12,10 +12,12 @@ the core (one frame). It subclasses
 ``loop.sendfile``'s fallback protocol insists on.
 
 ``Server`` is an ``asyncio.AbstractServer`` with the semantics of 3.13's
-``asyncio.Server`` (``wait_closed`` waits for every connection, ``close_clients``,
-``abort_clients``); its accept loops are Rust ``Listener`` objects."""
+``asyncio.Server`` (``close_clients``, ``abort_clients``; ``wait_closed`` waits for
+every connection, but for the running Python's rule once closed); its accept
+loops are Rust ``Listener`` objects."""
 
 import errno
+import sys
 import warnings
 import weakref
 
@@ -26,6 +28,11 @@ from asyncio.log import logger
 from ._ferroloop import Listener, StreamTransportCore, install_transport_method, remove_if_inode
 
 _ACCEPT_RESOURCE_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+
+# Before 3.12 `Server.wait_closed()` on a closed server returns at once, whatever
+# connections are still open; code written for those versions relies on it
+# (aiosmtpd's controller stops its server so, with a connection left open).
+_WAIT_CLOSED_RETURNS_ONCE_CLOSED = sys.version_info < (3, 12)
 
 
 def _name_or_none(query):
@@ -423,8 +430,9 @@ class Server(events.AbstractServer):
             self._serving_forever_fut = None
 
     async def wait_closed(self):
-        """Wait until the server is closed and every connection it accepted ended."""
-        if self._waiters is None:
+        """Wait until the server is closed and every connection it accepted ended
+        (before 3.12: return at once if it is closed already)."""
+        if self._waiters is None or (_WAIT_CLOSED_RETURNS_ONCE_CLOSED and self._sockets is None):
             return
         waiter = self._loop.create_future()
         self._waiters.append(waiter)
