@@ -174,7 +174,9 @@ fn run_once(slf: &Bound<'_, LoopCore>, core: &LoopCore, py: Python<'_>, after_io
         }
         s.ready_fds = std::mem::take(&mut fds);
         // Attempts the owners asked for, with the poll's events (`queue_attempt`).
-        s.ready.extend(s.io_attempts.drain(..));
+        if !s.io_attempts.is_empty() {
+            s.ready.extend(s.io_attempts.drain(..));
+        }
 
         let end_time = if s.timers.is_empty() { f64::NEG_INFINITY } else { s.now() + clock::resolution() };
         while let Some(entry) = s.timers.pop_due(end_time) {
