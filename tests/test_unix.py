@@ -6,6 +6,7 @@ import asyncio
 import errno
 import hashlib
 import os
+import pathlib
 import socket
 import sys
 import tempfile
@@ -61,7 +62,6 @@ def test_echo_over_a_path(loop, sock_path):
 
 
 def test_pathlike_and_abstract_names(loop, sock_path):
-    import pathlib
     abstract = f'\0ferroloop-test-{os.getpid()}-{id(loop)}'
 
     async def main():
@@ -121,12 +121,14 @@ def test_socket_file_is_removed_on_close(loop, sock_path):
     run(loop, main())
 
 
-def test_stale_socket_file_is_replaced(loop, sock_path):
+@pytest.mark.parametrize('path_type', [str, os.fsencode, pathlib.Path])
+def test_stale_socket_file_is_replaced(loop, sock_path, path_type):
+    """As a str, bytes or path-like path, as `os.stat` takes them."""
     with socket.socket(socket.AF_UNIX) as stale:
         stale.bind(sock_path)
 
     async def main():
-        server = await loop.create_unix_server(asyncio.Protocol, sock_path)
+        server = await loop.create_unix_server(asyncio.Protocol, path_type(sock_path))
         tr, pr = await loop.create_unix_connection(lambda: Recorder(loop), sock_path)
         tr.close()
         await pr.lost
