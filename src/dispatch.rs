@@ -447,6 +447,8 @@ pub fn drop_queued(core: &LoopCore, py: Python<'_>) {
             std::mem::take(&mut s.deferred_flush),
             s.spare_handles.drain(),
             std::mem::take(&mut s.io_attempts),
+            std::mem::take(&mut s.fileobjs),
+            std::mem::take(&mut s.sock_lingering),
         )
     });
     for r in &dropped.0 {

@@ -153,21 +153,30 @@ pub fn needs_rearm(py: Python<'_>, handle: &Py<Handle>) -> bool {
 pub fn remove(slf: &Bound<'_, LoopCore>, fileobj: &Bound<'_, PyAny>, dir: Direction) -> PyResult<bool> {
     let fd = match fileobj_to_fd(fileobj) {
         Ok(fd) => fd,
-        // A socket closed since it was added (`fileno()` is -1): the fd it was
-        // added with, as `selectors` looks a key up by its object. Libraries close
-        // a socket and then remove its callbacks from a done-callback (anyio). (A
-        // `fileno()` that raises is refused before, by asyncio's transport check.)
-        Err(e) => match registered_fd_of(slf, fileobj) {
-            Some(fd) if fileno_is_negative(fileobj) => return Ok(remove_if(slf, fd, dir, |_| true)),
-            _ => return Err(e),
-        },
+        // A negative fd (a socket closed since it was added: `fileno()` is -1)
+        // passes asyncio's transport check; a closed loop then has nothing to
+        // remove, an open one finds the fd the object was added with, as
+        // `selectors` looks a key up by its object. Libraries close a socket and
+        // then remove its callbacks from a done-callback (anyio). (A `fileno()`
+        // that raises is refused by the transport check.)
+        Err(e) if is_negative_fd(fileobj) => {
+            if slf.get().state.with(slf.py(), |s| s.closed) {
+                return Ok(false);
+            }
+            match registered_fd_of(slf, fileobj) {
+                Some(fd) => return Ok(remove_if(slf, fd, dir, |_| true)),
+                None => return Err(e),
+            }
+        }
+        Err(e) => return Err(e),
     };
     ensure_fd_no_transport(slf, fd)?;
     Ok(remove_if(slf, fd, dir, |_| true))
 }
 
-fn fileno_is_negative(fileobj: &Bound<'_, PyAny>) -> bool {
-    fileobj.extract::<i64>().is_err() && fileobj.call_method0("fileno").and_then(|f| f.extract::<i64>()).is_ok_and(|fd| fd < 0)
+fn is_negative_fd(fileobj: &Bound<'_, PyAny>) -> bool {
+    let fd = fileobj.extract::<i64>().or_else(|_| fileobj.call_method0("fileno").and_then(|f| f.extract::<i64>()));
+    fd.is_ok_and(|fd| fd < 0)
 }
 
 /// The fd `fileobj` itself was given to `add_reader`/`add_writer` with, if it still

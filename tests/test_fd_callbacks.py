@@ -308,6 +308,18 @@ def test_removing_by_an_object_closed_since_it_was_added(loop, method):
         s.close()
 
 
+def test_removing_by_a_negative_fd_from_a_closed_loop(loop):
+    """asyncio's closed loop has nothing to remove and says so, before any lookup
+    (a done-callback removing a closed socket's reader at shutdown)."""
+    a, b = socket.socketpair()
+    loop.add_reader(a, lambda: None)
+    a.close()
+    loop.close()
+    assert loop.remove_reader(a) is False
+    assert loop.remove_writer(-1) is False
+    b.close()
+
+
 def test_removing_by_a_file_closed_since_it_was_added(loop):
     """Unlike a socket's, a closed file's `fileno()` raises, and asyncio's check for
     a transport on the fd refuses it before any lookup."""
