@@ -28,8 +28,8 @@ use crate::io_context;
 struct Watching {
     pidfd: Option<OwnedFd>,
     callback: Option<Py<PyAny>>,
-    /// The context of the code that spawned the child (`io_context`): the exit
-    /// callback is queued in a copy of it, as by asyncio's pidfd watcher.
+    /// The context the exit is handled in (`io_context`; the Python side chooses it
+    /// as asyncio's watcher of the running version would have it).
     context: Option<Py<PyAny>>,
 }
 
@@ -88,10 +88,15 @@ impl Drop for ChildWatch {
 #[pymethods]
 impl ChildWatch {
     /// Watches `pid` (a child of ours, not reaped yet) and calls `callback(returncode)`
-    /// on the loop once it exited; `None` when no pidfd could be had (the caller
-    /// waits in a thread instead).
+    /// on the loop, in a copy of `context`, once it exited; `None` when no pidfd
+    /// could be had (the caller waits in a thread instead).
     #[staticmethod]
-    fn start(event_loop: Bound<'_, LoopCore>, pid: libc::pid_t, callback: Bound<'_, PyAny>) -> PyResult<Option<Py<ChildWatch>>> {
+    fn start(
+        event_loop: Bound<'_, LoopCore>,
+        pid: libc::pid_t,
+        callback: Bound<'_, PyAny>,
+        context: Bound<'_, PyAny>,
+    ) -> PyResult<Option<Py<ChildWatch>>> {
         let py = event_loop.py();
         // Whatever the reason (no pidfds here, or no fd left), the child is spawned
         // already: a waiting thread needs no fd.
@@ -103,11 +108,7 @@ impl ChildWatch {
                 pid,
                 fd,
                 event_loop: event_loop.clone().unbind(),
-                state: GilCell::new(Watching {
-                    pidfd: Some(pidfd),
-                    callback: Some(callback.unbind()),
-                    context: Some(io_context::copy_current(py)?),
-                }),
+                state: GilCell::new(Watching { pidfd: Some(pidfd), callback: Some(callback.unbind()), context: Some(context.unbind()) }),
             },
         )?;
         let owner = IoOwner::Child(watch.clone_ref(py));

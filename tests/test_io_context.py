@@ -276,6 +276,10 @@ def test_subprocess_pipe_callbacks_run_in_the_context_that_spawned_it(loop):
             seen.append(VAR.get())
 
         def process_exited(self):
+            exited_in.append(VAR.get())
+
+        def connection_lost(self, exc):
+            exited_in.append(VAR.get())
             self.exited.set_result(None)
 
     async def spawn():
@@ -286,8 +290,12 @@ def test_subprocess_pipe_callbacks_run_in_the_context_that_spawned_it(loop):
         await protocol.exited
         transport.close()
 
+    exited_in = []
     run(loop, main())
     assert seen and set(seen) == {'spawner'}
+    # The exit: asyncio's default child watcher's context, a thread's (empty) before
+    # 3.12, the pidfd watcher's reader's (the spawner's) from 3.12.
+    assert exited_in == ['spawner' if sys.version_info >= (3, 12) else 'unset'] * 2
 
 
 def test_accepted_socket_callbacks_run_in_the_context_that_connected_it(loop):

@@ -20,7 +20,9 @@ each Python version gets its own. What ferroloop provides is the rest:
   blocked in ``waitpid`` (asyncio's ``ThreadedChildWatcher``). Child watchers set on the policy are left
   alone: ferroloop's loops never use them."""
 
+import contextvars
 import subprocess
+import sys
 import threading
 
 from asyncio import base_events, base_subprocess
@@ -83,14 +85,17 @@ def _discard(loop, popen):
 
 def _watch_exit(loop, pid, callback):
     """Calls ``callback(returncode)`` on ``loop`` once child ``pid`` exited (reaped;
-    ``None`` if someone else reaped it)."""
-    if _use_pidfd and ChildWatch.start(loop, pid, callback) is not None:
+    ``None`` if someone else reaped it), in the context asyncio's default child
+    watcher gives it: before 3.12 the threaded watcher's (an empty one), from 3.12
+    the pidfd watcher's (a copy of the spawner's)."""
+    context = contextvars.copy_context() if sys.version_info >= (3, 12) else contextvars.Context()
+    if _use_pidfd and ChildWatch.start(loop, pid, callback, context) is not None:
         return
 
     def wait():
         returncode = wait_child_blocking(pid)
         try:
-            loop.call_soon_threadsafe(callback, returncode)
+            loop.call_soon_threadsafe(callback, returncode, context=context)
         except RuntimeError:
             pass  # the loop is closed: nobody is waiting any more
 
@@ -163,4 +168,3 @@ class SubprocessMixin:
             await transport._wait()
             raise
         return transport
-
