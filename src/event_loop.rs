@@ -306,7 +306,7 @@ pub struct LoopCore {
     /// Shared with every timer slot: how many timers were cancelled while scheduled.
     pub cancelled_timers: Arc<GilCounter>,
     /// The number of the running iteration, which transports note when they start
-    /// or resume reading (`reading::ReadSwitch`).
+    /// or resume reading (`reading::ReadSwitch::can_read_event`, `PipeState`).
     pub iteration: GilCounter,
 }
 
@@ -377,6 +377,7 @@ impl LoopCore {
         let held = if strongly {
             Held::Owner(owner)
         } else {
+            debug_assert!(matches!(owner, IoOwner::Stream(_) | IoOwner::Pipe(_)), "upgrade_idle knows no other owner");
             Held::Idle { weak: PyWeakrefReference::new(owner.as_any().bind(py))?.unbind(), addr }
         };
         let replaced = self.state.with(py, |s| match s.io.get_mut(&fd) {

@@ -40,7 +40,8 @@ pub fn run_in<R>(py: Python<'_>, ctx: Option<Bound<'_, PyAny>>, f: impl FnOnce()
     let result = f();
     // SAFETY: as above; entered on this thread just now.
     if unsafe { ffi::PyContext_Exit(ctx.as_ptr()) } != 0 {
-        return Err(PyErr::fetch(py));
+        let exit_error = PyErr::fetch(py);
+        return result.and(Err(exit_error)); // the callback's own error first
     }
     result
 }

@@ -119,7 +119,8 @@ impl Listener {
     }
 
     /// Starts accepting (idempotent). Connections already waiting are picked up by
-    /// an attempt queued at once: an edge that happened before would not repeat.
+    /// an attempt queued with the next poll: an edge that happened before would not
+    /// repeat.
     fn start(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let me = slf.get();

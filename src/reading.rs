@@ -20,7 +20,8 @@ pub struct ReadSwitch {
     pub paused: bool,
     /// Reading is "registered" (asyncio: the fd has a reader).
     pub reader_active: bool,
-    /// The loop iteration in which reading last started or resumed (`armed_in`).
+    /// The loop iteration in which reading last started or resumed (see
+    /// `can_read_event`).
     armed_in: usize,
 }
 

@@ -17,10 +17,7 @@ use crate::handles::{closed_error, Handle, TimerHandle};
 pub fn context_or_copy(py: Python<'_>, context: Option<Bound<'_, PyAny>>) -> PyResult<Py<PyAny>> {
     match context {
         Some(ctx) if !ctx.is_none() => Ok(ctx.unbind()),
-        _ => {
-            // SAFETY: returns a new reference or NULL with an exception set.
-            unsafe { Bound::from_owned_ptr_or_err(py, pyo3::ffi::PyContext_CopyCurrent()) }.map(Bound::unbind)
-        }
+        _ => crate::io_context::copy_current(py),
     }
 }
 

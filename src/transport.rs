@@ -689,9 +689,9 @@ impl StreamTransportCore {
         Ok(route)
     }
 
-    /// Sends the writes collected during this iteration (the loop calls this at the
-    /// end of its batch; methods whose result depends on it call it first).
-    pub fn flush_deferred(slf: &Bound<'_, Self>) -> PyResult<()> {
+    /// Sends the writes collected during this iteration, for methods whose result
+    /// depends on it (the loop's own end-of-batch flush is `flush_from_loop`).
+    fn flush_deferred(slf: &Bound<'_, Self>) -> PyResult<()> {
         match Self::send_deferred(slf) {
             Some(sent) => Self::after_send(slf, sent),
             None => Ok(()),
@@ -1033,7 +1033,8 @@ impl StreamTransportCore {
         Self::apply_hold(slf, change)?;
         if resumed {
             me.set_context(py, io_context::copy_current(py)?);
-            // Data that arrived while paused raised no new edge: look now.
+            // Data that arrived while paused raised no new edge: look, after the
+            // next poll.
             Self::queue_io(slf, true, false);
             if me.debug(py) {
                 reading::log_debug(py, "%r resumes reading", me.owner(py))?;

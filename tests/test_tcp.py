@@ -281,14 +281,12 @@ def test_write_buffer_limits(loop):
 # ----- reading control and half-close -----------------------------------------------
 
 class Logged(asyncio.Protocol):
-    def __init__(self, log, pause=False):
-        self.log, self.pause = log, pause
+    def __init__(self, log):
+        self.log = log
         self.got = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport):
         self.log.append('connection_made')
-        if self.pause:
-            transport.pause_reading()
 
     def data_received(self, data):
         self.log.append(('data_received', data))
@@ -322,7 +320,8 @@ def test_data_at_resume_reading_comes_after_callbacks_queued_meanwhile(loop, dat
         ours, peer = socket.socketpair()
         with peer:
             log = []
-            tr, pr = await loop.create_connection(lambda: Logged(log, pause=True), sock=ours)
+            tr, pr = await loop.create_connection(lambda: Logged(log), sock=ours)
+            tr.pause_reading()  # (3.10's stdlib reads despite a pause in connection_made)
             await yield_n(5)
 
             def resume():
