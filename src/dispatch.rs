@@ -136,7 +136,8 @@ fn run_once(slf: &Bound<'_, LoopCore>, core: &LoopCore, py: Python<'_>, after_io
         }
         // A batch of the loop's own I/O handling alone (see `after_io`): nothing
         // queued before the poll, no user fd callback, no timer.
-        let mut io_only = !skip_poll && !(fds.is_empty() && s.io_attempts.is_empty()) && s.ready.is_empty();
+        let io_arrived = !fds.is_empty() || !s.io_attempts.is_empty();
+        let mut io_only = !skip_poll && io_arrived && s.ready.is_empty();
         for r in fds.drain(..) {
             if Some(r.fd) == s.signal_fd {
                 crate::signals::queue_arrived(s, py, r.fd);

@@ -14,10 +14,22 @@
 use pyo3::ffi;
 use pyo3::prelude::*;
 
+use crate::gil_cell::GilCell;
+
 /// A copy of the current thread's context (`contextvars.copy_context()`).
 pub fn copy_current(py: Python<'_>) -> PyResult<Py<PyAny>> {
     // SAFETY: the GIL is held; a new reference or NULL with an exception set.
     unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyContext_CopyCurrent()) }.map(Bound::unbind)
+}
+
+/// Makes an owner's context (the `Option` `slot` picks out of its state) a new copy
+/// of the current one, as asyncio makes its reader handle anew (reading resumed, a
+/// listener started); the old one is dropped after the borrow.
+pub fn renew<T>(py: Python<'_>, state: &GilCell<T>, slot: impl FnOnce(&mut T) -> &mut Option<Py<PyAny>>) -> PyResult<()> {
+    let ctx = copy_current(py)?;
+    let old = state.with(py, |s| slot(s).replace(ctx));
+    drop(old); // dropping may run Python code: not inside the cell
+    Ok(())
 }
 
 /// A copy of `ctx` (`ctx.copy()`).

@@ -128,9 +128,7 @@ impl Listener {
             return Ok(());
         }
         let fd = me.fd;
-        let context = io_context::copy_current(py)?;
-        let old = me.inner.with(py, |i| i.context.replace(context));
-        drop(old); // after the borrow
+        io_context::renew(py, &me.inner, |i| &mut i.context)?;
         let replaced = me.event_loop.get().state.with(py, |s| {
             let replaced = s.register_owner(fd, IoOwner::Listener(slf.clone().unbind()), true, false)?;
             // A connection may already be waiting: try accepting.

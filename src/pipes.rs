@@ -421,9 +421,7 @@ impl PipeTransportCore {
             me.event_loop.get().hold(py, me.fd, IoOwner::Pipe(slf.clone().unbind()), !paused)?;
         }
         if changed && !paused {
-            let ctx = io_context::copy_current(py)?;
-            let old = slf.get().state.with(py, |s| s.context.replace(ctx));
-            drop(old); // after the borrow
+            io_context::renew(py, &me.state, |s| &mut s.context)?;
             Self::register(slf)?;
             Self::queue_read(slf);
         }

@@ -263,11 +263,6 @@ impl StreamTransportCore {
         self.state.with(py, |s| io_context::bind(py, &s.context))
     }
 
-    fn set_context(&self, py: Python<'_>, ctx: Py<PyAny>) {
-        let old = self.state.with(py, |s| s.context.replace(ctx));
-        drop(old); // after the borrow
-    }
-
     /// Queues an I/O attempt with the next poll's events (`LoopState::queue_attempt`:
     /// reading started or resumed, or a read cut short by the fairness cap).
     fn queue_io(slf: &Bound<'_, Self>, readable: bool, writable: bool) {
@@ -1032,7 +1027,7 @@ impl StreamTransportCore {
         let (resumed, change) = me.state.with(py, |s| (s.read.resume(iteration), s.hold_change()));
         Self::apply_hold(slf, change)?;
         if resumed {
-            me.set_context(py, io_context::copy_current(py)?);
+            io_context::renew(py, &me.state, |s| &mut s.context)?;
             // Data that arrived while paused raised no new edge: look, after the
             // next poll.
             Self::queue_io(slf, true, false);

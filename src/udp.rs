@@ -733,9 +733,7 @@ impl DatagramTransportCore {
         let me = slf.get();
         let iteration = me.event_loop.get().iteration.get();
         if me.state.with(py, |s| s.read.resume(iteration)) {
-            let ctx = io_context::copy_current(py)?;
-            let old = me.state.with(py, |s| s.context.replace(ctx));
-            drop(old); // after the borrow
+            io_context::renew(py, &me.state, |s| &mut s.context)?;
             Self::queue_io(slf, true, false);
             if me.debug(py) {
                 reading::log_debug(py, "%r resumes reading", me.owner(py))?;
