@@ -306,7 +306,7 @@ pub struct LoopCore {
     /// Shared with every timer slot: how many timers were cancelled while scheduled.
     pub cancelled_timers: Arc<GilCounter>,
     /// The number of the running iteration, which transports note when they start
-    /// or resume reading (`reading::ReadSwitch::can_read_event`, `PipeState`).
+    /// or resume reading (`reading::Armed`).
     pub iteration: GilCounter,
 }
 

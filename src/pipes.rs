@@ -42,6 +42,7 @@ use crate::event_loop::{IoOwner, LoopCore};
 use crate::flow_control::{self, logger};
 use crate::gil_cell::GilCell;
 use crate::io_context;
+use crate::reading::Armed;
 use crate::sock::os_error;
 use crate::transport::{read_step, ReadStep};
 
@@ -68,9 +69,8 @@ pub struct PipeState {
     low: usize,
     /// The context its I/O runs in (`io_context`), as a stream transport's.
     context: Option<Py<PyAny>>,
-    /// The loop iteration in which reading last resumed: an event of that
-    /// iteration is no delivery (see `ReadSwitch::can_read_event`).
-    resumed_in: usize,
+    /// When reading last resumed (see `reading::Armed`).
+    resumed: Armed,
 }
 
 #[pyclass(module = "ferroloop._ferroloop", frozen, weakref)]
@@ -154,7 +154,7 @@ impl PipeTransportCore {
             return Ok(());
         }
         let iteration = me.event_loop.get().iteration.get();
-        if readable && me.state.with(py, |s| s.resumed_in != iteration) {
+        if readable && me.state.with(py, |s| s.resumed.allows(iteration)) {
             if let ReadEnd::Again = Self::read_ready(slf)? {
                 Self::queue_read(slf);
             }
@@ -365,7 +365,7 @@ impl PipeTransportCore {
                 high: flow_control::DEFAULT_HIGH,
                 low: flow_control::DEFAULT_LOW,
                 context: Some(io_context::copy_current(py)?),
-                resumed_in: 0,
+                resumed: Armed::default(),
             }),
         })
     }
@@ -413,7 +413,7 @@ impl PipeTransportCore {
             let change = !s.closing && s.paused != paused;
             s.paused ^= change;
             if change && !paused {
-                s.resumed_in = iteration;
+                s.resumed.arm(iteration);
             }
             (change, s.registered)
         });

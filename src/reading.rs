@@ -20,9 +20,26 @@ pub struct ReadSwitch {
     pub paused: bool,
     /// Reading is "registered" (asyncio: the fd has a reader).
     pub reader_active: bool,
-    /// The loop iteration in which reading last started or resumed (see
-    /// `can_read_event`).
-    armed_in: usize,
+    /// When reading last started or resumed (see `can_read_event`).
+    armed: Armed,
+}
+
+/// The loop iteration in which a transport last started or resumed reading. A
+/// readiness event the poll of that same iteration reported came before the start,
+/// and is no delivery: asyncio's reader, added then, is found by the next poll,
+/// after the callbacks queued meanwhile (`LoopState::queue_attempt` looks then).
+#[derive(Default)]
+pub struct Armed(usize);
+
+impl Armed {
+    pub fn arm(&mut self, iteration: usize) {
+        self.0 = iteration;
+    }
+
+    /// Whether an event of loop iteration `iteration` may deliver data.
+    pub fn allows(&self, iteration: usize) -> bool {
+        iteration != self.0
+    }
 }
 
 impl ReadSwitch {
@@ -36,12 +53,9 @@ impl ReadSwitch {
         self.reader_active && !self.paused && !self.closing
     }
 
-    /// `can_read` for a readiness event of loop iteration `iteration`. An event the
-    /// poll reported before reading started or resumed, in the same iteration, is
-    /// not one: asyncio's reader, added then, is found by the next poll, after the
-    /// callbacks queued meanwhile (`LoopState::queue_attempt` looks then).
+    /// `can_read` for a readiness event of loop iteration `iteration` (see `Armed`).
     pub fn can_read_event(&self, iteration: usize) -> bool {
-        self.can_read() && iteration != self.armed_in
+        self.can_read() && self.armed.allows(iteration)
     }
 
     /// asyncio's first `_add_reader` after `connection_made`, in loop iteration
@@ -50,7 +64,7 @@ impl ReadSwitch {
         let go = !self.paused && !self.closing && !self.reader_active;
         if go {
             self.reader_active = true;
-            self.armed_in = iteration;
+            self.armed.arm(iteration);
         }
         go
     }
@@ -73,7 +87,7 @@ impl ReadSwitch {
         }
         self.paused = false;
         self.reader_active = true;
-        self.armed_in = iteration;
+        self.armed.arm(iteration);
         true
     }
 
